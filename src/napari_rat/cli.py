@@ -1,0 +1,62 @@
+"""The ``napari-rat`` command.
+
+Each subcommand lives in its own module under :mod:`napari_rat.commands` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` (a callable taking the parsed
+arguments and returning an exit code). The modules are discovered, so adding a command never
+touches this file. Heavy imports happen inside each command's ``func``, so ``napari-rat --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from napari_rat import __version__
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line (no traceback) and exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every discovered subcommand."""
+    from napari_rat import commands
+
+    parser = argparse.ArgumentParser(
+        prog="napari-rat",
+        description="Resolution Aware Transformer for napari: predict, train, evaluate, "
+        "benchmark and convert, headless.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-rat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-rat`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as exc:
+        print(f"napari-rat {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"napari-rat {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
