@@ -98,13 +98,8 @@ def format_bytes(n: int | None) -> str:
     """Human-readable size (``"1.23 GB"``), or ``"-"`` for ``None``."""
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024**2 or unit == "GB":
-            scale = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[unit]
-            if unit == "B" and n >= 1024:
-                return f"{n / 1024:.1f} KB"
-            return f"{n / scale:.2f} {unit}" if unit != "B" else f"{n} B"
-        n_next = n
-        if unit == "KB" and n_next < 1024**3:
-            return f"{n / 1024**2:.1f} MB"
-    return f"{n / 1024**3:.2f} GB"
+    if n >= 1024**3:
+        return f"{n / 1024**3:.2f} GB"
+    if n >= 1024**2:
+        return f"{n / 1024**2:.1f} MB"
+    return f"{n / 1024:.1f} KB"
