@@ -1,0 +1,202 @@
+"""The single-file checkpoint: weights plus everything needed to use them.
+
+A checkpoint is a `safetensors <https://huggingface.co/docs/safetensors>`_ file. Its tensors are
+the model's ``state_dict``; its string metadata holds ``format`` (``napari-rat-checkpoint``),
+``format_version``, the full model config (JSON), the training spacing and units, channel and
+class names, the intensity normalisation and the package versions. Loading parses JSON and raw
+tensors only: no pickled code ever runs. Writing is atomic (temporary file, then rename), so a
+crash never leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import struct
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from napari_rat.atomic_files import atomic_path
+from napari_rat.config import ModelConfig
+
+FORMAT = "napari-rat-checkpoint"
+FORMAT_VERSION = 1
+_VERSIONED = ("napari-rat", "torch", "spatial-grouping-attention", "rotary-spatial-embeddings")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or used; the message names the file and the fix."""
+
+
+@dataclass
+class CheckpointInfo:
+    """Everything in a checkpoint except the weights."""
+
+    model_config: ModelConfig
+    training_spacing: list[float] | None = None
+    units: str = "micrometer"
+    channel_names: list[str] = field(default_factory=list)
+    normalization: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Semantic class names of the segmentation head."""
+        return list(self.model_config.head.class_names)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a checkpoint depends on, plus Python's."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def save_checkpoint(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    model_config: ModelConfig,
+    *,
+    training_spacing: list[float] | None = None,
+    units: str = "micrometer",
+    channel_names: list[str] | None = None,
+    normalization: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights and metadata to ``path`` atomically.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    info = CheckpointInfo(
+        model_config=model_config,
+        training_spacing=None if training_spacing is None else [float(s) for s in training_spacing],
+        units=units,
+        channel_names=list(channel_names or []),
+        normalization=dict(normalization or {}),
+        versions=package_versions(),
+        extra=dict(extra or {}),
+    )
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_config": model_config.model_dump_json(),
+    }
+    for key, value in asdict(info).items():
+        if key != "model_config":
+            metadata[key] = json.dumps(value)
+    # Detach and copy: safetensors refuses shared or non-contiguous storage.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def _sniff(path: Path) -> None:
+    """Reject what is clearly not a safetensors file, with a message saying what it is."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path}: this is a PyTorch pickle (torch.save), not a napari-rat checkpoint. "
+            "napari-rat never unpickles files; load its state_dict yourself with "
+            "torch.load(weights_only=True) and write it with napari_rat.model.save_checkpoint"
+        )
+    if len(head) < 8:
+        raise CheckpointError(f"{path}: file is empty or truncated ({size} bytes)")
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len + 8 > size:
+        raise CheckpointError(
+            f"{path}: truncated or not a safetensors file (header says {header_len} bytes, file "
+            f"has {size}); copy the checkpoint again"
+        )
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Read a checkpoint's metadata without loading its weights."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint ({exc}); copy it again") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: a safetensors file but not a napari-rat checkpoint (no '{FORMAT}' "
+            "metadata); write checkpoints with napari_rat.model.save_checkpoint"
+        )
+    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {meta['format_version']} is newer than this napari-rat "
+            f"reads ({FORMAT_VERSION}); upgrade napari-rat"
+        )
+    try:
+        model_config = ModelConfig.model_validate_json(meta["model_config"])
+        values = {
+            k: json.loads(meta[k])
+            for k in meta
+            if k in CheckpointInfo.__dataclass_fields__ and k != "model_config"
+        }
+    except (KeyError, ValueError, ValidationError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is invalid ({exc})") from None
+    return CheckpointInfo(model_config=model_config, **values)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the model a checkpoint describes and load its weights.
+
+    The returned model is in eval mode and carries the metadata as ``model.checkpoint_info``.
+
+    Raises
+    ------
+    CheckpointError
+        For a missing, truncated, corrupt or foreign file, or weights that do not fit.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from napari_rat.model.registry import build_model
+
+    path = Path(path)
+    info = read_checkpoint_info(path)
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint weights ({exc}); copy it again"
+        ) from None
+    model = build_model(info.model_config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: the weights do not match the model config stored with them ({exc})"
+        ) from None
+    model.to(device).eval()
+    model.checkpoint_info = info
+    return model
