@@ -1,0 +1,36 @@
+"""Bundled real sample data (no network needed).
+
+From the ``stardist==0.9.2`` wheel (BSD-3-Clause, see ``LICENSE-stardist.txt``):
+
+- ``img2d.tif`` / ``mask2d.tif``: 512x512 uint16 fluorescence nuclei with manual ground truth
+  (125 nuclei), from the 2018 Data Science Bowl, BBBC038 (Caicedo et al., Nature Methods 16,
+  2019). The physical pixel size is not recorded; napari-rat treats it as a nominal 1.0.
+- ``img3d.tif`` / ``mask3d.tif``: 31x61x57 synthetic nuclei with labels (StarDist's test volume).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import numpy as np
+
+#: The nominal spacing of the bundled 2D nuclei image (its physical pixel size is unknown).
+NUCLEI_2D_SPACING = (1.0, 1.0)
+NUCLEI_3D_SPACING = (1.0, 1.0, 1.0)
+
+
+def _read(name: str) -> np.ndarray:
+    import tifffile
+
+    with files(__name__).joinpath(name).open("rb") as fh:
+        return tifffile.imread(fh)
+
+
+def nuclei_2d() -> tuple[np.ndarray, np.ndarray]:
+    """The real 2D nuclei image (uint16) and its instance labels (uint16), both 512x512."""
+    return _read("img2d.tif"), _read("mask2d.tif")
+
+
+def nuclei_3d() -> tuple[np.ndarray, np.ndarray]:
+    """The 3D synthetic nuclei volume and its labels, both 31x61x57."""
+    return _read("img3d.tif"), _read("mask3d.tif")
