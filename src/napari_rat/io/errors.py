@@ -1,0 +1,34 @@
+"""Errors raised by :mod:`napari_rat.io`.
+
+Every message names the file (or URL) and says how to fix the problem, so front ends (CLI,
+widgets) can show ``str(error)`` as is, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class OmeZarrError(ValueError):
+    """An OME-Zarr that cannot be read or written, with a message naming the file and the fix.
+
+    Parameters
+    ----------
+    uri
+        The path or URL concerned.
+    problem
+        What is wrong.
+    fix
+        What the user can do about it (optional).
+    """
+
+    def __init__(self, uri: str, problem: str, fix: str | None = None) -> None:
+        self.uri = str(uri)
+        self.problem = problem
+        self.fix = fix
+        message = f"{self.uri}: {problem}"
+        if fix:
+            message += f" ({fix})"
+        super().__init__(message)
+
+
+class RemoteAccessError(OmeZarrError):
+    """A remote store that could not be reached: timeout, HTTP error, refused connection."""

@@ -1,0 +1,295 @@
+"""Write new OME-Zarr images (0.4 or 0.5) lazily, chunk by chunk, and atomically.
+
+Everything is written into a hidden staging folder next to the destination and moved into
+place at the end, so a failure (or an interrupt) never leaves a half-written image where the
+user looks, and never touches what was there before.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_rat.io.downsampling import downsample, level_shape, level_transform, plan_factors
+from napari_rat.io.errors import OmeZarrError
+from napari_rat.io.ngff_metadata import (
+    SUPPORTED_VERSIONS,
+    ZARR_FORMAT,
+    build_multiscale,
+    build_omero,
+    image_attributes,
+)
+from napari_rat.io.pyramid import Axis, Channel
+from napari_rat.io.zarr_stores import is_remote
+
+if TYPE_CHECKING:
+    import dask.array as da
+
+__all__ = ["ProgressCallback", "default_chunks", "make_axes", "write_image"]
+
+#: ``progress(fraction_done, message)``, called from the writing thread.
+ProgressCallback = Callable[[float, str], None]
+
+_READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def make_axes(
+    axes: str | Sequence[str | Axis], units: str | Sequence[str | None] | None = None
+) -> tuple[Axis, ...]:
+    """Axes from names (``"czyx"`` or ``["c", "z", "y", "x"]``) and units for the spatial ones.
+
+    Names ``x``, ``y``, ``z`` are ``space``, ``c`` is ``channel``, ``t`` is ``time``. ``units``
+    is one unit for every spatial axis, or one per spatial axis.
+    """
+    if all(isinstance(a, Axis) for a in axes):
+        return tuple(axes)  # type: ignore[arg-type]
+    names = [str(a) for a in axes]
+    kinds = {"x": "space", "y": "space", "z": "space", "c": "channel", "t": "time"}
+    spatial = [n for n in names if kinds.get(n) == "space"]
+    if units is None or isinstance(units, str):
+        unit_of = dict.fromkeys(spatial, units)
+    else:
+        if len(units) != len(spatial):
+            raise ValueError(f"got {len(units)} units for {len(spatial)} spatial axes")
+        unit_of = dict(zip(spatial, units, strict=True))
+    return tuple(Axis(name=n, type=kinds.get(n), unit=unit_of.get(n)) for n in names)
+
+
+def default_chunks(shape: Sequence[int], axes: Sequence[Axis]) -> tuple[int, ...]:
+    """Chunks of a few MB: 64 x 256 x 256 in 3D, 512 x 512 in 2D, 1 along channel/time."""
+    spatial = [i for i, a in enumerate(axes) if a.type == "space"]
+    target = (64, 256, 256) if len(spatial) == 3 else (512, 512)
+    out = [1] * len(shape)
+    for i, t in zip(spatial, target, strict=True):
+        out[i] = min(int(shape[i]), t)
+    return tuple(max(1, c) for c in out)
+
+
+def _full_vector(
+    values: Sequence[float] | None, axes: Sequence[Axis], default: float, what: str
+) -> tuple[float, ...]:
+    spatial = [i for i, a in enumerate(axes) if a.type == "space"]
+    out = [default] * len(axes)
+    if values is None:
+        return tuple(out)
+    values = [float(v) for v in values]
+    if len(values) == len(axes):
+        return tuple(values)
+    if len(values) == len(spatial):
+        for i, v in zip(spatial, values, strict=True):
+            out[i] = v
+        return tuple(out)
+    raise ValueError(
+        f"{what} has {len(values)} values; give one per axis ({len(axes)}) "
+        f"or one per spatial axis ({len(spatial)})"
+    )
+
+
+def staging_dir(dest: Path) -> Path:
+    """Create the hidden staging folder for ``dest`` (a sibling), or explain why not."""
+    parent = dest.parent
+    if not parent.is_dir():
+        raise OmeZarrError(str(dest), f"the folder {parent} does not exist", "create it first")
+    staging = parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        os.mkdir(staging)
+    except OSError as exc:
+        if exc.errno in _READ_ONLY_ERRNOS:
+            raise OmeZarrError(
+                str(dest),
+                f"cannot write here: {parent} is read-only ({exc.strerror})",
+                "choose a writable folder, or copy the image somewhere writable first",
+            ) from None
+        raise
+    return staging
+
+
+def move_into_place(staging: Path, dest: Path, overwrite: bool) -> None:
+    """Rename ``staging`` to ``dest``; an existing ``dest`` is replaced only with ``overwrite``."""
+    if dest.exists():
+        if not overwrite:
+            raise OmeZarrError(str(dest), "already exists", "pass overwrite=True to replace it")
+        aside = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(dest, aside)
+        try:
+            os.rename(staging, dest)
+        except OSError:
+            os.rename(aside, dest)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(staging, dest)
+
+
+class _DaskProgress:
+    """Counts finished dask tasks and reports the fraction (at most every 0.2 s)."""
+
+    def __init__(self, callback: ProgressCallback | None, message: str) -> None:
+        from dask.callbacks import Callback
+
+        self.callback, self.message = callback, message
+        self.done = self.total = 0
+        self.last = 0.0
+        outer = self
+
+        class _CB(Callback):
+            def _start_state(self, dsk: Any, state: Any) -> None:
+                outer.total = max(1, len(state["ready"]) + len(state["waiting"]))
+
+            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
+                outer.done += 1
+                now = time.monotonic()
+                if outer.callback is not None and now - outer.last > 0.2:
+                    outer.last = now
+                    outer.callback(min(outer.done / outer.total, 1.0), outer.message)
+
+        self.cb = _CB()
+
+
+def store_lazily(
+    src: da.Array, target: Any, progress: ProgressCallback | None = None, message: str = ""
+) -> None:
+    """Compute ``src`` chunk by chunk into the zarr array ``target`` (chunks must align)."""
+    import dask
+    import dask.array as da
+
+    tracker = _DaskProgress(progress, message)
+    with tracker.cb, dask.config.set(scheduler="threads"):
+        da.store(src, target, lock=False)
+    if progress is not None:
+        progress(1.0, message)
+
+
+def write_image(
+    dest: str | os.PathLike[str],
+    data: np.ndarray | da.Array,
+    *,
+    axes: str | Sequence[str | Axis] = "zyx",
+    scale: Sequence[float] | None = None,
+    translation: Sequence[float] | None = None,
+    units: str | Sequence[str | None] | None = "micrometer",
+    levels: int | None = None,
+    ngff_version: str = "0.5",
+    chunks: Sequence[int] | None = None,
+    name: str | None = None,
+    channels: Sequence[Channel] | None = None,
+    method: str = "mean",
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Write an array as a new multiscale OME-Zarr image.
+
+    Parameters
+    ----------
+    dest
+        Local path of the new ``.zarr`` folder.
+    data
+        NumPy or dask array; a dask array is computed chunk by chunk (memory bounded by chunks).
+    axes
+        Axis names (``"zyx"``, ``"czyx"``, ``"yx"``...) or :class:`Axis` objects.
+    scale, translation
+        Level-0 voxel size and position of voxel 0, per axis or per spatial axis.
+    units
+        Unit of the spatial axes (one, or one per spatial axis).
+    levels
+        Number of levels; by default until the largest spatial axis is <= 64 voxels.
+    ngff_version
+        ``"0.4"`` (zarr v2) or ``"0.5"`` (zarr v3).
+    chunks
+        Chunk shape; a few MB by default.
+    name
+        Multiscale name.
+    channels
+        Channel names, colours and windows (``omero``), one per channel.
+    method
+        ``"mean"`` for intensity images, ``"nearest"`` for labels and predictions of classes.
+    overwrite
+        Replace an existing ``dest``.
+    progress
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    Path
+        ``dest``.
+    """
+    import dask.array as da
+    import zarr
+    from zarr.storage import LocalStore
+
+    if ngff_version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"ngff_version must be one of {SUPPORTED_VERSIONS}, not {ngff_version!r}")
+    if method not in ("mean", "nearest"):
+        raise ValueError(f"method must be 'mean' or 'nearest', not {method!r}")
+    if is_remote(str(dest)):
+        raise OmeZarrError(str(dest), "writing to remote stores is not supported", "write locally")
+    dest = Path(dest).expanduser().absolute()
+    if dest.exists() and not overwrite:
+        raise OmeZarrError(str(dest), "already exists", "pass overwrite=True to replace it")
+    ax = make_axes(axes, units)
+    if len(ax) != data.ndim:
+        raise ValueError(f"data has {data.ndim} dimensions but {len(ax)} axes were given")
+    spatial = [i for i, a in enumerate(ax) if a.type == "space"]
+    s0 = _full_vector(scale, ax, 1.0, "scale")
+    t0 = _full_vector(translation, ax, 0.0, "translation")
+    chunks = tuple(int(c) for c in (chunks or default_chunks(data.shape, ax)))
+    if len(chunks) != data.ndim:
+        raise ValueError(f"chunks has {len(chunks)} values for {data.ndim} dimensions")
+    chunks = tuple(max(1, min(c, n)) for c, n in zip(chunks, data.shape, strict=True))
+    factors = plan_factors(data.shape, s0, spatial, levels)
+    transforms = [level_transform(s0, t0, f, method) for f in factors]
+    multiscale = build_multiscale(
+        ngff_version, ax, [t[0] for t in transforms], [t[1] for t in transforms], name=name
+    )
+    omero = None
+    if channels:
+        c_axis = next((i for i, a in enumerate(ax) if a.type == "channel"), None)
+        n_channels = data.shape[c_axis] if c_axis is not None else 1
+        if len(channels) != n_channels:
+            raise ValueError(f"got {len(channels)} channels for {n_channels} in the data")
+        omero = build_omero(channels, ngff_version)
+    attrs = image_attributes(ngff_version, multiscale, omero=omero)
+
+    staging = staging_dir(dest)
+    try:
+        group = zarr.open_group(
+            LocalStore(staging), mode="w", zarr_format=ZARR_FORMAT[ngff_version], attributes=attrs
+        )
+        src = data if isinstance(data, da.Array) else da.from_array(data, chunks=chunks)
+        arrays = []
+        for i, f in enumerate(factors):
+            shape = level_shape(data.shape, f)
+            extra: dict[str, Any] = {}
+            if ngff_version == "0.5":
+                extra["dimension_names"] = [a.name for a in ax]
+            arrays.append(
+                group.create_array(
+                    str(i),
+                    shape=shape,
+                    dtype=data.dtype,
+                    chunks=tuple(min(c, n) for c, n in zip(chunks, shape, strict=True)),
+                    fill_value=0,
+                    **extra,
+                )
+            )
+        n = len(factors)
+        store_lazily(src.rechunk(arrays[0].chunks), arrays[0], progress, f"level 1/{n}")
+        for i in range(1, n):
+            step = [b // a for a, b in zip(factors[i - 1], factors[i], strict=True)]
+            # Read back the level just written: each level costs one pass over the previous.
+            prev = da.from_zarr(arrays[i - 1])
+            down = downsample(prev, step, arrays[i].chunks, method)
+            store_lazily(down, arrays[i], progress, f"level {i + 1}/{n}")
+        move_into_place(staging, dest, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
