@@ -1,0 +1,109 @@
+"""The config schema, the files in configs/, and `napari-rat config check`."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from napari_rat.cli import main
+from napari_rat.config import (
+    ConfigFileError,
+    ExperimentConfig,
+    check_config_file,
+    load_config,
+    save_config,
+)
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+def test_configs_folder_has_the_documented_recipes():
+    names = {p.name for p in CONFIGS}
+    assert {"quick.yaml", "nuclei_2d.yaml", "volume_3d.yaml", "cluster_multiscale.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_file_validates(path):
+    config = load_config(path)
+    assert config.version == 1
+    problems, _ = check_config_file(path)
+    assert problems == []
+
+
+def test_volume_config_is_anisotropic_3d():
+    config = load_config(Path(__file__).parents[2] / "configs" / "volume_3d.yaml")
+    assert config.model.spatial_dims == 3
+    assert len(set(config.data.spacing)) > 1
+
+
+def test_cluster_config_uses_ray_deepspeed_multiscale():
+    config = load_config(Path(__file__).parents[2] / "configs" / "cluster_multiscale.yaml")
+    assert config.training.backend == "ray" and config.deepspeed.enabled
+    assert config.data.multi_scale and len(config.data.scales) >= 2
+
+
+def _write(tmp_path, data, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_misspelled_key_is_named_with_file_and_path(tmp_path):
+    path = _write(tmp_path, {"version": 1, "model": {"feture_dims": 64}})
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert problem.file == str(path)
+    assert problem.path == "model.feture_dims"
+    assert "unknown key" in problem.message
+    assert str(path) in str(info.value) and "model.feture_dims" in str(info.value)
+
+
+def test_cross_field_errors_say_what_to_do(tmp_path):
+    path = _write(tmp_path, {"model": {"feature_dims": 30, "num_heads": 4}})
+    problems, _ = check_config_file(path)
+    assert len(problems) == 1 and "divisible by num_heads" in problems[0].message
+    path = _write(tmp_path, {"model": {"spatial_dims": 3}, "data": {"crop_size": [32, 32]}})
+    problems, _ = check_config_file(path)
+    assert "crop_size" in problems[0].message
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [unclosed\n")
+    problems, _ = check_config_file(path)
+    assert "not valid YAML" in problems[0].message
+    problems, _ = check_config_file(tmp_path / "absent.yaml")
+    assert "no such file" in problems[0].message
+
+
+def test_unsupported_version(tmp_path):
+    problems, _ = check_config_file(_write(tmp_path, {"version": 99}))
+    assert "version 99" in problems[0].message
+
+
+def test_large_model_without_deepspeed_warns(tmp_path):
+    big = {"model": {"feature_dims": 1024, "num_heads": 16, "num_blocks": 8}}
+    _, warnings = check_config_file(_write(tmp_path, big))
+    assert warnings and "deepspeed" in warnings[0]
+    big["deepspeed"] = {"enabled": True}
+    _, warnings = check_config_file(_write(tmp_path, big))
+    assert warnings == []
+
+
+def test_save_load_round_trip_is_atomic_and_identical(tmp_path):
+    config = ExperimentConfig(name="round-trip")
+    config.model.feature_dims = 64
+    path = save_config(config, tmp_path / "sub" / "out.yaml")
+    assert load_config(path) == config
+    assert [p.name for p in path.parent.iterdir()] == ["out.yaml"]
+
+
+def test_config_check_command(tmp_path, capsys):
+    good = CONFIGS[0]
+    bad = _write(tmp_path, {"training": {"epoch": 3}}, "bad.yaml")
+    assert main(["config", "check", str(good)]) == 0
+    assert capsys.readouterr().out.strip().endswith("ok")
+    assert main(["config", "check", str(good), str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}: training.epoch: unknown key 'epoch'" in out

@@ -1,0 +1,128 @@
+"""The single-file checkpoint: round trip, metadata, atomic writes, bad files."""
+
+import os
+
+import pytest
+import torch
+
+from napari_rat.config import ModelConfig
+from napari_rat.model import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
+
+CFG = ModelConfig(feature_dims=16, num_heads=2, num_blocks=1, sga_kernel_size=3,
+                  head={"class_names": ["bg", "nucleus"], "decoder_dims": 8})
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(CFG).eval()
+    path = save_checkpoint(
+        model, tmp_path / "model.safetensors", CFG, training_spacing=[0.5, 0.25],
+        channel_names=["DAPI"], normalization={"mode": "percentile", "low": 1.0, "high": 99.8},
+    )
+    return model, path
+
+
+def test_round_trip_gives_the_same_model(checkpoint):
+    model, path = checkpoint
+    loaded = load_checkpoint(path)
+    assert not loaded.training
+    x = torch.randn(1, 1, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], loaded(x)[0])
+    info = loaded.checkpoint_info
+    assert info.model_config == CFG
+    assert info.training_spacing == [0.5, 0.25]
+    assert info.channel_names == ["DAPI"] and info.class_names == ["bg", "nucleus"]
+    assert info.normalization["high"] == 99.8
+    assert {"torch", "napari-rat", "spatial-grouping-attention"} <= set(info.versions)
+
+
+def test_metadata_reads_without_weights(checkpoint):
+    _, path = checkpoint
+    assert read_checkpoint_info(path).units == "micrometer"
+
+
+def test_write_is_atomic_and_leaves_no_temp_file(checkpoint, tmp_path, monkeypatch):
+    model, path = checkpoint
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(model, path, CFG)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_truncated_file(checkpoint, tmp_path):
+    _, path = checkpoint
+    data = path.read_bytes()
+    for cut in (4, 200, len(data) // 2):
+        bad = tmp_path / f"cut{cut}.safetensors"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match=str(bad.name)):
+            load_checkpoint(bad)
+
+
+def test_corrupt_header(checkpoint, tmp_path):
+    _, path = checkpoint
+    data = bytearray(path.read_bytes())
+    data[10:20] = b"\xff" * 10
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+
+
+def test_pickle_is_refused_without_unpickling(checkpoint, tmp_path):
+    model, _ = checkpoint
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "model.pt"
+    torch.save({"state": model.state_dict(), "evil": Evil()}, bad)
+    with pytest.raises(CheckpointError, match="PyTorch pickle"):
+        load_checkpoint(bad)
+    assert not marker.exists()
+
+
+def test_foreign_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(bad))
+    with pytest.raises(CheckpointError, match="not a napari-rat checkpoint"):
+        load_checkpoint(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "absent.safetensors")
+
+
+def test_weights_not_matching_config(checkpoint, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    _, path = checkpoint
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    tensors.pop(next(iter(tensors)))
+    bad = tmp_path / "partial.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(bad)
