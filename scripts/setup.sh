@@ -37,7 +37,6 @@ fi
 stamp=".venv/.napari-rat-installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing napari-rat[dev] (torch, napari, ray, deepspeed; a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import napari_rat, torch, napari, ray, deepspeed" 
   rm -f .venv/.napari-rat-installed-*

@@ -13,6 +13,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -255,6 +256,16 @@ def write_image(
         n_channels = data.shape[c_axis] if c_axis is not None else 1
         if len(channels) != n_channels:
             raise ValueError(f"got {len(channels)} channels for {n_channels} in the data")
+        if np.issubdtype(data.dtype, np.integer):
+            info = np.iinfo(data.dtype)
+            full = (float(info.min), float(info.max))
+        else:
+            full = (0.0, 1.0)
+        # omero needs a window; without one, show the whole range of the type.
+        channels = [
+            replace(ch, limits=ch.limits or ch.window or full, window=ch.window or full)
+            for ch in channels
+        ]
         omero = build_omero(channels, ngff_version)
     attrs = image_attributes(ngff_version, multiscale, omero=omero)
 

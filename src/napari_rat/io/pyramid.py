@@ -181,7 +181,12 @@ class Pyramid:
             if unknown:
                 raise ValueError(f"unknown axes in region: {sorted(unknown)}")
             kept = [_crop_level(lv, self.levels[0], self.axis_names, region) for lv in kept]
-        return replace(self, levels=tuple(kept))
+        labels = {}
+        for name, lab in self.labels.items():
+            lab_levels = [i for i in chosen if i < len(lab.levels)] or [len(lab.levels) - 1]
+            lab_region = {k: v for k, v in (region or {}).items() if k in lab.axis_names}
+            labels[name] = lab.select(lab_levels, lab_region or None)
+        return replace(self, levels=tuple(kept), labels=labels)
 
     def summary(self) -> str:
         """A short multi-line, human-readable description (version, levels, axes, channels)."""
