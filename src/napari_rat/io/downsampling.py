@@ -156,8 +156,10 @@ def resample_nearest(
         if index.size == x.shape[axis] and np.array_equal(index, np.arange(x.shape[axis])):
             continue
         stride = index[1] - index[0] if index.size > 1 else 1
-        if index.size > 1 and stride > 0 and np.array_equal(
-            index, index[0] + stride * np.arange(index.size)
+        if (
+            index.size > 1
+            and stride > 0
+            and np.array_equal(index, index[0] + stride * np.arange(index.size))
         ):
             # A regular stride is a plain slice: cheaper for dask than fancy indexing.
             sl = [slice(None)] * x.ndim

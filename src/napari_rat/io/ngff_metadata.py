@@ -270,9 +270,7 @@ def build_multiscale(
     kwargs: dict[str, Any] = {"version": "0.4"} if version == "0.4" else {}
     ms = Multiscale(
         axes=tuple(
-            ModelAxis(
-                name=a.name, type=a.type, **({"unit": a.unit} if a.unit is not None else {})
-            )
+            ModelAxis(name=a.name, type=a.type, **({"unit": a.unit} if a.unit is not None else {}))
             for a in axes
         ),
         datasets=tuple(

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_rat.io.errors import OmeZarrError, RemoteAccessError
+from napari_rat.io.errors import OmeZarrError
 from napari_rat.io.ngff_metadata import parse_image_attrs, parse_labels_attrs
 from napari_rat.io.pyramid import Pyramid, PyramidLevel
 from napari_rat.io.zarr_stores import DEFAULT_TIMEOUT, describe_remote_error, is_remote, open_store

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -237,12 +237,33 @@ def _crop_level(
     return replace(level, data=level.data[tuple(slices)], translation=tuple(translation))
 
 
-def as_plain(value: Any) -> Any:
-    """Convert numpy scalars in nested metadata to Python ones (for JSON)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [as_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: as_plain(v) for k, v in value.items()}
-    return value
+
+def parse_region(text: str, axis_names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Parse ``"z=10:50, y=0:512"`` (or positional ``"10:50, 0:512, 0:512"`` for the last axes).
+
+    Returns ``{axis: (start, stop)}`` in level-0 voxels; empty text gives ``{}``.
+    """
+    text = text.strip()
+    if not text:
+        return {}
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    named = all("=" in p for p in parts)
+    if not named and any("=" in p for p in parts):
+        raise ValueError("use either 'axis=start:stop' for every part or none")
+    if not named and len(parts) > len(axis_names):
+        raise ValueError(f"{len(parts)} ranges for {len(axis_names)} axes")
+    out: dict[str, tuple[int, int]] = {}
+    names = list(axis_names)[-len(parts) :] if not named else []
+    for i, part in enumerate(parts):
+        axis, _, span = part.partition("=") if named else (names[i], "", part)
+        axis = axis.strip()
+        if axis not in axis_names:
+            raise ValueError(f"unknown axis {axis!r}; axes are {', '.join(axis_names)}")
+        start, sep, stop = span.partition(":")
+        try:
+            out[axis] = (int(start), int(stop))
+        except ValueError:
+            raise ValueError(f"{part!r} is not 'start:stop' with integers") from None
+        if not sep:
+            raise ValueError(f"{part!r} is not 'start:stop'")
+    return out
