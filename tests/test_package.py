@@ -30,9 +30,10 @@ def test_manifest_is_linked_from_the_package():
     assert link.resolve() == (ROOT / "napari.yaml").resolve()
     from importlib.resources import files
 
-    assert files("napari_rat").joinpath("napari.yaml").read_text() == (
-        ROOT / "napari.yaml"
-    ).read_text()
+    assert (
+        files("napari_rat").joinpath("napari.yaml").read_text()
+        == (ROOT / "napari.yaml").read_text()
+    )
 
 
 def test_every_python_name_in_the_manifest_imports():
@@ -51,7 +52,9 @@ def test_npe2_validates_the_manifest():
 
 def test_cli_help_lists_commands():
     out = subprocess.run(
-        [sys.executable, "-m", "napari_rat.cli", "--help"], capture_output=True, text=True,
+        [sys.executable, "-m", "napari_rat.cli", "--help"],
+        capture_output=True,
+        text=True,
         check=True,
     )
     assert "config" in out.stdout and "bench" in out.stdout

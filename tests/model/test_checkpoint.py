@@ -14,8 +14,13 @@ from napari_rat.model import (
     save_checkpoint,
 )
 
-CFG = ModelConfig(feature_dims=16, num_heads=2, num_blocks=1, sga_kernel_size=3,
-                  head={"class_names": ["bg", "nucleus"], "decoder_dims": 8})
+CFG = ModelConfig(
+    feature_dims=16,
+    num_heads=2,
+    num_blocks=1,
+    sga_kernel_size=3,
+    head={"class_names": ["bg", "nucleus"], "decoder_dims": 8},
+)
 
 
 @pytest.fixture
@@ -23,8 +28,12 @@ def checkpoint(tmp_path):
     torch.manual_seed(0)
     model = build_model(CFG).eval()
     path = save_checkpoint(
-        model, tmp_path / "model.safetensors", CFG, training_spacing=[0.5, 0.25],
-        channel_names=["DAPI"], normalization={"mode": "percentile", "low": 1.0, "high": 99.8},
+        model,
+        tmp_path / "model.safetensors",
+        CFG,
+        training_spacing=[0.5, 0.25],
+        channel_names=["DAPI"],
+        normalization={"mode": "percentile", "low": 1.0, "high": 99.8},
     )
     return model, path
 

@@ -105,7 +105,9 @@ def test_pyramid_needs_one_spacing_per_level():
 @pytest.mark.parametrize("boundary", [True, False])
 def test_segmentation_logits_at_input_resolution(dims, shape, boundary):
     cfg = ModelConfig(
-        spatial_dims=dims, input_features=1, **SMALL,
+        spatial_dims=dims,
+        input_features=1,
+        **SMALL,
         head={"class_names": ["bg", "a", "b"], "boundary": boundary, "decoder_dims": 8},
     )
     model = build_model(cfg)

@@ -58,8 +58,13 @@ def test_2d_pyramid_with_per_level_spacing():
 
 def test_3d_volume_anisotropic():
     ref, ours = _pair(
-        spatial_dims=3, input_features=1, feature_dims=32, num_heads=4, num_blocks=2,
-        sga_kernel_size=(3, 5, 5), stride=(1, 2, 2),
+        spatial_dims=3,
+        input_features=1,
+        feature_dims=32,
+        num_heads=4,
+        num_blocks=2,
+        sga_kernel_size=(3, 5, 5),
+        stride=(1, 2, 2),
     )
     x = torch.randn(1, 1, 6, 14, 11)
     with torch.no_grad():

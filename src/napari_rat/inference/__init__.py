@@ -1,0 +1,33 @@
+"""Inference without Qt: tiled, lazy, cancellable prediction and instance labels.
+
+- :func:`predict` (a generator yielding :class:`Progress`, returning :class:`Prediction`) and
+  :func:`run_prediction` to drive it; :class:`PredictOptions` for tile, halo, levels, device.
+- :mod:`~napari_rat.inference.tiling` the tile grid; :mod:`~napari_rat.inference.chunked_labels`
+  instance labels chunk by chunk; :mod:`~napari_rat.inference.normalization` input scaling.
+"""
+
+from napari_rat.inference.normalization import IntensityStats, image_statistics
+from napari_rat.inference.tiled_predict import (
+    Prediction,
+    PredictionCancelled,
+    PredictOptions,
+    Progress,
+    predict,
+    resolve_device,
+    run_prediction,
+)
+from napari_rat.inference.tiling import Tile, tile_grid
+
+__all__ = [
+    "IntensityStats",
+    "PredictOptions",
+    "Prediction",
+    "PredictionCancelled",
+    "Progress",
+    "Tile",
+    "image_statistics",
+    "predict",
+    "resolve_device",
+    "run_prediction",
+    "tile_grid",
+]

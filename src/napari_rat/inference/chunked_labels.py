@@ -1,0 +1,137 @@
+"""Instance labels over images larger than memory, one chunk at a time.
+
+:func:`label_chunked` finds connected components chunk by chunk, then merges components that
+touch across chunk faces with a union-find over the labels, and renumbers them consecutively.
+:func:`grow_labels_chunked` grows seed labels into a foreground mask (each foreground pixel takes
+the nearest seed within ``radius``), reading each chunk with a halo of ``radius``. Memory is
+bounded by the chunk size (plus one label-sized lookup table), never by the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_rat.inference.tiling import tile_grid
+
+ReadMask = Callable[[tuple[slice, ...]], np.ndarray]
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = np.arange(n + 1, dtype=np.int64)
+
+    def find(self, a: int) -> int:
+        root = a
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[a] != root:
+            self.parent[a], a = root, self.parent[a]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def label_chunked(
+    read_mask: ReadMask,
+    out,
+    shape: Sequence[int],
+    chunk: Sequence[int],
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Label the connected components (face connectivity) of a mask, chunk by chunk.
+
+    Parameters
+    ----------
+    read_mask
+        ``read_mask(slices) -> bool array`` for a region of the mask.
+    out
+        A writable array (zarr or NumPy) of ``shape``, integer dtype, receiving the labels.
+    shape, chunk
+        Image shape and the chunk size processed at once.
+
+    Returns
+    -------
+    int
+        The number of components; labels are ``1..n``.
+    """
+    tiles = tile_grid(shape, chunk, [0] * len(shape))
+    offset = 0
+    steps = 2 * len(tiles)
+    for tile in tiles:
+        lab, n = ndi.label(read_mask(tile.core))
+        lab = lab.astype(np.int64)
+        lab[lab > 0] += offset
+        out[tile.core] = lab
+        offset += n
+        if progress:
+            progress(tile.index + 1, steps)
+    uf = _UnionFind(offset)
+    # Merge across every face between neighbouring chunks.
+    for axis in range(len(shape)):
+        cuts = sorted({t.core[axis].stop for t in tiles if t.core[axis].stop < shape[axis]})
+        for cut in cuts:
+            a = [slice(None)] * len(shape)
+            b = [slice(None)] * len(shape)
+            a[axis] = slice(cut - 1, cut)
+            b[axis] = slice(cut, cut + 1)
+            # Read the face plane in strips so huge faces stay bounded too.
+            for strip in tile_grid(
+                [s for i, s in enumerate(shape) if i != axis],
+                [c for i, c in enumerate(chunk) if i != axis],
+                [0] * (len(shape) - 1),
+            ):
+                sa, sb = list(a), list(b)
+                others = iter(strip.core)
+                for i in range(len(shape)):
+                    if i != axis:
+                        s = next(others)
+                        sa[i] = sb[i] = s
+                la = np.asarray(out[tuple(sa)]).ravel()
+                lb = np.asarray(out[tuple(sb)]).ravel()
+                both = (la > 0) & (lb > 0)
+                for x, y in set(zip(la[both].tolist(), lb[both].tolist(), strict=True)):
+                    uf.union(x, y)
+    roots = np.array([uf.find(i) for i in range(offset + 1)], dtype=np.int64)
+    _, lut = np.unique(roots, return_inverse=True)
+    lut = lut.astype(np.int64)  # root 0 (background) maps to 0: it is the smallest
+    for tile in tiles:
+        out[tile.core] = lut[np.asarray(out[tile.core])]
+        if progress:
+            progress(len(tiles) + tile.index + 1, steps)
+    return int(lut.max(initial=0))
+
+
+def grow_labels_chunked(
+    seeds,
+    read_foreground: ReadMask,
+    out,
+    shape: Sequence[int],
+    chunk: Sequence[int],
+    radius: int = 4,
+    spacing: Sequence[float] | None = None,
+) -> None:
+    """Give each foreground pixel the label of the nearest seed within ``radius`` pixels.
+
+    ``seeds`` is a readable labelled array; ``out`` (may be ``seeds`` itself only if it is not
+    read again, so pass a different array) receives the grown labels. Foreground pixels with no
+    seed within ``radius`` stay 0. Each chunk is read with a halo of ``radius``, so the result
+    equals growing the whole image at once.
+    """
+    halo = [int(radius)] * len(shape)
+    for tile in tile_grid(shape, chunk, halo):
+        seed = np.asarray(seeds[tile.read])
+        fg = np.asarray(read_foreground(tile.core))
+        if seed.any():
+            dist, idx = ndi.distance_transform_edt(seed == 0, sampling=spacing, return_indices=True)
+            nearest = seed[tuple(idx)]
+            unit = 1.0 if spacing is None else float(min(spacing))
+            grown = np.where(dist <= radius * unit, nearest, 0)[tile.crop]
+        else:
+            grown = np.zeros(fg.shape, dtype=seed.dtype)
+        out[tile.core] = np.where(fg, grown, 0)

@@ -1,0 +1,67 @@
+"""Intensity normalisation of model inputs, from the settings stored in a checkpoint.
+
+A checkpoint's ``normalization`` dict says how its training images were scaled: ``mode``
+``"percentile"`` (``low``/``high`` percentiles mapped to 0/1, the default), ``"zscore"`` (mean 0,
+standard deviation 1) or ``"none"``. At inference the same statistics are computed on the new
+image, from a bounded sample of it, so large images are never loaded whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: At most this many pixels are read to compute statistics.
+SAMPLE_PIXELS = 1 << 22
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Per-channel ``offset`` and ``scale``: normalised = (x - offset) / scale."""
+
+    offset: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """Normalise ``[C, *spatial]`` data (float32 out)."""
+        shape = (-1,) + (1,) * (data.ndim - 1)
+        off = np.asarray(self.offset, dtype=np.float32).reshape(shape)
+        sc = np.asarray(self.scale, dtype=np.float32).reshape(shape)
+        return ((data.astype(np.float32, copy=False) - off) / sc).astype(np.float32, copy=False)
+
+
+def _sample(image) -> np.ndarray:
+    """A strided sample of ``[C, *spatial]`` with at most :data:`SAMPLE_PIXELS` per channel."""
+    spatial = image.shape[1:]
+    n = math.prod(spatial)
+    step = max(1, math.ceil((n / SAMPLE_PIXELS) ** (1 / len(spatial))))
+    sl = (slice(None),) + (slice(None, None, step),) * len(spatial)
+    sample = image[sl]
+    if hasattr(sample, "compute"):
+        sample = sample.compute()
+    return np.asarray(sample, dtype=np.float32).reshape(image.shape[0], -1)
+
+
+def image_statistics(image, normalization: Mapping[str, Any] | None = None) -> IntensityStats:
+    """Statistics of ``image`` (``[C, *spatial]``) for the given normalisation settings."""
+    settings = dict(normalization or {})
+    mode = settings.get("mode", "percentile")
+    channels = image.shape[0]
+    if mode == "none":
+        return IntensityStats((0.0,) * channels, (1.0,) * channels)
+    sample = _sample(image)
+    if mode == "zscore":
+        offset = sample.mean(axis=1)
+        scale = sample.std(axis=1)
+    elif mode == "percentile":
+        lo = np.percentile(sample, float(settings.get("low", 1.0)), axis=1)
+        hi = np.percentile(sample, float(settings.get("high", 99.8)), axis=1)
+        offset, scale = lo, hi - lo
+    else:
+        raise ValueError(f"unknown normalization mode {mode!r}; use percentile, zscore or none")
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    return IntensityStats(tuple(float(v) for v in offset), tuple(float(v) for v in scale))

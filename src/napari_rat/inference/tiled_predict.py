@@ -1,0 +1,350 @@
+"""Tiled, spacing-aware prediction over images of any size (no Qt).
+
+:func:`predict` is a generator: it yields a :class:`Progress` after every tile (and during the
+instance step) and returns a :class:`Prediction`. Stop iterating, call ``.close()``, or set the
+``cancel`` event to cancel between tiles: nothing half-written is left behind (results are built
+in a scratch zarr store that is moved into place only when complete, or deleted).
+
+Each tile is read with a halo, normalised, fed to the model (with ``levels > 1``, together with
+block-averaged coarser versions of the same region, each with its own physical spacing, as RAT
+expects a pyramid), cropped to its core and written. Peak memory depends on the tile, never on
+the image. RoSE gets the data's true spacing (resolution awareness); with
+``resample_to_training_spacing`` each tile is instead resampled to the model's training spacing
+and the prediction resampled back.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_rat.inference.chunked_labels import grow_labels_chunked, label_chunked
+from napari_rat.inference.normalization import IntensityStats, image_statistics
+from napari_rat.inference.tiling import tile_grid
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class PredictionCancelled(Exception):
+    """Raised by :func:`run_prediction` when the cancel event was set."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a prediction is: ``stage`` (``"tiles"`` or ``"instances"``), ``done`` of ``total``."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass
+class PredictOptions:
+    """How to predict.
+
+    ``tile``/``halo`` are in pixels of the input (defaults: 256/32 in 2D, 64/12 in 3D);
+    ``levels`` is the number of pyramid levels fed to the model; ``boundary_radius`` is how far
+    (in pixels) instance seeds grow back into the foreground.
+    """
+
+    tile: tuple[int, ...] | None = None
+    halo: tuple[int, ...] | None = None
+    levels: int = 1
+    device: str = "auto"
+    precision: Precision = "auto"
+    resample_to_training_spacing: bool = False
+    instances: bool = True
+    boundary_radius: int = 3
+    threshold: float = 0.5
+
+
+@dataclass
+class Prediction:
+    """The result, placed like its source (``spacing``/``translation`` of the spatial axes).
+
+    ``probabilities`` is ``[num_outputs, *spatial]`` float32 (softmax over the classes, then the
+    boundary probability if the model has one); ``semantic`` the argmax class; ``labels`` the
+    instance labels (or ``None``). Arrays are NumPy, or zarr arrays when written to ``store``.
+    """
+
+    probabilities: Any
+    semantic: Any
+    labels: Any
+    class_names: list[str]
+    channel_names: list[str]
+    spacing: tuple[float, ...]
+    translation: tuple[float, ...]
+    store: Path | None = None
+    num_instances: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but CUDA is not available; use cpu")
+    return torch.device(device)
+
+
+def _autocast(device: torch.device, precision: Precision):
+    if precision == "auto":
+        # bf16 pays off on GPUs; on CPUs it is usually slower than fp32.
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _level_factors(spacing: Sequence[float], levels: int) -> list[tuple[int, ...]]:
+    from napari_rat.io.downsampling import plan_factors
+
+    shape = [1 << 20] * len(spacing)  # the rule only depends on the spacing here
+    return plan_factors(shape, spacing, list(range(len(spacing))), levels=levels)
+
+
+def _model_inputs(tile: torch.Tensor, spacing, factors) -> tuple[list[torch.Tensor], list]:
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[tile.dim() - 2]
+    xs, spacings = [], []
+    for f in factors:
+        if all(v == 1 for v in f):
+            xs.append(tile)
+        else:
+            xs.append(pool(tile, kernel_size=f, stride=f, ceil_mode=True))
+        spacings.append(tuple(float(s) * v for s, v in zip(spacing, f, strict=True)))
+    return xs, spacings
+
+
+def _tile_probabilities(model, tile, spacing, options, factors, training_spacing, boundary):
+    shape = tile.shape[2:]
+    model_spacing = spacing
+    if options.resample_to_training_spacing and training_spacing is not None:
+        size = [
+            max(1, round(n * s / t))
+            for n, s, t in zip(shape, spacing, training_spacing, strict=True)
+        ]
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(shape)]
+        tile = F.interpolate(tile, size=size, mode=mode, align_corners=False)
+        model_spacing = tuple(training_spacing)
+    xs, spacings = _model_inputs(tile, model_spacing, factors)
+    logits = model(xs, input_spacing=spacings)[0].float()
+    if logits.shape[2:] != shape:
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(shape)]
+        logits = F.interpolate(logits, size=list(shape), mode=mode, align_corners=False)
+    n_classes = logits.shape[1] - int(boundary)
+    probs = torch.softmax(logits[:, :n_classes], dim=1)
+    if boundary:
+        probs = torch.cat([probs, torch.sigmoid(logits[:, n_classes:])], dim=1)
+    return probs[0]
+
+
+def _new_array(root, name, shape, chunks, dtype):
+    if root is None:
+        return np.zeros(shape, dtype=dtype)
+    return root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+
+
+def predict(
+    model: torch.nn.Module,
+    image,
+    spacing: Sequence[float],
+    translation: Sequence[float] | None = None,
+    *,
+    options: PredictOptions | None = None,
+    stats: IntensityStats | None = None,
+    store: str | Path | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[Progress, None, Prediction]:
+    """Predict over a whole image or volume, tile by tile.
+
+    Parameters
+    ----------
+    model
+        A segmentation model (``RATSegmentation``, e.g. from ``load_checkpoint``).
+    image
+        ``[C, *spatial]`` array (NumPy, dask or zarr; read lazily, tile by tile).
+    spacing, translation
+        Physical voxel size and origin of the spatial axes.
+    options
+        Tile, halo, levels, device, precision, resampling and instance settings.
+    stats
+        Intensity statistics for normalisation; by default computed from the image with the
+        checkpoint's normalisation settings.
+    store
+        A directory for a zarr store holding the results (built aside, moved into place when
+        complete); ``None`` keeps the results in memory.
+    cancel
+        Set it to stop between tiles.
+
+    Yields
+    ------
+    Progress
+        After each tile, then during the instance step.
+
+    Returns
+    -------
+    Prediction
+    """
+    options = options or PredictOptions()
+    info = getattr(model, "checkpoint_info", None)
+    if not hasattr(model, "num_outputs"):
+        raise TypeError(
+            f"{type(model).__name__} has no segmentation head; use a RATSegmentation model "
+            "(a checkpoint of variant 'rat_segmentation')"
+        )
+    dims = model.spatial_dims
+    if image.ndim != dims + 1:
+        raise ValueError(
+            f"image has shape {tuple(image.shape)}; the model expects [channels, "
+            f"{dims} spatial axes]"
+        )
+    if image.shape[0] != model.backbone.input_features:
+        raise ValueError(
+            f"image has {image.shape[0]} channels; the model expects "
+            f"{model.backbone.input_features}"
+        )
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != dims or any(s <= 0 for s in spacing):
+        raise ValueError(f"spacing must be {dims} positive values, got {spacing}")
+    translation = tuple(float(t) for t in (translation or (0.0,) * dims))
+    shape = tuple(int(n) for n in image.shape[1:])
+    tile = options.tile or ((256,) * dims if dims < 3 else (64,) * dims)
+    halo = options.halo or ((32,) * dims if dims < 3 else (12,) * dims)
+    tiles = tile_grid(shape, tile, halo)
+    device = resolve_device(options.device)
+    normalization = dict(info.normalization) if info else {}
+    stats = stats or image_statistics(image, normalization)
+    training_spacing = info.training_spacing if info else None
+    factors = _level_factors(spacing, options.levels)
+    boundary = bool(getattr(model, "boundary", False))
+    class_names = list(getattr(model, "class_names", []))
+    channel_names = [*class_names, *(["boundary"] if boundary else [])]
+
+    tmp_dir = root = None
+    if store is not None:
+        import zarr
+
+        store = Path(store)
+        if store.exists():
+            raise FileExistsError(f"{store} already exists; choose another output or remove it")
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{store.name}.", dir=store.parent))
+        root = zarr.open_group(tmp_dir, mode="w")
+    chunks = tuple(min(t, n) for t, n in zip(tile, shape, strict=True))
+    try:
+        probs = _new_array(
+            root, "probabilities", (len(channel_names), *shape), (1, *chunks), np.float32
+        )
+        semantic = _new_array(root, "semantic", shape, chunks, np.uint8)
+        model = model.to(device).eval()
+        with torch.inference_mode():
+            for t in tiles:
+                if cancel is not None and cancel.is_set():
+                    raise PredictionCancelled("prediction cancelled")
+                data = np.asarray(image[(slice(None), *t.read)], dtype=np.float32)
+                x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(device)
+                with _autocast(device, options.precision):
+                    p = _tile_probabilities(
+                        model, x, spacing, options, factors, training_spacing, boundary
+                    )
+                p = p[(slice(None), *t.crop)].cpu().numpy()
+                probs[(slice(None), *t.core)] = p
+                semantic[t.core] = np.argmax(p[: len(class_names)], axis=0).astype(np.uint8)
+                yield Progress("tiles", t.index + 1, len(tiles))
+        labels, n_instances = None, 0
+        if options.instances:
+            labels, n_instances = yield from _instances(
+                probs, root, shape, chunks, boundary, options, cancel
+            )
+        result = Prediction(
+            probs,
+            semantic,
+            labels,
+            class_names,
+            channel_names,
+            spacing,
+            translation,
+            num_instances=n_instances,
+            extra={"stats": stats, "levels": factors},
+        )
+        if tmp_dir is not None:
+            import zarr
+
+            root.attrs.update(
+                {
+                    "napari_rat": {
+                        "spacing": list(spacing),
+                        "translation": list(translation),
+                        "class_names": class_names,
+                        "channel_names": channel_names,
+                        "num_instances": n_instances,
+                    }
+                }
+            )
+            tmp_dir.rename(store)
+            tmp_dir = None
+            final = zarr.open_group(store, mode="r")
+            result.probabilities = final["probabilities"]
+            result.semantic = final["semantic"]
+            result.labels = final["labels"] if options.instances else None
+            result.store = store
+        return result
+    finally:
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _instances(probs, root, shape, chunks, boundary, options, cancel):
+    thr = options.threshold
+
+    def foreground(sl):
+        return (1.0 - np.asarray(probs[(slice(0, 1), *sl)])[0]) > thr
+
+    def interior(sl):
+        fg = foreground(sl)
+        if boundary:
+            fg &= np.asarray(probs[(slice(-1, None), *sl)])[0] < thr
+        return fg
+
+    seeds = _new_array(root, "seeds", shape, chunks, np.int32)
+    labels = _new_array(root, "labels", shape, chunks, np.int32)
+    total = 2 * math.prod(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True)) + 1
+    done = [0]
+
+    def tick(i, n):
+        done[0] = i
+
+    n = label_chunked(interior, seeds, shape, chunks, progress=tick)
+    yield Progress("instances", done[0], total)
+    if cancel is not None and cancel.is_set():
+        raise PredictionCancelled("prediction cancelled")
+    grow_labels_chunked(seeds, foreground, labels, shape, chunks, radius=options.boundary_radius)
+    if root is not None:
+        del root["seeds"]
+    yield Progress("instances", total, total)
+    return labels, n
+
+
+def run_prediction(
+    gen: Generator[Progress, None, Prediction],
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Prediction:
+    """Drive a :func:`predict` generator to the end and return its :class:`Prediction`."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress:
+            on_progress(p)

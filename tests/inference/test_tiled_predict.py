@@ -1,0 +1,190 @@
+"""The tiled prediction engine, without Qt: tiling, levels, spacing, cancel, stores."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_rat.config import ModelConfig
+from napari_rat.inference.tiled_predict import (
+    PredictionCancelled,
+    PredictOptions,
+    predict,
+    run_prediction,
+)
+from napari_rat.inference.tiling import tile_grid
+from napari_rat.model import build_model
+from napari_rat.synthetic import synthetic_nuclei
+
+SMALL = {
+    "feature_dims": 16,
+    "num_heads": 2,
+    "num_blocks": 2,
+    "sga_kernel_size": 3,
+    "stride": 2,
+    "iters": 1,
+    "head": {"decoder_dims": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def model2d():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**SMALL)).eval()
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile", "halo"),
+    [((100, 37), (32, 32), (8, 8)), ((9, 20, 31), (4, 16, 16), (2, 4, 4))],
+)
+def test_tile_cores_cover_the_image_exactly_once(shape, tile, halo):
+    cover = np.zeros(shape, int)
+    for t in tile_grid(shape, tile, halo):
+        cover[t.core] += 1
+        for r, c, k, n in zip(t.read, t.core, t.crop, shape, strict=True):
+            assert 0 <= r.start <= c.start and c.stop <= r.stop <= n
+            assert k.stop - k.start == c.stop - c.start == c.stop - c.start
+            assert r.start + k.start == c.start
+    assert cover.min() == cover.max() == 1
+
+
+def test_single_tile_equals_the_bare_forward(model2d):
+    img, _ = synthetic_nuclei((40, 36), (0.5, 0.5), seed=1)
+    result = run_prediction(
+        predict(
+            model2d, img[None], (0.5, 0.5), options=PredictOptions(tile=(64, 64), instances=False)
+        )
+    )
+    stats = result.extra["stats"]
+    x = torch.from_numpy(stats.apply(img[None].astype(np.float32)))[None]
+    with torch.no_grad():
+        logits = model2d([x], input_spacing=[(0.5, 0.5)])[0][0]
+    expected = torch.softmax(logits[:2], 0).numpy()
+    np.testing.assert_allclose(result.probabilities[:2], expected, atol=1e-5)
+    assert result.probabilities.shape == (3, 40, 36)
+    assert result.spacing == (0.5, 0.5)
+
+
+def test_spacing_reaches_the_model(model2d):
+    img, _ = synthetic_nuclei((32, 32), (0.5, 0.5), seed=2)
+    a = run_prediction(
+        predict(model2d, img[None], (0.5, 0.5), options=PredictOptions(instances=False))
+    )
+    b = run_prediction(
+        predict(model2d, img[None], (4.0, 4.0), options=PredictOptions(instances=False))
+    )
+    again = run_prediction(
+        predict(model2d, img[None], (0.5, 0.5), options=PredictOptions(instances=False))
+    )
+    assert np.array_equal(a.probabilities, again.probabilities)
+    # A freshly initialised model reacts weakly, but measurably, to the spacing.
+    assert np.abs(a.probabilities - b.probabilities).max() > 1e-6
+
+
+def test_progress_counts_tiles_and_levels_feed_the_model(model2d):
+    img, _ = synthetic_nuclei((70, 50), (1.0, 1.0), seed=3)
+    seen = []
+    gen = predict(
+        model2d, img[None], (1.0, 1.0), options=PredictOptions(tile=(32, 32), halo=(8, 8), levels=2)
+    )
+    result = run_prediction(gen, seen.append)
+    tiles = [p for p in seen if p.stage == "tiles"]
+    assert [p.done for p in tiles] == list(range(1, 7)) and tiles[-1].total == 6
+    assert seen[-1].stage == "instances" and seen[-1].done == seen[-1].total
+    assert result.extra["levels"] == [(1, 1), (2, 2)]
+    assert result.labels.shape == (70, 50)
+
+
+def test_3d_anisotropic_levels_do_not_halve_coarse_z():
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(spatial_dims=3, **{**SMALL, "sga_kernel_size": [1, 3, 3], "stride": [1, 2, 2]})
+    ).eval()
+    img, _ = synthetic_nuclei((6, 30, 28), (2.0, 0.5, 0.5), seed=4)
+    result = run_prediction(
+        predict(
+            model,
+            img[None],
+            (2.0, 0.5, 0.5),
+            (10.0, 0.0, 5.0),
+            options=PredictOptions(tile=(4, 16, 16), halo=(1, 4, 4), levels=3),
+        )
+    )
+    assert result.extra["levels"] == [(1, 1, 1), (1, 2, 2), (1, 4, 4)]
+    assert result.probabilities.shape == (3, 6, 30, 28)
+    assert result.translation == (10.0, 0.0, 5.0)
+
+
+def test_cancel_leaves_no_output(model2d, tmp_path):
+    img, _ = synthetic_nuclei((64, 64), seed=5)
+    cancel = threading.Event()
+    out = tmp_path / "pred.zarr"
+    gen = predict(
+        model2d,
+        img[None],
+        (1.0, 1.0),
+        store=out,
+        cancel=cancel,
+        options=PredictOptions(tile=(32, 32), halo=(4, 4)),
+    )
+    next(gen)
+    cancel.set()
+    with pytest.raises(PredictionCancelled):
+        next(gen)
+    assert list(tmp_path.iterdir()) == []
+    # Closing the generator early (the consumer stops) cleans up too.
+    gen = predict(
+        model2d,
+        img[None],
+        (1.0, 1.0),
+        store=out,
+        options=PredictOptions(tile=(32, 32), halo=(4, 4)),
+    )
+    next(gen)
+    gen.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_is_complete_and_refuses_to_overwrite(model2d, tmp_path):
+    import zarr
+
+    img, _ = synthetic_nuclei((48, 40), seed=6)
+    out = tmp_path / "pred.zarr"
+    result = run_prediction(
+        predict(
+            model2d,
+            img[None],
+            (1.0, 1.0),
+            store=out,
+            options=PredictOptions(tile=(32, 32), halo=(4, 4)),
+        )
+    )
+    assert result.store == out
+    group = zarr.open_group(out, mode="r")
+    assert sorted(group.array_keys()) == ["labels", "probabilities", "semantic"]
+    probs = group["probabilities"][:]
+    assert np.allclose(probs[0] + probs[1], 1.0, atol=1e-5)
+    with pytest.raises(FileExistsError, match="already exists"):
+        next(predict(model2d, img[None], (1.0, 1.0), store=out))
+
+
+@pytest.mark.parametrize(
+    ("image", "spacing", "message"),
+    [
+        (np.zeros((2, 16, 16), np.float32), (1.0, 1.0), "channels"),
+        (np.zeros((16, 16), np.float32), (1.0, 1.0), "spatial axes"),
+        (np.zeros((1, 16, 16), np.float32), (1.0, 0.0), "positive"),
+    ],
+)
+def test_bad_input_is_named(model2d, image, spacing, message):
+    with pytest.raises(ValueError, match=message):
+        next(predict(model2d, image, spacing))
+
+
+def test_backbone_without_head_is_refused():
+    model = build_model(
+        ModelConfig(variant="rat", **{k: v for k, v in SMALL.items() if k != "head"})
+    )
+    with pytest.raises(TypeError, match="segmentation head"):
+        next(predict(model, np.zeros((1, 8, 8), np.float32), (1.0, 1.0)))
