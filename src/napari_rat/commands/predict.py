@@ -1,0 +1,136 @@
+"""``napari-rat predict IN.zarr``: tiled segmentation of an OME-Zarr image, headless."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _region(text: str) -> tuple[str, tuple[int, int]]:
+    try:
+        axis, span = text.split("=")
+        start, stop = (int(v) for v in span.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"region {text!r} should look like y=0:512 (axis=start:stop in level-0 voxels)"
+        ) from None
+    if stop <= start or start < 0:
+        raise argparse.ArgumentTypeError(f"region {text!r}: need 0 <= start < stop")
+    return axis, (start, stop)
+
+
+def load_model(checkpoint: str, device: str = "cpu"):
+    """A checkpoint path, or ``starter`` for the bundled starter model."""
+    from napari_rat.cli import CommandError
+    from napari_rat.model import CheckpointError, load_checkpoint
+
+    if checkpoint == "starter":
+        try:
+            from napari_rat.pretrained import starter_checkpoint_path
+        except ImportError:
+            raise CommandError(
+                "the bundled starter model is not available in this build; pass --checkpoint FILE"
+            ) from None
+        checkpoint = str(starter_checkpoint_path())
+    try:
+        return load_checkpoint(checkpoint, device=device)
+    except CheckpointError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from napari_rat.cli import CommandError
+    from napari_rat.commands._progress import ProgressBar
+    from napari_rat.inference import PredictOptions, predict, resolve_device, run_prediction
+    from napari_rat.inference.sources import (
+        input_from_pyramid,
+        write_prediction,
+        write_prediction_into_labels,
+    )
+    from napari_rat.io import OmeZarrError, open_pyramid
+
+    if args.output is None and args.into_labels is None:
+        raise CommandError("say where results go: --output OUT.zarr or --into-labels NAME")
+    try:
+        device = resolve_device(args.device)
+        pyramid = open_pyramid(args.input)
+        source = input_from_pyramid(
+            pyramid,
+            level=args.level,
+            channels=args.channel,
+            region=dict(args.region) if args.region else None,
+        )
+    except (OmeZarrError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    model = load_model(args.checkpoint, str(device))
+    dims = model.spatial_dims
+    tile = tuple(args.tile) * (dims if len(args.tile) == 1 else 1) if args.tile else None
+    halo = tuple(args.halo) * (dims if len(args.halo) == 1 else 1) if args.halo else None
+    options = PredictOptions(
+        tile=tile,
+        halo=halo,
+        levels=args.levels,
+        device=str(device),
+        precision=args.precision,
+        resample_to_training_spacing=args.resample,
+    )
+    bar = ProgressBar()
+    try:
+        result = run_prediction(
+            predict(model, source.image, source.spacing, source.translation, options=options),
+            lambda p: bar(p.done, p.total, p.stage),
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        bar.close()
+    try:
+        if args.output:
+            path = write_prediction(
+                result,
+                args.output,
+                source.axis_names,
+                source.units,
+                ngff_version=pyramid.ngff_version,
+            )
+            print(f"wrote {path} ({result.num_instances} instances)")
+        if args.into_labels:
+            path = write_prediction_into_labels(
+                result, source, pyramid, args.into_labels, overwrite=args.overwrite
+            )
+            print(f"wrote {path} ({result.num_instances} instances)")
+    except (OmeZarrError, ValueError, FileExistsError, PermissionError) as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="segment an OME-Zarr image with a RAT checkpoint")
+    p.add_argument("input", metavar="IN.zarr", help="OME-Zarr image (path or URL)")
+    p.add_argument(
+        "--checkpoint",
+        default="starter",
+        help="checkpoint file, or 'starter' for the bundled model (default)",
+    )
+    p.add_argument("--output", metavar="OUT.zarr", help="write probabilities + labels here")
+    p.add_argument("--into-labels", metavar="NAME", help="write labels into IN.zarr/labels/NAME")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing label image")
+    p.add_argument("--level", type=int, default=0, help="pyramid level to predict on")
+    p.add_argument("--levels", type=int, default=1, help="pyramid levels fed to the model")
+    p.add_argument("--channel", type=int, nargs="+", help="channel indices (default: all)")
+    p.add_argument(
+        "--region",
+        type=_region,
+        nargs="+",
+        metavar="AXIS=START:STOP",
+        help="a region in level-0 voxels, e.g. y=0:512 x=256:768",
+    )
+    p.add_argument("--tile", type=int, nargs="+", help="tile size in pixels (one or per axis)")
+    p.add_argument("--halo", type=int, nargs="+", help="halo in pixels (one or per axis)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument(
+        "--resample",
+        action="store_true",
+        help="resample tiles to the model's training spacing (default: give RAT the true spacing)",
+    )
+    p.set_defaults(func=_run)
