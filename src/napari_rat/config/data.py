@@ -34,8 +34,35 @@ class DataConfig(StrictModel):
     flips: bool = True
     rotations: bool = True
     normalization: Literal["percentile", "zscore", "none"] = "percentile"
-    val_fraction: float = Field(0.25, ge=0, lt=1, description="Share of the region held out.")
-    num_samples: int = Field(64, ge=1, description="Crops per epoch (synthetic: images made).")
+    normalization_percentiles: tuple[float, float] = Field(
+        (1.0, 99.8), description="Low and high percentiles mapped to 0 and 1 (percentile)."
+    )
+    val_fraction: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="Share of each image's last axis (a band before the hold-out) for validation.",
+    )
+    holdout_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of each image's last axis (its far end) never trained or validated "
+        "on; `napari-rat evaluate` reports on it.",
+    )
+    num_samples: int = Field(64, ge=1, description="Training crops per epoch.")
+    synthetic_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of training crops drawn from generated nuclei (for sources other "
+        "than synthetic).",
+    )
+    synthetic_images: int = Field(4, ge=1, description="How many nuclei images are generated.")
+    synthetic_shape: list[int] | None = Field(
+        None, description="Pixel shape of each generated image (default: 4 crops per axis)."
+    )
+    synthetic_radius: float = Field(4.0, gt=0, description="Mean generated nucleus radius.")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -54,6 +81,22 @@ class DataConfig(StrictModel):
                     f"spacing_augmentation must be [low, high] with 0 < low <= high, got "
                     f"{list(self.spacing_augmentation)}"
                 )
+        lo, hi = self.normalization_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(
+                "normalization_percentiles must be [low, high] with 0 <= low < high <= 100, got "
+                f"{list(self.normalization_percentiles)}"
+            )
+        if self.val_fraction + self.holdout_fraction >= 0.95:
+            raise ValueError(
+                f"val_fraction ({self.val_fraction}) + holdout_fraction ({self.holdout_fraction}) "
+                "leave almost nothing to train on; keep their sum below 0.95"
+            )
+        if self.synthetic_shape is not None and len(self.synthetic_shape) != len(self.crop_size):
+            raise ValueError(
+                f"synthetic_shape {self.synthetic_shape} and crop_size {self.crop_size} have "
+                "different numbers of axes"
+            )
         if any(s < 1 for s in self.scales) or sorted(self.scales) != self.scales:
             raise ValueError(f"scales must be increasing factors >= 1, got {self.scales}")
         if self.multi_scale and len(self.scales) < 2:

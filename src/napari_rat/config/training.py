@@ -28,3 +28,10 @@ class TrainingConfig(StrictModel):
     val_every: int = Field(1, ge=1, description="Validate every N epochs.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     seed: int = 0
+    dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice loss beside CE.")
+    boundary_weight: float = Field(1.0, ge=0, description="Weight of the boundary BCE.")
+    min_lr_ratio: float = Field(0.05, ge=0, le=1, description="Cosine floor, x learning_rate.")
+    time_limit_minutes: float | None = Field(
+        None, gt=0, description="Stop (and save) after this long; the schedule is unchanged."
+    )
+    log_every: int = Field(10, ge=1, description="Steps between progress reports.")

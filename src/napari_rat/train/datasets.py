@@ -1,0 +1,175 @@
+"""Training and validation data built from a config: crops, targets and region splits.
+
+Each image is split by region (bands along its last axis, see
+:func:`napari_rat.train.crops.split_regions`): training crops come from the training band,
+validation and evaluation predict the whole validation or hold-out band. Generated nuclei mixed
+into a real dataset (``data.synthetic_fraction``) are training-only.
+
+Targets per level: ``classes`` (0 background, 1 foreground, -1 ignored) and ``boundary``
+(:func:`napari_rat.inference.instances.boundary_from_instances` of the instance labels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_rat.config import DataConfig, ExperimentConfig
+from napari_rat.inference.instances import boundary_from_instances
+from napari_rat.train.crops import Region, sample_crop, spacing_factor, split_regions
+from napari_rat.train.data_sources import DatasetError, LabeledImage, load_images
+from napari_rat.train.normalization import Normalization
+
+
+@dataclass
+class EvalRegion:
+    """A band of one image to predict whole: image ``[C, *spatial]``, labels, spacing."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, ...]
+
+
+@dataclass
+class DataBundle:
+    """Everything the loop needs from the data section."""
+
+    train: CropDataset
+    val: list[EvalRegion]
+    holdout: list[EvalRegion]
+    normalization: Normalization
+    spacing: tuple[float, ...]
+
+
+def targets_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes int64, boundary float32)`` from instance labels (``-1`` = ignore)."""
+    classes = np.where(labels < 0, -1, (labels > 0).astype(np.int64))
+    boundary = boundary_from_instances(labels).astype(np.float32)
+    return classes.astype(np.int64), boundary
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Random training crops; deterministic for ``(seed, rank, epoch, index)``.
+
+    One spacing-augmentation factor per batch (``index // batch_size``), as the model takes one
+    spacing per level per batch. With several ranks, each has its own stream of crops.
+    """
+
+    def __init__(
+        self,
+        images: list[LabeledImage],
+        regions: list[Region],
+        config: DataConfig,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not regions:
+            raise DatasetError("no training region: every image is held out or too small")
+        self.images = images
+        self.regions = regions
+        self.config = config
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        real = [r for r in regions if not images[r.image].synthetic]
+        synth = [r for r in regions if images[r.image].synthetic]
+        self._pools = [(real, 1.0 - config.synthetic_fraction), (synth, config.synthetic_fraction)]
+        if not real or not synth:
+            self._pools = [(real or synth, 1.0)]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the crops drawn (call at the start of every epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return max(self.batch_size, self.config.num_samples // self.world_size)
+
+    def _pick(self, rng: np.random.Generator) -> Region:
+        weights = np.array([w for _, w in self._pools])
+        pool = self._pools[int(rng.choice(len(self._pools), p=weights / weights.sum()))][0]
+        sizes = np.array([float(np.prod(r.shape)) for r in pool])
+        return pool[int(rng.choice(len(pool), p=sizes / sizes.sum()))]
+
+    def __getitem__(self, index: int) -> dict:
+        cfg = self.config
+        key = (cfg.seed, self.rank, self.epoch)
+        batch_rng = np.random.default_rng((*key, index // self.batch_size, 7))
+        factor = spacing_factor(batch_rng, cfg.spacing_augmentation)
+        rng = np.random.default_rng((*key, index))
+        region = self._pick(rng)
+        scales = cfg.scales if cfg.multi_scale else [1]
+        sample = sample_crop(
+            self.images[region.image],
+            region,
+            cfg.crop_size,
+            scales,
+            rng,
+            factor=factor,
+            flips=cfg.flips,
+            rotations=cfg.rotations,
+        )
+        classes, boundary = zip(*(targets_from_labels(lab) for lab in sample.labels), strict=True)
+        return {
+            "images": [torch.from_numpy(a) for a in sample.images],
+            "classes": [torch.from_numpy(c) for c in classes],
+            "boundary": [torch.from_numpy(b) for b in boundary],
+            "spacings": sample.spacings,
+        }
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack samples level by level; the batch shares each level's spacing."""
+    levels = len(items[0]["images"])
+    return {
+        key: [torch.stack([it[key][lv] for it in items]) for lv in range(levels)]
+        for key in ("images", "classes", "boundary")
+    } | {"spacings": items[0]["spacings"]}
+
+
+def _band(image: LabeledImage, box, kind: str) -> EvalRegion | None:
+    if box is None:
+        return None
+    sl = tuple(slice(a, b) for a, b in zip(*box, strict=True))
+    return EvalRegion(
+        f"{image.name}[{kind}]",
+        image.image[(slice(None), *sl)],
+        image.labels[sl],
+        image.spacing,
+    )
+
+
+def build_data(config: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> DataBundle:
+    """Load the images, split them by region and build the training dataset.
+
+    Raises
+    ------
+    DatasetError
+        For a missing file or unreadable data, naming it.
+    """
+    data = config.data
+    images, norm = load_images(data, config.model.spatial_dims)
+    regions: list[Region] = []
+    val: list[EvalRegion] = []
+    holdout: list[EvalRegion] = []
+    for i, image in enumerate(images):
+        if image.synthetic and data.source != "synthetic":
+            regions.append(Region(i, (0,) * len(image.shape), image.shape))
+            continue
+        boxes = split_regions(image.shape, data.val_fraction, data.holdout_fraction)
+        if boxes["train"] is not None:
+            regions.append(Region(i, *boxes["train"]))
+        for kind, out in (("val", val), ("holdout", holdout)):
+            band = _band(image, boxes[kind], kind)
+            if band is not None:
+                out.append(band)
+    train = CropDataset(
+        images, regions, data, config.training.batch_size, rank=rank, world_size=world_size
+    )
+    spacing = tuple(data.spacing) if data.spacing else images[0].spacing
+    return DataBundle(train, val, holdout, norm, spacing)
