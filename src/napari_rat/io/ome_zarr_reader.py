@@ -44,7 +44,9 @@ def _guard(uri: str, remote: bool, timeout: float, call: Callable[[], Any]) -> A
         raise describe_remote_error(uri, exc, timeout) from None
 
 
-def _open_group(store: Any, uri: str, path: str, remote: bool, timeout: float) -> Any:
+def _open_group(
+    store: Any, uri: str, path: str, remote: bool, timeout: float, zarr_format: int | None
+) -> Any:
     import zarr
     import zarr.errors
 
@@ -54,7 +56,9 @@ def _open_group(store: Any, uri: str, path: str, remote: bool, timeout: float) -
             where,
             remote,
             timeout,
-            lambda: zarr.open_group(store, path=path or None, mode="r", use_consolidated=False),
+            lambda: zarr.open_group(
+                store, path=path or None, mode="r", use_consolidated=False, zarr_format=zarr_format
+            ),
         )
     except zarr.errors.ContainsArrayError:
         raise OmeZarrError(
@@ -99,11 +103,12 @@ def _read_group(
     timeout: float,
     label: bool,
     validate: bool,
+    zarr_format: int | None = None,
 ) -> Pyramid:
     import zarr
 
     where = f"{uri}/{path}" if path else uri
-    group = _open_group(store, uri, path, remote, timeout)
+    group = _open_group(store, uri, path, remote, timeout, zarr_format)
     zarr_format = group.metadata.zarr_format
     attrs = _guard(where, remote, timeout, lambda: group.attrs.asdict())
     meta = parse_image_attrs(attrs, where, zarr_format, label=label)
@@ -155,6 +160,7 @@ def _read_group(
                 timeout=timeout,
                 label=True,
                 validate=False,
+                zarr_format=zarr_format,
             )
     if validate:
         _guard(where, remote, timeout, lambda: _validate_group(group, meta.version, where, label))

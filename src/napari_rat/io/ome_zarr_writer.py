@@ -8,6 +8,8 @@ user looks, and never touches what was there before.
 from __future__ import annotations
 
 import errno
+import itertools
+import math
 import os
 import shutil
 import time
@@ -40,6 +42,8 @@ __all__ = ["ProgressCallback", "default_chunks", "make_axes", "write_image"]
 ProgressCallback = Callable[[float, str], None]
 
 _READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_SLAB_BUDGET = 128 * 1024**2
+_OVERWRITE_HINT = "pass overwrite=True (napari-rat convert: --overwrite) to replace it"
 
 
 def make_axes(
@@ -64,10 +68,20 @@ def make_axes(
     return tuple(Axis(name=n, type=kinds.get(n), unit=unit_of.get(n)) for n in names)
 
 
-def default_chunks(shape: Sequence[int], axes: Sequence[Axis]) -> tuple[int, ...]:
-    """Chunks of a few MB: 64 x 256 x 256 in 3D, 512 x 512 in 2D, 1 along channel/time."""
+def default_chunks(
+    shape: Sequence[int], axes: Sequence[Axis], itemsize: int = 2
+) -> tuple[int, ...]:
+    """Chunks of a few MB: 64 x 256 x 256 in 3D, 512 x 512 in 2D, 1 along channel/time.
+
+    In 3D the chunk depth shrinks for very large planes so that a chunk-deep slab (what the
+    writer holds at once) stays near 128 MB.
+    """
     spatial = [i for i, a in enumerate(axes) if a.type == "space"]
-    target = (64, 256, 256) if len(spatial) == 3 else (512, 512)
+    target = [64, 256, 256] if len(spatial) == 3 else [512, 512]
+    if len(spatial) == 3:
+        plane = int(shape[spatial[1]]) * int(shape[spatial[2]]) * max(1, itemsize)
+        depth = max(1, _SLAB_BUDGET // max(plane, 1))
+        target[0] = max(1, min(64, 2 ** int(math.log2(depth))))
     out = [1] * len(shape)
     for i, t in zip(spatial, target, strict=True):
         out[i] = min(int(shape[i]), t)
@@ -117,7 +131,11 @@ def move_into_place(staging: Path, dest: Path, overwrite: bool) -> None:
     """Rename ``staging`` to ``dest``; an existing ``dest`` is replaced only with ``overwrite``."""
     if dest.exists():
         if not overwrite:
-            raise OmeZarrError(str(dest), "already exists", "pass overwrite=True to replace it")
+            raise OmeZarrError(
+                str(dest),
+                "already exists",
+                "pass overwrite=True (convert: --overwrite) to replace it",
+            )
         aside = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(dest, aside)
         try:
@@ -130,43 +148,41 @@ def move_into_place(staging: Path, dest: Path, overwrite: bool) -> None:
         os.rename(staging, dest)
 
 
-class _DaskProgress:
-    """Counts finished dask tasks and reports the fraction (at most every 0.2 s)."""
-
-    def __init__(self, callback: ProgressCallback | None, message: str) -> None:
-        from dask.callbacks import Callback
-
-        self.callback, self.message = callback, message
-        self.done = self.total = 0
-        self.last = 0.0
-        outer = self
-
-        class _CB(Callback):
-            def _start_state(self, dsk: Any, state: Any) -> None:
-                outer.total = max(1, len(state["ready"]) + len(state["waiting"]))
-
-            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-                outer.done += 1
-                now = time.monotonic()
-                if outer.callback is not None and now - outer.last > 0.2:
-                    outer.last = now
-                    outer.callback(min(outer.done / outer.total, 1.0), outer.message)
-
-        self.cb = _CB()
+def _slabs(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...]]:
+    """Chunk-aligned regions covering whole planes: the grid of the leading ``ndim - 2`` axes
+    (``ndim - 1`` in 2D), so a slab is one chunk deep and every chunk is written once."""
+    lead = max(1, len(shape) - 2)
+    ranges = [range(0, int(shape[a]), int(chunks[a])) for a in range(lead)]
+    out = []
+    for starts in itertools.product(*ranges):
+        sel = tuple(slice(s, min(s + int(chunks[a]), int(shape[a]))) for a, s in enumerate(starts))
+        out.append(sel + (slice(None),) * (len(shape) - lead))
+    return out
 
 
 def store_lazily(
     src: da.Array, target: Any, progress: ProgressCallback | None = None, message: str = ""
 ) -> None:
-    """Compute ``src`` chunk by chunk into the zarr array ``target`` (chunks must align)."""
+    """Compute ``src`` into the zarr array ``target``, one chunk-deep slab at a time.
+
+    Slabs go one after the other (dask threads work inside a slab), so memory is bounded by a
+    slab and its inputs, whatever the image size and however ``src`` is chunked.
+    """
     import dask
     import dask.array as da
 
-    tracker = _DaskProgress(progress, message)
-    with tracker.cb, dask.config.set(scheduler="threads"):
-        da.store(src, target, lock=False)
-    if progress is not None:
-        progress(1.0, message)
+    chunks = target.chunks
+    slabs = _slabs(target.shape, chunks)
+    last = 0.0
+    for i, sel in enumerate(slabs):
+        part = src[sel]
+        part = part.rechunk(tuple(min(c, n) for c, n in zip(chunks, part.shape, strict=True)))
+        with dask.config.set(scheduler="threads"):
+            da.store(part, target, regions=sel, lock=False)
+        now = time.monotonic()
+        if progress is not None and (now - last > 0.2 or i == len(slabs) - 1):
+            last = now
+            progress((i + 1) / len(slabs), message)
 
 
 def write_image(
@@ -234,14 +250,18 @@ def write_image(
         raise OmeZarrError(str(dest), "writing to remote stores is not supported", "write locally")
     dest = Path(dest).expanduser().absolute()
     if dest.exists() and not overwrite:
-        raise OmeZarrError(str(dest), "already exists", "pass overwrite=True to replace it")
+        raise OmeZarrError(
+            str(dest), "already exists", "pass overwrite=True (convert: --overwrite) to replace it"
+        )
     ax = make_axes(axes, units)
     if len(ax) != data.ndim:
         raise ValueError(f"data has {data.ndim} dimensions but {len(ax)} axes were given")
     spatial = [i for i, a in enumerate(ax) if a.type == "space"]
     s0 = _full_vector(scale, ax, 1.0, "scale")
     t0 = _full_vector(translation, ax, 0.0, "translation")
-    chunks = tuple(int(c) for c in (chunks or default_chunks(data.shape, ax)))
+    chunks = tuple(
+        int(c) for c in (chunks or default_chunks(data.shape, ax, np.dtype(data.dtype).itemsize))
+    )
     if len(chunks) != data.ndim:
         raise ValueError(f"chunks has {len(chunks)} values for {data.ndim} dimensions")
     chunks = tuple(max(1, min(c, n)) for c, n in zip(chunks, data.shape, strict=True))

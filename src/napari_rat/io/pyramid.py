@@ -237,7 +237,6 @@ def _crop_level(
     return replace(level, data=level.data[tuple(slices)], translation=tuple(translation))
 
 
-
 def parse_region(text: str, axis_names: Sequence[str]) -> dict[str, tuple[int, int]]:
     """Parse ``"z=10:50, y=0:512"`` (or positional ``"10:50, 0:512, 0:512"`` for the last axes).
 
