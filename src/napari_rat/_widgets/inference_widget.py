@@ -1,0 +1,226 @@
+"""Inference dock widget: pick a model and an image layer, Run/Cancel, results as layers.
+
+The widget only gathers choices; the work is :func:`napari_rat.inference.predict`, run in a
+``thread_worker`` so the viewer stays responsive. Results carry the source layer's ``scale``,
+``translate``, ``units`` and ``axis_labels`` (see :mod:`napari_rat._widgets.layer_input`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+
+from napari_rat._widgets.layer_input import LayerInput, layer_input
+
+STARTER = "starter model (bundled)"
+CHECKPOINT = "checkpoint file"
+REGIONS = {"whole image": "whole", "current view": "view", "current slice": "slice"}
+
+
+def _load_model(choice: str, path: Path | None, device: str):
+    from napari_rat.inference import resolve_device
+    from napari_rat.model import load_checkpoint
+
+    if choice == STARTER:
+        from napari_rat.pretrained import starter_checkpoint_path
+
+        path = starter_checkpoint_path()
+    elif path is None or not Path(path).is_file():
+        raise ValueError(f"choose a checkpoint file (got {path or 'nothing'})")
+    return load_checkpoint(path, device=resolve_device(device))
+
+
+def _prediction_job(choice, path, device, layer, region, step, level, view_box, tile, levels):
+    """Generator run in the worker: load the model, cut the input, predict."""
+    from napari_rat.inference import PredictOptions, predict
+
+    model = _load_model(choice, path, device)
+    source = layer_input(layer, model.spatial_dims, region, step, level, view_box)
+    options = PredictOptions(tile=(tile,) * model.spatial_dims, levels=levels, device=device)
+    result = yield from predict(
+        model, source.image, source.spacing, source.translation, options=options
+    )
+    return result, source
+
+
+class InferenceWidget(Container):
+    """Segment an image layer with RAT; the viewer stays responsive while it runs."""
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.model_choice = ComboBox(label="model", choices=[STARTER, CHECKPOINT], value=STARTER)
+        self.checkpoint = FileEdit(
+            label="checkpoint", mode="r", filter="*.safetensors", visible=False
+        )
+        self.image_layer = ComboBox(label="image", choices=self._image_layers)
+        self.region = ComboBox(label="region", choices=list(REGIONS), value="whole image")
+        self.level = SpinBox(label="level", min=0, max=16, value=0)
+        self.tile = SpinBox(label="tile (px)", min=16, max=4096, step=16, value=256)
+        self.levels = SpinBox(label="levels fed", min=1, max=4, value=1)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.status = Label(value="")
+        super().__init__(
+            widgets=[
+                self.model_choice,
+                self.checkpoint,
+                self.image_layer,
+                self.region,
+                self.level,
+                self.tile,
+                self.levels,
+                self.device,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+            ]
+        )
+        self.worker = None
+        self._napari_progress = None
+        self.model_choice.changed.connect(self._on_model_choice)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+
+    # ---------------------------------------------------------------- choices
+    def _image_layers(self, *_):
+        from napari.layers import Image
+
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_layers(self, *_):
+        self.image_layer.reset_choices()
+
+    def _on_model_choice(self, value):
+        self.checkpoint.visible = value == CHECKPOINT
+
+    def _set_status(self, text: str, error: bool = False) -> None:
+        self.status.value = text
+        self.status.native.setStyleSheet("color: #e05555;" if error else "")
+
+    # ---------------------------------------------------------------- running
+    def run(self):
+        """Start the prediction in a worker thread (no-op while one is running)."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            return
+        name = self.image_layer.value
+        if not name or name not in self.viewer.layers:
+            self._set_status("choose an image layer first", error=True)
+            return
+        layer = self.viewer.layers[name]
+        region = REGIONS[self.region.value]
+        view_box = None
+        if region == "view":
+            view_box = self._view_box(layer)
+        layer_step = [int(round(v)) for v in layer.world_to_data(self.viewer.dims.point)]
+        path = self.checkpoint.value if self.model_choice.value == CHECKPOINT else None
+        self.worker = create_worker(
+            _prediction_job,
+            self.model_choice.value,
+            path,
+            self.device.value,
+            layer,
+            region,
+            layer_step,
+            self.level.value,
+            view_box,
+            self.tile.value,
+            self.levels.value,
+            _connect={
+                "yielded": self._on_progress,
+                "returned": self._on_result,
+                "errored": self._on_error,  # shown in the widget, not re-raised
+                "finished": self._on_finished,
+            },
+            _start_thread=False,
+        )
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self._set_status(f"running on {name}…")
+        self.worker.start()
+
+    def _view_box(self, layer) -> np.ndarray:
+        corners = np.asarray(layer.corner_pixels, float)
+        if getattr(layer, "multiscale", False):
+            factors = np.asarray(layer.downsample_factors[layer.data_level])
+            corners = corners * factors
+        return corners
+
+    def cancel(self):
+        """Ask the worker to stop after the current tile; nothing partial is added."""
+        if self.worker is not None:
+            self._set_status("cancelling…")
+            self.worker.quit()
+
+    def _on_progress(self, p):
+        from napari.utils import progress
+
+        if self.worker is None:  # a late event after the worker finished
+            return
+        self.progress.max = p.total
+        self.progress.value = p.done
+        self._set_status(f"{p.stage}: {p.done}/{p.total}")
+        # Last: napari's progress bar may process events (and so run later handlers).
+        bar = self._napari_progress
+        if bar is None:
+            bar = self._napari_progress = progress(total=p.total, desc="napari-rat")
+        if bar.total != p.total:
+            bar.total = p.total
+            bar.n = 0
+        bar.set_description(f"napari-rat: {p.stage}")
+        bar.update(p.done - bar.n)
+
+    def _on_result(self, value):
+        result, source = value
+        self.add_result_layers(result, source)
+        self._set_status(f"done: {result.num_instances} instances")
+
+    def add_result_layers(self, result, source: LayerInput) -> list:
+        """Add the foreground probability and the instance labels, placed like the source."""
+        layer = self.viewer.layers[self.image_layer.value]
+        meta = {"scale": source.out_scale, "translate": source.out_translate}
+        for attr in ("units", "axis_labels"):
+            if hasattr(layer, attr):
+                meta[attr] = getattr(layer, attr)
+        probs = np.asarray(result.probabilities)
+        added = [
+            self.viewer.add_image(
+                source.to_layer_shape(1.0 - probs[0]),
+                name=f"{layer.name} foreground (RAT)",
+                colormap="magma",
+                blending="additive",
+                contrast_limits=(0.0, 1.0),
+                **meta,
+            )
+        ]
+        if result.labels is not None:
+            added.append(
+                self.viewer.add_labels(
+                    source.to_layer_shape(np.asarray(result.labels)),
+                    name=f"{layer.name} instances (RAT)",
+                    **meta,
+                )
+            )
+        return added
+
+    def _on_error(self, exc):
+        self._set_status(f"error: {exc}", error=True)
+
+    def _on_finished(self):
+        if self._napari_progress is not None:
+            self._napari_progress.close()
+            self._napari_progress = None
+        if self.worker is not None and self.worker.abort_requested:
+            self._set_status("cancelled: no layer added")
+        self.worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False

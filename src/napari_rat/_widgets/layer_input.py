@@ -1,0 +1,118 @@
+"""From a napari image layer to a model input and back, without importing Qt or napari.
+
+:func:`layer_input` takes what a dock widget knows (the layer, the model's dimensionality, the
+region choice and the viewer's current step) and returns the ``[C, *spatial]`` input with its
+physical spacing and origin, plus the ``scale``/``translate`` the result layers need so that
+they land exactly on the source (sliced axes become length-1 axes at the slice position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Region = Literal["whole", "view", "slice"]
+
+
+@dataclass(frozen=True)
+class LayerInput:
+    """The model input cut from a layer and where its results go."""
+
+    image: object
+    spacing: tuple[float, ...]
+    translation: tuple[float, ...]
+    out_scale: tuple[float, ...]
+    out_translate: tuple[float, ...]
+    sliced_axes: tuple[int, ...]
+    level: int
+
+    def to_layer_shape(self, array):
+        """Add back the sliced axes (length 1) so a result has the layer's dimensionality."""
+        for axis in self.sliced_axes:
+            array = np.expand_dims(np.asarray(array), axis)
+        return array
+
+
+def _level_factors(layer, level: int) -> np.ndarray:
+    if not getattr(layer, "multiscale", False):
+        return np.ones(layer.ndim)
+    s0 = np.asarray(layer.data[0].shape[-layer.ndim :], float)
+    sk = np.asarray(layer.data[level].shape[-layer.ndim :], float)
+    return np.round(s0 / sk)
+
+
+def layer_input(
+    layer,
+    model_dims: int,
+    region: Region = "whole",
+    current_step: Sequence[int] | None = None,
+    level: int = 0,
+    view_box: np.ndarray | None = None,
+) -> LayerInput:
+    """Cut the model input out of an image layer.
+
+    Parameters
+    ----------
+    layer
+        A napari Image layer (single or multiscale, not RGB).
+    model_dims
+        2 or 3: the model's spatial dimensions (the last axes of the layer).
+    region
+        ``"whole"`` image; ``"view"``: the bounding box ``view_box`` (``(2, ndim)`` in level-0
+        data pixels) of what is on screen; ``"slice"``: the current plane of a 3D layer (2D
+        models only) or the whole of the last ``model_dims`` axes.
+    current_step
+        The viewer's current step (level-0 pixels) for the leading axes.
+    level
+        Multiscale level to read.
+    """
+    if getattr(layer, "rgb", False):
+        raise ValueError(f"layer {layer.name!r} is RGB; convert it to one channel first")
+    ndim = layer.ndim
+    if ndim < model_dims:
+        raise ValueError(
+            f"layer {layer.name!r} has {ndim} dimensions; the model needs at least {model_dims}"
+        )
+    if region == "view" and view_box is None:
+        raise ValueError("region 'view' needs the view's bounding box")
+    levels = len(layer.data) if getattr(layer, "multiscale", False) else 1
+    if not 0 <= level < levels:
+        raise ValueError(f"layer {layer.name!r} has levels 0..{levels - 1}, not {level}")
+    data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
+    factors = _level_factors(layer, level)
+    scale = np.asarray(layer.scale, float) * factors
+    translate = np.asarray(layer.translate, float)
+    step = list(current_step) if current_step is not None else [0] * ndim
+    spatial = list(range(ndim - model_dims, ndim))
+    index: list = []
+    out_translate = translate.copy()
+    sliced = []
+    for axis in range(ndim):
+        n = data.shape[axis]
+        if axis not in spatial:
+            i = int(np.clip(round(step[axis] / factors[axis]), 0, n - 1))
+            index.append(slice(i, i + 1))
+            out_translate[axis] = translate[axis] + i * scale[axis]
+            sliced.append(axis)
+            continue
+        lo, hi = 0, n
+        if region == "view":
+            box = np.asarray(view_box, float)
+            lo = int(np.clip(np.floor(box[0, axis] / factors[axis]), 0, n - 1))
+            hi = int(np.clip(np.ceil((box[1, axis] + 1) / factors[axis]), lo + 1, n))
+        index.append(slice(lo, hi))
+        out_translate[axis] = translate[axis] + lo * scale[axis]
+    image = data[tuple(index)]
+    image = image.reshape(tuple(image.shape[a] for a in spatial))[None]
+    return LayerInput(
+        image=image,
+        spacing=tuple(float(scale[a]) for a in spatial),
+        translation=tuple(float(out_translate[a]) for a in spatial),
+        out_scale=tuple(float(s) for s in scale),
+        out_translate=tuple(float(t) for t in out_translate),
+        sliced_axes=tuple(sliced),
+        level=level,
+    )

@@ -1,0 +1,123 @@
+"""The inference dock widget in a real napari viewer (xvfb)."""
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_rat._widgets.inference_widget import CHECKPOINT, InferenceWidget  # noqa: E402
+from napari_rat.config import ModelConfig  # noqa: E402
+from napari_rat.model import build_model, save_checkpoint  # noqa: E402
+from napari_rat.synthetic import synthetic_nuclei  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+SMALL = {
+    "feature_dims": 16,
+    "num_heads": 2,
+    "num_blocks": 2,
+    "iters": 1,
+    "head": {"decoder_dims": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    import torch
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    c2 = ModelConfig(sga_kernel_size=3, stride=2, **SMALL)
+    c3 = ModelConfig(spatial_dims=3, sga_kernel_size=[1, 3, 3], stride=[1, 2, 2], **SMALL)
+    return (
+        save_checkpoint(build_model(c2), tmp / "m2.safetensors", c2),
+        save_checkpoint(build_model(c3), tmp / "m3.safetensors", c3),
+    )
+
+
+def _widget(viewer, checkpoint, layer_name):
+    widget = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="RAT inference")
+    widget.model_choice.value = CHECKPOINT
+    widget.checkpoint.value = checkpoint
+    widget.image_layer.value = layer_name
+    widget.tile.value = 32
+    return widget
+
+
+def test_3d_volume_results_land_on_the_source(make_napari_viewer, qtbot, checkpoints):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((6, 40, 36), (2.0, 0.5, 0.5), seed=0)
+    layer = viewer.add_image(
+        img,
+        name="vol",
+        scale=(2.0, 0.5, 0.5),
+        translate=(5.0, -3.0, 7.0),
+        units=("um", "um", "um"),
+        axis_labels=("z", "y", "x"),
+    )
+    widget = _widget(viewer, checkpoints[1], "vol")
+    assert not widget.checkpoint.native.isHidden()
+    # The event loop keeps turning while the worker runs.
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(10)
+    widget.run()
+    assert widget.worker is not None and not widget.run_button.enabled
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    timer.stop()
+    assert len(ticks) > 3
+    assert "done" in widget.status.value, widget.status.value
+    prob = viewer.layers["vol foreground (RAT)"]
+    labels = viewer.layers["vol instances (RAT)"]
+    for out in (prob, labels):
+        assert out.data.shape == img.shape
+        np.testing.assert_allclose(out.scale, layer.scale)
+        np.testing.assert_allclose(out.translate, layer.translate)
+        np.testing.assert_allclose(out.data_to_world((1, 2, 3)), layer.data_to_world((1, 2, 3)))
+        assert tuple(out.axis_labels) == ("z", "y", "x")
+    assert 0.0 <= prob.data.min() and prob.data.max() <= 1.0
+
+
+def test_2d_model_on_current_slice_of_a_volume(make_napari_viewer, qtbot, checkpoints):
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((5, 32, 30), (1.0, 1.0, 1.0), seed=1)
+    layer = viewer.add_image(img, name="vol", scale=(3.0, 1.0, 1.0), translate=(10.0, 0, 0))
+    viewer.dims.set_point(0, 10.0 + 3.0 * 3)
+    widget = _widget(viewer, checkpoints[0], "vol")
+    widget.region.value = "current slice"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    out = viewer.layers["vol foreground (RAT)"]
+    assert out.data.shape == (1, 32, 30)
+    # The single plane sits exactly on slice 3 of the source.
+    np.testing.assert_allclose(out.data_to_world((0, 4, 5)), layer.data_to_world((3, 4, 5)))
+
+
+def test_cancel_adds_no_layer(make_napari_viewer, qtbot, checkpoints):
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((96, 96), seed=2)
+    viewer.add_image(img, name="img")
+    widget = _widget(viewer, checkpoints[0], "img")
+    widget.tile.value = 16
+    widget.run()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert [lyr.name for lyr in viewer.layers] == ["img"]
+    assert "cancel" in widget.status.value
+    assert widget.run_button.enabled
+
+
+def test_bad_checkpoint_shows_an_error_not_a_traceback(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((16, 16), np.float32), name="img")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint at all")
+    widget = _widget(viewer, bad, "img")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.status.value.startswith("error:") and "bad.safetensors" in widget.status.value
+    assert [lyr.name for lyr in viewer.layers] == ["img"]
