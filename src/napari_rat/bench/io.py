@@ -65,7 +65,7 @@ def case_open(path: str, record: bool) -> tuple[Any, str]:
     from zarr.storage import LocalStore
 
     from napari_rat.io import open_pyramid
-    from napari_rat.io.store_recording import KeyRecordingStore
+    from napari_rat.io.store_wrappers import KeyRecordingStore
 
     def run() -> dict[str, Any]:
         source: Any = path

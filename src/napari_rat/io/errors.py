@@ -32,3 +32,8 @@ class OmeZarrError(ValueError):
 
 class RemoteAccessError(OmeZarrError):
     """A remote store that could not be reached: timeout, HTTP error, refused connection."""
+
+
+class OmeZarrWarning(UserWarning):
+    """Metadata that breaks the spec in a way this package can still read (e.g. a label image
+    written by another tool without ``dimension_names``)."""

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from napari_rat.io.errors import OmeZarrError
+from napari_rat.io.errors import OmeZarrError, OmeZarrWarning, RemoteAccessError
 from napari_rat.io.ngff_metadata import parse_image_attrs, parse_labels_attrs
 from napari_rat.io.pyramid import Pyramid, PyramidLevel
 from napari_rat.io.zarr_stores import DEFAULT_TIMEOUT, describe_remote_error, is_remote, open_store
@@ -104,6 +105,7 @@ def _read_group(
     label: bool,
     validate: bool,
     zarr_format: int | None = None,
+    lenient: bool = False,
 ) -> Pyramid:
     import zarr
 
@@ -159,11 +161,29 @@ def _read_group(
                 remote=remote,
                 timeout=timeout,
                 label=True,
-                validate=False,
+                validate=validate,
                 zarr_format=zarr_format,
+                lenient=True,
             )
     if validate:
-        _guard(where, remote, timeout, lambda: _validate_group(group, meta.version, where, label))
+        target = group
+        if labels:
+            # Label images were validated one by one above; the image is validated without
+            # them (ome-zarr 0.18 writes 0.5 labels groups without ome.version, for one).
+            from napari_rat.io.store_wrappers import SubtreeHidingStore
+
+            hidden = SubtreeHidingStore(store, f"{path}/labels" if path else "labels")
+            target = _open_group(hidden, uri, path, remote, timeout, zarr_format)
+        try:
+            _guard(
+                where, remote, timeout, lambda: _validate_group(target, meta.version, where, label)
+            )
+        except OmeZarrError as exc:
+            if not lenient or isinstance(exc, RemoteAccessError):
+                raise
+            # A label image that passed our structural checks (levels, dimensions, integer
+            # type) stays readable; the spec violation is reported, not fatal.
+            warnings.warn(f"{exc}; opened anyway", OmeZarrWarning, stacklevel=4)
     return Pyramid(
         uri=where,
         ngff_version=meta.version,
@@ -205,7 +225,10 @@ def _validate_group(group: Any, version: str, where: str, label: bool) -> None:
         cause = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
+        if isinstance(cause, pydantic.ValidationError) and cause.errors():
+            detail = "; ".join(str(e.get("msg")) for e in cause.errors()[:3])
+        else:
+            detail = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
         raise OmeZarrError(
             where,
             f"not a valid OME-NGFF {version} image ({type(exc).__name__}): {detail}",

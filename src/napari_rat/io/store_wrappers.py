@@ -1,4 +1,4 @@
-"""A zarr store wrapper that records which keys are read (to prove what a reader touches)."""
+"""zarr store wrappers: record the keys read (to prove what a reader touches), hide a subtree."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from zarr.storage import WrapperStore
 
-__all__ = ["METADATA_KEYS", "KeyRecordingStore"]
+__all__ = ["METADATA_KEYS", "KeyRecordingStore", "SubtreeHidingStore"]
 
 METADATA_KEYS = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
 
@@ -42,3 +42,40 @@ class KeyRecordingStore(WrapperStore):
     def chunk_reads(self) -> list[str]:
         """Keys read that are not metadata documents."""
         return [k for k in self.reads if k.rsplit("/", 1)[-1] not in METADATA_KEYS]
+
+
+class SubtreeHidingStore(WrapperStore):
+    """Wrap a store so that every key under ``prefix`` reads as missing.
+
+    Used to validate an image group without its ``labels`` (validated one by one instead), so
+    that one faulty labels group does not make the image itself unreadable.
+    """
+
+    def __init__(self, store: Any, prefix: str) -> None:
+        super().__init__(store)
+        self.prefix = prefix.rstrip("/") + "/"
+
+    def _with_store(self, store: Any) -> SubtreeHidingStore:
+        return type(self)(store, self.prefix)
+
+    def _hidden(self, key: str) -> bool:
+        return key.startswith(self.prefix)
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        if self._hidden(key):
+            return None
+        return await self._store.get(key, prototype, byte_range)
+
+    async def get_partial_values(
+        self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]
+    ) -> list[Any]:
+        key_ranges = list(key_ranges)
+        values = await self._store.get_partial_values(prototype, key_ranges)
+        return [
+            None if self._hidden(k) else v for (k, _), v in zip(key_ranges, values, strict=True)
+        ]
+
+    async def exists(self, key: str) -> bool:
+        if self._hidden(key):
+            return False
+        return await self._store.exists(key)
