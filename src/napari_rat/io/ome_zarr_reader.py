@@ -61,6 +61,8 @@ def _open_group(
                 store, path=path or None, mode="r", use_consolidated=False, zarr_format=zarr_format
             ),
         )
+    except OmeZarrError:
+        raise
     except zarr.errors.ContainsArrayError:
         raise OmeZarrError(
             where, "this is a zarr array, not an OME-Zarr image group", "open its parent group"
