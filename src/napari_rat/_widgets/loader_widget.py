@@ -128,10 +128,16 @@ class OmeZarrLoaderWidget(QWidget):
         self.open_button.setEnabled(False)
         self.inspect_button.setEnabled(False)
         self._show_status(f"Reading metadata of {uri}…")
-        worker = thread_worker(open_pyramid, start_thread=False)(uri)
-        worker.returned.connect(self._on_loaded)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
+        # Connecting "errored" here keeps napari from re-raising the error in the GUI thread.
+        worker = thread_worker(
+            open_pyramid,
+            start_thread=False,
+            connect={
+                "returned": self._on_loaded,
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
+        )(uri)
         self._worker = worker
         worker.start()
 
