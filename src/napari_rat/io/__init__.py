@@ -36,10 +36,18 @@ chunks, channels, method="mean"|"nearest", overwrite=False, progress) -> Path``
 ``convert(src, dest, spacing, units, ngff_version, levels, chunks, ...) -> Path``
     TIFF / OME-TIFF / ``.npy`` to OME-Zarr, streaming.
 
+Diagnostics
+-----------
+``napari_rat.io.store_wrappers.KeyRecordingStore(store)`` records the keys read through it
+(``reads``, ``chunk_reads``): opening a pyramid through it proves that no chunk is read.
+
 Errors
 ------
 ``OmeZarrError(ValueError)`` (and ``RemoteAccessError`` for timeouts and HTTP errors): the
 message names the file and the fix; nothing on disk is changed when one is raised.
+``OmeZarrWarning``: a label image that breaks the spec but passes the structural checks
+(e.g. 0.5 label arrays without ``dimension_names``, as ome-zarr 0.18 writes them) is opened
+with this warning.
 """
 
 from napari_rat.io.convert import convert, open_source
