@@ -1,0 +1,117 @@
+"""``napari-rat train``: train a model from an experiment config (in-process, DeepSpeed or Ray)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``run``."""
+    parser.add_argument("--config", required=True, metavar="C", help="experiment YAML")
+    parser.add_argument(
+        "--backend", choices=["local", "deepspeed", "ray"], help="default: training.backend"
+    )
+    parser.add_argument("--num-workers", type=int, metavar="N", help="Ray workers / processes")
+    parser.add_argument("--num-gpus", type=float, metavar="N", help="GPUs per Ray worker")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 1 epoch of 2 steps, small validation"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue this run's saved state")
+    parser.add_argument("--init-from", metavar="CKPT", help="start from a checkpoint's weights")
+
+
+def prepare_config(args: argparse.Namespace):
+    """Load and validate the config and apply the command-line overrides, before any worker."""
+    from napari_rat.cli import CommandError
+    from napari_rat.config import ConfigFileError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigFileError as exc:
+        raise CommandError(f"invalid config:\n{exc}") from None
+    backend = args.backend or config.training.backend
+    updates = {"backend": backend}
+    if args.quick:
+        updates.update({"epochs": 1, "steps_per_epoch": 2, "warmup_steps": 1, "log_every": 1})
+    try:
+        raw = config.model_dump()
+        raw["training"].update(updates)
+        if backend == "deepspeed":
+            raw["deepspeed"]["enabled"] = True  # asking for the backend turns it on
+        config = type(config).model_validate(raw)
+    except ValueError as exc:
+        raise CommandError(f"invalid config after overrides: {exc}") from None
+    if args.num_workers is not None and args.num_workers < 1:
+        raise CommandError(f"--num-workers must be at least 1, got {args.num_workers}")
+    if args.init_from is not None:
+        from napari_rat.model import CheckpointError, read_checkpoint_info
+
+        try:
+            read_checkpoint_info(args.init_from)
+        except CheckpointError as exc:
+            raise CommandError(str(exc)) from None
+    _check_data(config)
+    return config
+
+
+def _check_data(config) -> None:
+    from pathlib import Path
+
+    from napari_rat.cli import CommandError
+
+    for path in [*config.data.paths, *config.data.label_paths]:
+        if "://" not in path and not Path(path).exists():
+            raise CommandError(
+                f"dataset {path!r} (data.paths of the config) does not exist; fix the path or "
+                "use data.source: synthetic"
+            )
+
+
+def run_training(config, args: argparse.Namespace):
+    """Train with the chosen backend; returns the path of the best single-file checkpoint."""
+    from pathlib import Path
+
+    from napari_rat.cli import CommandError
+    from napari_rat.train.data_sources import DatasetError
+
+    backend = config.training.backend
+    try:
+        if backend == "ray":
+            from napari_rat.train.ray_backend import train_with_ray
+
+            return train_with_ray(
+                config, num_workers=args.num_workers, num_gpus=args.num_gpus,
+                init_from=args.init_from,
+            )
+        if backend == "deepspeed" and (args.num_workers or 1) > 1:
+            from napari_rat.train.launch import train_multiprocess
+
+            return train_multiprocess(config, args.num_workers, resume=args.resume,
+                                      init_from=args.init_from)
+        from napari_rat.train.loop import train
+
+        last = train(
+            config, callback=lambda e: print(e, flush=True), backend=backend,
+            resume=args.resume, init_from=args.init_from,
+        )
+        return Path(last.path) if last.path else None
+    except DatasetError as exc:
+        raise CommandError(str(exc)) from None
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _train(args: argparse.Namespace) -> int:
+    import time
+
+    config = prepare_config(args)
+    start = time.perf_counter()
+    best = run_training(config, args)
+    print(f"done in {time.perf_counter() - start:.1f} s; best checkpoint: {best}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a model from an experiment config")
+    add_training_arguments(parser)
+    parser.set_defaults(func=_train)
