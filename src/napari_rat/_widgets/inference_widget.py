@@ -21,15 +21,14 @@ REGIONS = {"whole image": "whole", "current view": "view", "current slice": "sli
 
 def _load_model(choice: str, path: Path | None, device: str):
     from napari_rat.inference import resolve_device
-    from napari_rat.model import load_checkpoint
+    from napari_rat.inference.model_loading import STARTER as STARTER_NAME
+    from napari_rat.inference.model_loading import load_model_for_inference
 
     if choice == STARTER:
-        from napari_rat.pretrained import starter_checkpoint_path
-
-        path = starter_checkpoint_path()
+        path = STARTER_NAME
     elif path is None or not Path(path).is_file():
         raise ValueError(f"choose a checkpoint file (got {path or 'nothing'})")
-    return load_checkpoint(path, device=resolve_device(device))
+    return load_model_for_inference(path, device=resolve_device(device))
 
 
 def _prediction_job(choice, path, device, layer, region, step, level, view_box, tile, levels):

@@ -18,21 +18,14 @@ def _region(text: str) -> tuple[str, tuple[int, int]]:
     return axis, (start, stop)
 
 
-def load_model(checkpoint: str, device: str = "cpu"):
+def load_model(checkpoint: str, device: str = "cpu", attention: str | None = None):
     """A checkpoint path, or ``starter`` for the bundled starter model."""
     from napari_rat.cli import CommandError
-    from napari_rat.model import CheckpointError, load_checkpoint
+    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.model import CheckpointError
 
-    if checkpoint == "starter":
-        try:
-            from napari_rat.pretrained import starter_checkpoint_path
-        except ImportError:
-            raise CommandError(
-                "the bundled starter model is not available in this build; pass --checkpoint FILE"
-            ) from None
-        checkpoint = str(starter_checkpoint_path())
     try:
-        return load_checkpoint(checkpoint, device=device)
+        return load_model_for_inference(checkpoint, device=device, attention=attention)
     except CheckpointError as exc:
         raise CommandError(str(exc)) from None
 
@@ -61,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     except (OmeZarrError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    model = load_model(args.checkpoint, str(device))
+    model = load_model(args.checkpoint, str(device), args.attention)
     dims = model.spatial_dims
     tile = tuple(args.tile) * (dims if len(args.tile) == 1 else 1) if args.tile else None
     halo = tuple(args.halo) * (dims if len(args.halo) == 1 else 1) if args.halo else None
@@ -128,6 +121,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--halo", type=int, nargs="+", help="halo in pixels (one or per axis)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument(
+        "--attention",
+        choices=["dense", "exact", "local"],
+        help="attention implementation for the same weights (default: the stored "
+        "one, with dense run as exact: same results at linear memory)",
+    )
     p.add_argument(
         "--resample",
         action="store_true",

@@ -167,10 +167,17 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     return CheckpointInfo(model_config=model_config, **values)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    sga_attention_type: str | None = None,
+) -> torch.nn.Module:
     """Build the model a checkpoint describes and load its weights.
 
     The returned model is in eval mode and carries the metadata as ``model.checkpoint_info``.
+    ``sga_attention_type`` runs the same weights with another attention implementation
+    (``"exact"`` gives the ``"dense"`` results at linear memory; ``"local"`` is windowed); the
+    weights are interchangeable between them.
 
     Raises
     ------
@@ -190,7 +197,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(
             f"{path}: corrupt checkpoint weights ({exc}); copy it again"
         ) from None
-    model = build_model(info.model_config)
+    config = info.model_config
+    if sga_attention_type is not None and sga_attention_type != config.sga_attention_type:
+        config = config.model_copy(update={"sga_attention_type": sga_attention_type})
+    model = build_model(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
