@@ -1,0 +1,81 @@
+import json
+import threading
+
+import pytest
+import torch
+
+from napari_rat.model import load_checkpoint
+from napari_rat.train.checkpoint_store import LocalStore
+from napari_rat.train.engines import lr_lambda
+from napari_rat.train.loop import train_events
+
+from .conftest import BF16_PROBE
+
+pytestmark = pytest.mark.filterwarnings(BF16_PROBE)
+
+
+def test_schedule_warmup_then_cosine():
+    f = lr_lambda(2, 10, 0.1)
+    assert f(0) == 0.5 and f(1) == 1.0
+    assert f(10) == pytest.approx(0.1) and f(6) < f(3)
+
+
+def test_loop_in_process_writes_best_last_and_metrics(tiny):
+    config = tiny(data={"val_fraction": 0.25})
+    events = list(train_events(config))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "finished"
+    assert kinds.count("validation") == 2
+    folder = config.training.output_dir + "/tiny"
+    model = load_checkpoint(folder + "/best.safetensors")
+    info = model.checkpoint_info
+    assert info.normalization["method"] == "percentile"
+    assert info.training_spacing == [1.0, 1.0]
+    records = [json.loads(x) for x in open(folder + "/metrics.jsonl")]
+    assert {r["kind"] for r in records} == {"train", "val"}
+    assert all(r["lr"] > 0 for r in records if r["kind"] == "train")
+
+
+def test_cancel_then_resume_continues(tiny):
+    config = tiny(training={"epochs": 3}, data={"val_fraction": 0.0})
+    cancel = threading.Event()
+    events = []
+    for event in train_events(config, cancel=cancel):
+        events.append(event)
+        if event.kind == "progress" and event.step == 3:
+            cancel.set()
+    assert events[-1].kind == "cancelled" and events[-1].step == 3
+    resumed = list(train_events(config, resume=True))
+    assert any("resumed at step 3" in e.message for e in resumed)
+    steps = [e.step for e in resumed if e.kind == "progress"]
+    assert steps[0] == 4 and resumed[-1].kind == "finished" and resumed[-1].step == 6
+
+
+def test_state_is_never_half_written(tiny, tmp_path):
+    config = tiny(training={"epochs": 1}, data={"val_fraction": 0.0})
+    list(train_events(config))
+    store = LocalStore(tmp_path / "runs/tiny/state")
+    good = store.latest_path()
+    assert good is not None
+
+    class Crashing:
+        def save_state(self, folder, state, is_main):
+            (folder / "weights.safetensors").write_bytes(b"partial")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        store.save(Crashing(), {"step": 99}, {})
+    assert store.latest_path() == good  # the pointer still names the complete state
+    assert not (good.parent / "step-00000099").exists()
+
+
+def test_init_from_checkpoint(tiny):
+    config = tiny(training={"epochs": 1})
+    list(train_events(config))
+    best = config.training.output_dir + "/tiny/best.safetensors"
+    config2 = tiny(training={"epochs": 1, "run_name": "ft"})
+    list(train_events(config2, init_from=best))
+    a = load_checkpoint(best).state_dict()
+    b = load_checkpoint(config.training.output_dir + "/ft/last.safetensors").state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.isfinite(v).all() for v in b.values())
