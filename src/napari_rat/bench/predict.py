@@ -1,0 +1,248 @@
+"""``napari-rat bench predict``: the tiled engine against the bare model, and memory vs size.
+
+Cases, each in a fresh child process (:func:`napari_rat.bench._measure.measure`):
+
+- **engine**: :func:`napari_rat.inference.predict` over a synthetic OME-Zarr image read lazily
+  from disk, writing its results to a zarr store (instances included).
+- **bare**: the model's forward alone on random tensors shaped like the same tiles (halo
+  included), no IO, no normalisation, no stitching: the floor the engine is compared with.
+
+Reported: time, pixels per second, peak memory above the child's baseline; the engine/bare
+throughput ratio (IO, halo and blending overhead) and the peak-memory ratio between an image
+and one with 8x the pixels (flat memory means a ratio near 1). The model is built from a config
+(``configs/nuclei_2d.yaml`` by default: local attention), with random weights: speed does not
+depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_rat.bench._measure import format_bytes, measure
+
+DEFAULT_CONFIG = Path(__file__).parents[3] / "configs" / "nuclei_2d.yaml"
+SIZES_2D = [(2048, 2048), (5792, 5792)]
+SIZES_3D = [(64, 512, 512), (128, 1024, 1024)]
+QUICK_2D = [(512, 512), (1448, 1448)]
+
+
+def _model(config_path: str, dims: int, attention: str | None):
+    import torch
+
+    from napari_rat.config import ModelConfig, load_config
+    from napari_rat.model import build_model
+
+    if config_path:
+        cfg = load_config(config_path).model
+    else:
+        cfg = ModelConfig(spatial_dims=dims, input_features=1)
+    if cfg.spatial_dims != dims:
+        cfg = cfg.model_copy(
+            update={
+                "spatial_dims": dims,
+                "sga_kernel_size": 5,
+                "stride": 2,
+                "proj_kernel_size": 5,
+                "spacing": None,
+            }
+        )
+    if attention:
+        cfg = cfg.model_copy(update={"sga_attention_type": attention})
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def make_image(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...]) -> Path:
+    """A synthetic nuclei OME-Zarr of ``shape``, tiled from a small generated patch."""
+    import dask.array as da
+
+    from napari_rat.io import write_image
+    from napari_rat.synthetic import synthetic_nuclei
+
+    patch_shape = tuple(min(n, 256 if len(shape) == 2 else 64) for n in shape)
+    patch, _ = synthetic_nuclei(patch_shape, spacing, seed=0)
+    reps = tuple(math.ceil(n / p) for n, p in zip(shape, patch_shape, strict=True))
+    chunks = tuple(min(n, 512 if len(shape) == 2 else 128) for n in shape)
+    image = da.tile(da.from_array((patch * 1000).astype(np.uint16)), reps)
+    image = image[tuple(slice(0, n) for n in shape)].rechunk(chunks)
+    axes = "yx" if len(shape) == 2 else "zyx"
+    return write_image(path, image, axes=axes, scale=spacing, levels=1, chunks=chunks)
+
+
+def case_engine(
+    image: str,
+    config: str,
+    dims: int,
+    tile: int,
+    halo: int,
+    store: str,
+    device: str,
+    attention: str | None,
+):
+    """Set-up of the engine case: returns ``(run, device)``."""
+    from napari_rat.inference import PredictOptions, predict, run_prediction
+    from napari_rat.inference.sources import input_from_pyramid
+    from napari_rat.io import open_pyramid
+
+    model = _model(config, dims, attention)
+    source = input_from_pyramid(open_pyramid(image))
+    options = PredictOptions(tile=(tile,) * dims, halo=(halo,) * dims, device=device)
+
+    def run():
+        result = run_prediction(
+            predict(model, source.image, source.spacing, options=options, store=store)
+        )
+        return {"instances": result.num_instances}
+
+    return run, device
+
+
+def case_bare(
+    shape: list[int],
+    config: str,
+    dims: int,
+    tile: int,
+    halo: int,
+    device: str,
+    attention: str | None,
+):
+    """Set-up of the bare-forward case on tiles shaped like the engine's."""
+    import torch
+
+    from napari_rat.inference.tiling import tile_grid
+
+    model = _model(config, dims, attention).to(device)
+    tiles = tile_grid(shape, (tile,) * dims, (halo,) * dims)
+    shapes = [tuple(s.stop - s.start for s in t.read) for t in tiles]
+
+    def run():
+        with torch.inference_mode():
+            for s in shapes:
+                x = torch.randn(1, 1, *s, device=device)
+                model([x], input_spacing=[(1.0,) * dims])
+        return {"tiles": len(shapes)}
+
+    return run, device
+
+
+def _row(name, shape, res) -> dict[str, Any]:
+    px = math.prod(shape)
+    return {
+        "case": name,
+        "shape": "x".join(map(str, shape)),
+        "seconds": res.seconds,
+        "px_per_s": px / res.seconds if res.seconds else None,
+        "peak": res.peak_bytes,
+        "error": res.error,
+    }
+
+
+def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run every case and return the rows of the table."""
+    dims = 3 if args.dims == 3 else 2
+    if args.sizes:
+        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+    elif dims == 3:
+        sizes = SIZES_3D
+    else:
+        sizes = QUICK_2D if args.quick else SIZES_2D
+    spacing = (2.0, 0.5, 0.5) if dims == 3 else (0.5, 0.5)
+    tile = args.tile or (256 if dims == 2 else 64)
+    halo = args.halo if args.halo is not None else (32 if dims == 2 else 12)
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="napari-rat-bench-predict-"))
+    try:
+        for shape in sizes:
+            image = make_image(work / f"img_{'x'.join(map(str, shape))}.zarr", shape, spacing)
+            common = {
+                "config": args.config,
+                "dims": dims,
+                "tile": tile,
+                "halo": halo,
+                "device": args.device,
+                "attention": args.attention,
+            }
+            store = work / f"pred_{'x'.join(map(str, shape))}.zarr"
+            res = measure(
+                "napari_rat.bench.predict:case_engine", image=str(image), store=str(store), **common
+            )
+            rows.append(_row("engine", shape, res))
+            if not args.skip_bare:
+                res = measure("napari_rat.bench.predict:case_bare", shape=list(shape), **common)
+                rows.append(_row("bare forward", shape, res))
+            shutil.rmtree(store, ignore_errors=True)
+            shutil.rmtree(image, ignore_errors=True)
+            print(_format_row(rows[-2] if not args.skip_bare else rows[-1]), flush=True)
+            if not args.skip_bare:
+                print(_format_row(rows[-1]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def _format_row(r) -> str:
+    if r["error"]:
+        return f"| {r['case']} | {r['shape']} | failed: {r['error'].splitlines()[-1]} | | |"
+    return (
+        f"| {r['case']} | {r['shape']} | {r['seconds']:.1f} s | {r['px_per_s']:.0f} | "
+        f"{format_bytes(r['peak'])} |"
+    )
+
+
+def format_table(rows, args) -> str:
+    """Markdown table plus the ratios the targets are about."""
+    lines = [
+        f"napari-rat bench predict (device {args.device}, tile {args.tile or 'default'})",
+        "",
+        "| case | shape | time | pixels/s | peak memory |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [_format_row(r) for r in rows]
+    engine = [r for r in rows if r["case"] == "engine" and not r["error"]]
+    bare = {r["shape"]: r for r in rows if r["case"] == "bare forward" and not r["error"]}
+    lines.append("")
+    for r in engine:
+        if r["shape"] in bare:
+            ratio = r["px_per_s"] / bare[r["shape"]]["px_per_s"]
+            lines.append(
+                f"- {r['shape']}: engine throughput = {ratio:.2f} x bare forward "
+                f"(overhead {100 * (1 - ratio):.0f}%)"
+            )
+    if len(engine) >= 2:
+        small, big = engine[0], engine[-1]
+        lines.append(
+            f"- peak memory {big['shape']} / {small['shape']}: "
+            f"{big['peak'] / max(small['peak'], 1):.2f} x"
+        )
+    return "\n".join(lines)
+
+
+def _main(args: argparse.Namespace) -> int:
+    rows = run_bench(args)
+    table = format_table(rows, args)
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+    return 0 if all(not r["error"] for r in rows) else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="tiled engine vs bare model; memory vs image size")
+    p.add_argument("--dims", type=int, choices=[2, 3], default=2)
+    p.add_argument("--sizes", nargs="+", metavar="YxX", help="image shapes, e.g. 2048x2048")
+    p.add_argument("--quick", action="store_true", help="512^2 and 1448^2 (8x) only")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="config whose model is used")
+    p.add_argument("--attention", choices=["dense", "exact", "local"], default=None)
+    p.add_argument("--tile", type=int)
+    p.add_argument("--halo", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-bare", action="store_true")
+    p.add_argument("--output", help="also write the table here")
+    p.set_defaults(func=_main)
