@@ -5,7 +5,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from napari_rat._widgets.inference_widget import CHECKPOINT, InferenceWidget  # noqa: E402
+from napari_rat._widgets.inference_widget import InferenceWidget  # noqa: E402
 from napari_rat.config import ModelConfig  # noqa: E402
 from napari_rat.model import build_model, save_checkpoint  # noqa: E402
 from napari_rat.synthetic import synthetic_nuclei  # noqa: E402
@@ -38,8 +38,7 @@ def checkpoints(tmp_path_factory):
 def _widget(viewer, checkpoint, layer_name):
     widget = InferenceWidget(viewer)
     viewer.window.add_dock_widget(widget, name="RAT inference")
-    widget.model_choice.value = CHECKPOINT
-    widget.checkpoint.value = checkpoint
+    widget.model.use_checkpoint(checkpoint)
     widget.image_layer.value = layer_name
     widget.tile.value = 32
     return widget
@@ -59,7 +58,7 @@ def test_3d_volume_results_land_on_the_source(make_napari_viewer, qtbot, checkpo
         axis_labels=("z", "y", "x"),
     )
     widget = _widget(viewer, checkpoints[1], "vol")
-    assert not widget.checkpoint.native.isHidden()
+    assert not widget.model.checkpoint.native.isHidden()
     # The event loop keeps turning while the worker runs.
     ticks = []
     timer = QTimer()
@@ -121,3 +120,7 @@ def test_bad_checkpoint_shows_an_error_not_a_traceback(make_napari_viewer, qtbot
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert widget.status.value.startswith("error:") and "bad.safetensors" in widget.status.value
     assert [lyr.name for lyr in viewer.layers] == ["img"]
+    # No file chosen at all: said in the widget, nothing started.
+    widget.model.checkpoint.value = tmp_path / "missing.safetensors"
+    widget.run()
+    assert widget.worker is None and "choose a checkpoint file" in widget.status.value

@@ -7,35 +7,21 @@ The widget only gathers choices; the work is :func:`napari_rat.inference.predict
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, SpinBox
 
 from napari_rat._widgets.layer_input import LayerInput, layer_input
+from napari_rat._widgets.model_choice import ModelChoice
 
-STARTER = "starter model (bundled)"
-CHECKPOINT = "checkpoint file"
 REGIONS = {"whole image": "whole", "current view": "view", "current slice": "slice"}
 
 
-def _load_model(choice: str, path: Path | None, device: str):
-    from napari_rat.inference import resolve_device
-    from napari_rat.inference.model_loading import STARTER as STARTER_NAME
+def _prediction_job(checkpoint, device, layer, region, step, level, view_box, tile, levels):
+    """Generator run in the worker: load the model, cut the input, predict."""
+    from napari_rat.inference import PredictOptions, predict, resolve_device
     from napari_rat.inference.model_loading import load_model_for_inference
 
-    if choice == STARTER:
-        path = STARTER_NAME
-    elif path is None or not Path(path).is_file():
-        raise ValueError(f"choose a checkpoint file (got {path or 'nothing'})")
-    return load_model_for_inference(path, device=resolve_device(device))
-
-
-def _prediction_job(choice, path, device, layer, region, step, level, view_box, tile, levels):
-    """Generator run in the worker: load the model, cut the input, predict."""
-    from napari_rat.inference import PredictOptions, predict
-
-    model = _load_model(choice, path, device)
+    model = load_model_for_inference(checkpoint, device=resolve_device(device))
     source = layer_input(layer, model.spatial_dims, region, step, level, view_box)
     options = PredictOptions(tile=(tile,) * model.spatial_dims, levels=levels, device=device)
     result = yield from predict(
@@ -49,10 +35,7 @@ class InferenceWidget(Container):
 
     def __init__(self, napari_viewer):
         self.viewer = napari_viewer
-        self.model_choice = ComboBox(label="model", choices=[STARTER, CHECKPOINT], value=STARTER)
-        self.checkpoint = FileEdit(
-            label="checkpoint", mode="r", filter="*.safetensors", visible=False
-        )
+        self.model = ModelChoice()
         self.image_layer = ComboBox(label="image", choices=self._image_layers)
         self.region = ComboBox(label="region", choices=list(REGIONS), value="whole image")
         self.level = SpinBox(label="level", min=0, max=16, value=0)
@@ -65,8 +48,7 @@ class InferenceWidget(Container):
         self.status = Label(value="")
         super().__init__(
             widgets=[
-                self.model_choice,
-                self.checkpoint,
+                self.model,
                 self.image_layer,
                 self.region,
                 self.level,
@@ -81,7 +63,6 @@ class InferenceWidget(Container):
         )
         self.worker = None
         self._napari_progress = None
-        self.model_choice.changed.connect(self._on_model_choice)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
@@ -95,9 +76,6 @@ class InferenceWidget(Container):
 
     def _refresh_layers(self, *_):
         self.image_layer.reset_choices()
-
-    def _on_model_choice(self, value):
-        self.checkpoint.visible = value == CHECKPOINT
 
     def _set_status(self, text: str, error: bool = False) -> None:
         self.status.value = text
@@ -120,11 +98,14 @@ class InferenceWidget(Container):
         if region == "view":
             view_box = self._view_box(layer)
         layer_step = [int(round(v)) for v in layer.world_to_data(self.viewer.dims.point)]
-        path = self.checkpoint.value if self.model_choice.value == CHECKPOINT else None
+        try:
+            checkpoint = self.model.selection()
+        except ValueError as exc:
+            self._set_status(str(exc), error=True)
+            return
         self.worker = create_worker(
             _prediction_job,
-            self.model_choice.value,
-            path,
+            checkpoint,
             self.device.value,
             layer,
             region,
