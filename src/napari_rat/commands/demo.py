@@ -135,6 +135,7 @@ def build_viewer(samples: dict[str, Path], show: bool):
     """A napari viewer with the samples opened by our reader and the plugin's docks."""
     import napari
 
+    from napari_rat._widgets.attention_widget import AttentionWidget
     from napari_rat._widgets.inference_widget import InferenceWidget
     from napari_rat._widgets.loader_widget import OmeZarrLoaderWidget
 
@@ -142,6 +143,7 @@ def build_viewer(samples: dict[str, Path], show: bool):
     viewer.open(str(samples["nuclei_2d"]), plugin="napari-rat")
     viewer.window.add_dock_widget(OmeZarrLoaderWidget(viewer), name="OME-Zarr loader", area="right")
     viewer.window.add_dock_widget(InferenceWidget(viewer), name="RAT inference", area="right")
+    viewer.window.add_dock_widget(AttentionWidget(viewer), name="RAT attention", area="right")
     viewer.reset_view()
     return viewer
 

@@ -1,0 +1,181 @@
+"""Attention dock widget: click a point, see what the model groups with it.
+
+For the clicked point (2D or 3D, world coordinates) the widget runs the backbone on a window
+around it and shows, per block, that point's attention over the input pixels
+(:func:`napari_rat.model.attention_maps.point_attention`) as image layers, and the native
+grouping of each block (:func:`~napari_rat.model.attention_maps.native_grouping`) as labels
+layers, all aligned with the source layer in world coordinates. The maps are computed on demand
+in a worker thread, never materialised as full ``N x N`` matrices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox
+
+from napari_rat._widgets.layer_input import layer_input
+from napari_rat._widgets.model_choice import ModelChoice
+
+
+def attention_job(checkpoint, device, layer, data_point, step, window):
+    """Worker: the maps for ``data_point`` (level-0 data pixels of ``layer``)."""
+    import torch
+
+    from napari_rat.inference import image_statistics, resolve_device
+    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.model.attention_maps import native_grouping, point_attention
+
+    device = resolve_device(device)
+    model = load_model_for_inference(checkpoint, device=device)
+    dims = model.spatial_dims
+    half = np.asarray([window / 2] * dims)
+    centre = np.asarray(data_point[-dims:], float)
+    box = np.zeros((2, layer.ndim))
+    box[0, -dims:] = centre - half
+    box[1, -dims:] = centre + half - 1
+    source = layer_input(layer, dims, "view", step, 0, box)
+    info = getattr(model, "checkpoint_info", None)
+    stats = image_statistics(source.image, info.normalization if info else None)
+    x = torch.from_numpy(stats.apply(np.asarray(source.image, np.float32)))[None].to(device)
+    origin = np.asarray(source.translation)
+    world = np.asarray(layer.data_to_world(data_point))[-dims:]
+    point = world - origin  # physical position inside the window
+    maps = point_attention(model, x, [source.spacing], point)
+    groups = native_grouping(model, x, [source.spacing])
+    return source, maps, groups
+
+
+class AttentionWidget(Container):
+    """Per-block attention of a clicked point, and each block's native grouping."""
+
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.model = ModelChoice()
+        self.image_layer = ComboBox(label="image", choices=self._image_layers)
+        self.window = SpinBox(label="window (px)", min=16, max=1024, step=16, value=128)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.pick = ComboBox(
+            label="on click", choices=["show attention", "off"], value="show attention"
+        )
+        self.point = LineEdit(label="point (world)", value="")
+        self.show_button = PushButton(text="Show")
+        self.status = Label(value="click a point in the viewer")
+        super().__init__(
+            widgets=[
+                self.model,
+                self.image_layer,
+                self.window,
+                self.device,
+                self.pick,
+                self.point,
+                self.show_button,
+                self.status,
+            ]
+        )
+        self.worker = None
+        self.show_button.clicked.connect(self.show_point)
+        self.viewer.layers.events.inserted.connect(lambda *_: self.image_layer.reset_choices())
+        self.viewer.layers.events.removed.connect(lambda *_: self.image_layer.reset_choices())
+        self.viewer.mouse_drag_callbacks.append(self._on_click)
+
+    def _image_layers(self, *_):
+        from napari.layers import Image
+
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _set_status(self, text: str, error: bool = False) -> None:
+        self.status.value = text
+        self.status.native.setStyleSheet("color: #e05555;" if error else "")
+
+    def _on_click(self, viewer, event):
+        if self.pick.value == "off" or event.type != "mouse_press":
+            return
+        self.point.value = ", ".join(f"{v:.3f}" for v in event.position)
+        self.show_point()
+
+    def show_point(self):
+        """Compute the maps for the point in the ``point`` field (world coordinates)."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            self._set_status("busy: wait for the current maps", error=True)
+            return
+        name = self.image_layer.value
+        if not name or name not in self.viewer.layers:
+            self._set_status("choose an image layer first", error=True)
+            return
+        layer = self.viewer.layers[name]
+        try:
+            world = [float(v) for v in self.point.value.replace(",", " ").split()]
+            checkpoint = self.model.selection()
+        except ValueError as exc:
+            self._set_status(f"error: {exc}", error=True)
+            return
+        if len(world) != self.viewer.dims.ndim:
+            self._set_status(
+                f"error: the point needs {self.viewer.dims.ndim} coordinates", error=True
+            )
+            return
+        data_point = np.asarray(layer.world_to_data(world), float)
+        if np.any(data_point < -0.5) or np.any(data_point > np.asarray(layer.data.shape) - 0.5):
+            self._set_status("the point is outside the image", error=True)
+            return
+        step = [int(round(v)) for v in data_point]
+        self.worker = create_worker(
+            attention_job,
+            checkpoint,
+            self.device.value,
+            layer,
+            data_point,
+            step,
+            self.window.value,
+            _connect={
+                "returned": self._on_result,
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
+            _start_thread=False,
+        )
+        self._set_status("computing attention…")
+        self.worker.start()
+
+    def _put(self, name, data, kind, meta):
+        if name in self.viewer.layers and type(self.viewer.layers[name]).__name__.lower() == kind:
+            target = self.viewer.layers[name]
+            target.data = data
+            target.scale, target.translate = meta["scale"], meta["translate"]
+            return target
+        if kind == "image":
+            return self.viewer.add_image(
+                data, name=name, colormap="inferno", blending="additive", **meta
+            )
+        return self.viewer.add_labels(data, name=name, **meta)
+
+    def _on_result(self, value):
+        source, maps, groups = value
+        layer = self.viewer.layers[self.image_layer.value]
+        meta = {"scale": source.out_scale, "translate": source.out_translate}
+        for attr in ("units", "axis_labels"):
+            if hasattr(layer, attr):
+                meta[attr] = getattr(layer, attr)
+        for block, (att, grp) in enumerate(zip(maps, groups, strict=True)):
+            att = att / max(float(att.max()), 1e-12)
+            self._put(
+                f"attention block {block}",
+                source.to_layer_shape(att.astype(np.float32)),
+                "image",
+                meta,
+            )
+            self._put(
+                f"grouping block {block}",
+                source.to_layer_shape((grp + 1).astype(np.int32)),
+                "labels",
+                meta,
+            )
+        self._set_status(f"attention of the point over {len(maps)} blocks")
+
+    def _on_error(self, exc):
+        self._set_status(f"error: {exc}", error=True)
+
+    def _on_finished(self):
+        self.worker = None

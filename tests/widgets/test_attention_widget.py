@@ -1,0 +1,107 @@
+"""The attention dock widget in a real napari viewer (xvfb)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_rat._widgets.attention_widget import AttentionWidget  # noqa: E402
+from napari_rat.config import ModelConfig  # noqa: E402
+from napari_rat.model import build_model, save_checkpoint  # noqa: E402
+from napari_rat.synthetic import synthetic_nuclei  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    import torch
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    common = {
+        "feature_dims": 16,
+        "num_heads": 2,
+        "num_blocks": 2,
+        "iters": 1,
+        "sga_attention_type": "local",
+        "head": {"decoder_dims": 8},
+    }
+    c2 = ModelConfig(sga_kernel_size=3, stride=2, **common)
+    c3 = ModelConfig(spatial_dims=3, sga_kernel_size=[1, 3, 3], stride=[1, 2, 2], **common)
+    return (
+        save_checkpoint(build_model(c2), tmp / "m2.safetensors", c2),
+        save_checkpoint(build_model(c3), tmp / "m3.safetensors", c3),
+    )
+
+
+def test_click_shows_attention_and_grouping_aligned(make_napari_viewer, qtbot, checkpoints):
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((80, 70), (0.5, 0.5), seed=0)
+    layer = viewer.add_image(img, name="img", scale=(0.5, 0.5), translate=(100.0, 50.0))
+    widget = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model.use_checkpoint(checkpoints[0])
+    widget.image_layer.value = "img"
+    widget.window.value = 32
+    world = layer.data_to_world((40, 30))
+    widget._on_click(viewer, SimpleNamespace(type="mouse_press", position=tuple(world)))
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert "over 2 blocks" in widget.status.value, widget.status.value
+    for block in (0, 1):
+        att = viewer.layers[f"attention block {block}"]
+        grp = viewer.layers[f"grouping block {block}"]
+        assert att.data.shape == grp.data.shape == (32, 32)
+        np.testing.assert_allclose(att.scale, layer.scale)
+        # The window's pixel (0, 0) is the source's pixel (24, 14).
+        np.testing.assert_allclose(att.data_to_world((0, 0)), layer.data_to_world((24, 14)))
+        np.testing.assert_allclose(grp.translate, att.translate)
+        assert grp.data.min() >= 1  # every pixel belongs to a group token
+    # Local attention: the point's block-0 token sees only pixels around the point.
+    att0 = viewer.layers["attention block 0"].data
+    ys, xs = np.nonzero(att0 > 0)
+    assert ys.min() <= 16 <= ys.max() and xs.min() <= 16 <= xs.max()
+    assert ys.max() - ys.min() < 8 and xs.max() - xs.min() < 8
+    # Deeper blocks group more pixels per token.
+    g0 = len(np.unique(viewer.layers["grouping block 0"].data))
+    g1 = len(np.unique(viewer.layers["grouping block 1"].data))
+    assert g1 < g0
+    # A second click updates the same layers instead of adding new ones.
+    n_layers = len(viewer.layers)
+    widget.point.value = ", ".join(map(str, layer.data_to_world((20, 20))))
+    widget.show_point()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert len(viewer.layers) == n_layers
+
+
+def test_3d_volume_point(make_napari_viewer, qtbot, checkpoints):
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((8, 40, 40), (2.0, 0.5, 0.5), seed=1)
+    layer = viewer.add_image(img, name="vol", scale=(2.0, 0.5, 0.5), translate=(4.0, 0.0, 0.0))
+    widget = AttentionWidget(viewer)
+    widget.model.use_checkpoint(checkpoints[1])
+    widget.image_layer.value = "vol"
+    widget.window.value = 16
+    widget.point.value = ", ".join(map(str, layer.data_to_world((4, 20, 20))))
+    widget.show_point()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    att = viewer.layers["attention block 1"]
+    assert att.data.ndim == 3 and att.data.shape[1:] == (16, 16)
+    np.testing.assert_allclose(att.scale, layer.scale)
+
+
+def test_point_outside_or_malformed_is_reported(make_napari_viewer, checkpoints):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((20, 20), np.float32), name="img")
+    widget = AttentionWidget(viewer)
+    widget.model.use_checkpoint(checkpoints[0])
+    widget.image_layer.value = "img"
+    widget.point.value = "500, 500"
+    widget.show_point()
+    assert widget.worker is None and "outside" in widget.status.value
+    widget.point.value = "1, 2, 3"
+    widget.show_point()
+    assert "needs 2 coordinates" in widget.status.value
+    assert [lyr.name for lyr in viewer.layers] == ["img"]
