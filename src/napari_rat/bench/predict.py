@@ -85,6 +85,7 @@ def case_engine(
     store: str,
     device: str,
     attention: str | None,
+    precision: str = "auto",
 ):
     """Set-up of the engine case: returns ``(run, device)``."""
     from napari_rat.inference import PredictOptions, predict, run_prediction
@@ -93,7 +94,9 @@ def case_engine(
 
     model = _model(config, dims, attention)
     source = input_from_pyramid(open_pyramid(image))
-    options = PredictOptions(tile=(tile,) * dims, halo=(halo,) * dims, device=device)
+    options = PredictOptions(
+        tile=(tile,) * dims, halo=(halo,) * dims, device=device, precision=precision
+    )
 
     def run():
         result = run_prediction(
@@ -112,10 +115,12 @@ def case_bare(
     halo: int,
     device: str,
     attention: str | None,
+    precision: str = "auto",
 ):
     """Set-up of the bare-forward case on tiles shaped like the engine's."""
     import torch
 
+    from napari_rat.inference.tiled_predict import autocast_for
     from napari_rat.inference.tiling import tile_grid
 
     model = _model(config, dims, attention).to(device)
@@ -123,7 +128,7 @@ def case_bare(
     shapes = [tuple(s.stop - s.start for s in t.read) for t in tiles]
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_for(torch.device(device), precision):
             for s in shapes:
                 x = torch.randn(1, 1, *s, device=device)
                 model([x], input_spacing=[(1.0,) * dims])
@@ -243,6 +248,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int)
     p.add_argument("--halo", type=int)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 on CUDA, fp32 on CPU",
+    )
     p.add_argument("--skip-bare", action="store_true")
     p.add_argument("--output", help="also write the table here")
     p.set_defaults(func=_main)

@@ -98,7 +98,8 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _autocast(device: torch.device, precision: Precision):
+def autocast_for(device: torch.device, precision: Precision):
+    """The autocast context for ``precision`` on ``device`` (``auto``: bf16 on CUDA only)."""
     if precision == "auto":
         # bf16 pays off on GPUs; on CPUs it is usually slower than fp32.
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -254,7 +255,7 @@ def predict(
                     raise PredictionCancelled("prediction cancelled")
                 data = np.asarray(image[(slice(None), *t.read)], dtype=np.float32)
                 x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(device)
-                with _autocast(device, options.precision):
+                with autocast_for(device, options.precision):
                     p = _tile_probabilities(
                         model, x, spacing, options, factors, training_spacing, boundary
                     )
