@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ def _worker(loop_config: dict[str, Any]) -> None:
             marker = Path(fault["marker"])
             if not marker.exists():
                 marker.write_text(str(os.getpid()))
+                # Mid-run: the controller has had time to register the reported checkpoint.
+                time.sleep(float(fault.get("delay_s", 5.0)))
                 os.kill(os.getpid(), signal.SIGKILL)
 
     store = RayStore(dist, checkpoint_meta=lambda: meta_holder.get("meta", {}))
