@@ -49,10 +49,26 @@ def test_spacing_augmentation_rescales_physically():
     labels[16:48, 16:48] = 1
     image = LabeledImage("sq", labels[None].astype(np.float32), labels, (1.0, 1.0))
     region = Region(0, (0, 0), (64, 64))
-    fine = sample_crop(image, region, [16, 16], [1], np.random.default_rng(0), factor=1.0,
-                       flips=False, rotations=False)
-    coarse = sample_crop(image, region, [16, 16], [1], np.random.default_rng(0), factor=4.0,
-                         flips=False, rotations=False)
+    fine = sample_crop(
+        image,
+        region,
+        [16, 16],
+        [1],
+        np.random.default_rng(0),
+        factor=1.0,
+        flips=False,
+        rotations=False,
+    )
+    coarse = sample_crop(
+        image,
+        region,
+        [16, 16],
+        [1],
+        np.random.default_rng(0),
+        factor=4.0,
+        flips=False,
+        rotations=False,
+    )
     assert coarse.spacings[0] == (4.0, 4.0) and fine.spacings[0] == (1.0, 1.0)
     # at 4x the whole 32-pixel square (8 coarse pixels across) fits in the crop
     assert (coarse.labels[0] == 1).sum() == 64
@@ -80,15 +96,30 @@ def test_rotations_respect_anisotropy():
 
 
 def test_3d_dataset(tmp_path):
-    config = ExperimentConfig.model_validate({
-        "model": {"spatial_dims": 3, "feature_dims": 8, "num_heads": 2, "num_blocks": 1,
-                  "sga_kernel_size": 3, "stride": [1, 2, 2], "proj_kernel_size": 3,
-                  "sga_attention_type": "dense"},
-        "data": {"spacing": [3.0, 1.0, 1.0], "crop_size": [4, 16, 16], "num_samples": 2,
-                 "synthetic_images": 1, "synthetic_shape": [6, 24, 24],
-                 "synthetic_radius": 4.0, "spacing_augmentation": [0.8, 1.5]},
-        "training": {"batch_size": 2},
-    })
+    config = ExperimentConfig.model_validate(
+        {
+            "model": {
+                "spatial_dims": 3,
+                "feature_dims": 8,
+                "num_heads": 2,
+                "num_blocks": 1,
+                "sga_kernel_size": 3,
+                "stride": [1, 2, 2],
+                "proj_kernel_size": 3,
+                "sga_attention_type": "dense",
+            },
+            "data": {
+                "spacing": [3.0, 1.0, 1.0],
+                "crop_size": [4, 16, 16],
+                "num_samples": 2,
+                "synthetic_images": 1,
+                "synthetic_shape": [6, 24, 24],
+                "synthetic_radius": 4.0,
+                "spacing_augmentation": [0.8, 1.5],
+            },
+            "training": {"batch_size": 2},
+        }
+    )
     data = build_data(config)
     batch = collate([data.train[0], data.train[1]])
     assert batch["images"][0].shape == (2, 1, 4, 16, 16)
@@ -103,18 +134,34 @@ def test_tiff_pairs_and_missing_file(tmp_path, tiny):
     img, lab = synthetic_nuclei((32, 40), radius=3.0)
     tifffile.imwrite(tmp_path / "i.tif", img)
     tifffile.imwrite(tmp_path / "l.tif", lab)
-    config = tiny(data={"source": "tiff", "paths": [str(tmp_path / "i.tif")],
-                        "label_paths": [str(tmp_path / "l.tif")]})
+    config = tiny(
+        data={
+            "source": "tiff",
+            "paths": [str(tmp_path / "i.tif")],
+            "label_paths": [str(tmp_path / "l.tif")],
+        }
+    )
     assert build_data(config).train[0]["images"][0].shape == (1, 16, 16)
-    config = tiny(data={"source": "tiff", "paths": [str(tmp_path / "no.tif")],
-                        "label_paths": [str(tmp_path / "l.tif")]})
+    config = tiny(
+        data={
+            "source": "tiff",
+            "paths": [str(tmp_path / "no.tif")],
+            "label_paths": [str(tmp_path / "l.tif")],
+        }
+    )
     with pytest.raises(DatasetError, match="no.tif"):
         build_data(config)
 
 
 def test_stardist_source_and_mixing(tiny):
-    config = tiny(data={"source": "stardist_nuclei_2d", "holdout_fraction": 0.25,
-                        "val_fraction": 0.1, "synthetic_fraction": 0.5})
+    config = tiny(
+        data={
+            "source": "stardist_nuclei_2d",
+            "holdout_fraction": 0.25,
+            "val_fraction": 0.1,
+            "synthetic_fraction": 0.5,
+        }
+    )
     data = build_data(config)
     assert data.holdout[0].labels.shape == (512, 128)
     assert len(data.train.regions) == 2

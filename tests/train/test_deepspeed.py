@@ -10,8 +10,13 @@ from .conftest import BF16_PROBE
 
 def test_deepspeed_config_from_section(tiny):
     config = tiny(
-        deepspeed={"enabled": True, "zero_stage": 3, "offload_optimizer": True,
-                   "offload_params": True, "activation_checkpointing": True},
+        deepspeed={
+            "enabled": True,
+            "zero_stage": 3,
+            "offload_optimizer": True,
+            "offload_params": True,
+            "activation_checkpointing": True,
+        },
         training={"accumulation_steps": 2, "grad_clip": 0.5},
     )
     ds = deepspeed_config(config, world_size=4, precision="bf16", device_type="cuda")
@@ -21,8 +26,9 @@ def test_deepspeed_config_from_section(tiny):
     assert ds["train_batch_size"] == 2 * 2 * 4 and ds["gradient_clipping"] == 0.5
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     assert "activation_checkpointing" in ds
-    ds2 = deepspeed_config(tiny(deepspeed={"enabled": True}), world_size=1, precision="fp32",
-                           device_type="cpu")
+    ds2 = deepspeed_config(
+        tiny(deepspeed={"enabled": True}), world_size=1, precision="fp32", device_type="cpu"
+    )
     assert ds2["zero_optimization"]["stage"] == 2 and "optimizer" not in ds2
 
 

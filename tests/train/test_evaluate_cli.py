@@ -17,31 +17,73 @@ def _write(tmp_path, config):
 
 def test_factors_and_table():
     assert factors_for_resolutions(512, [128, 256, 512, 1024]) == [4.0, 2.0, 1.0, 0.5]
-    rows = [{"factor": 1.0, "model_dice": 0.9, "model_iou": 0.8, "model_ap50": 0.7,
-             "otsu_dice": 0.85, "otsu_ap50": 0.5}]
+    rows = [
+        {
+            "factor": 1.0,
+            "model_dice": 0.9,
+            "model_iou": 0.8,
+            "model_ap50": 0.7,
+            "otsu_dice": 0.85,
+            "otsu_ap50": 0.5,
+        }
+    ]
     assert "| 1x | 512 | 0.900 |" in markdown_table(rows, [512])
 
 
 def test_train_then_evaluate_robustness(tiny, tmp_path, capsys):
-    config = tiny(training={"epochs": 1}, data={"holdout_fraction": 0.5, "val_fraction": 0.2,
-                                                "synthetic_shape": [32, 64]})
+    config = tiny(
+        training={"epochs": 1},
+        data={"holdout_fraction": 0.5, "val_fraction": 0.2, "synthetic_shape": [32, 64]},
+    )
     path = _write(tmp_path, config)
     assert main(["train", "--config", str(path), "--quick"]) == 0
     best = tmp_path / "runs" / "tiny" / "best.safetensors"
     assert best.exists()
     out = tmp_path / "eval"
-    assert main(["evaluate", "--config", str(path), "--checkpoint", str(best), "--robustness",
-                 "--resolutions", "16", "32", "64", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--config",
+                str(path),
+                "--checkpoint",
+                str(best),
+                "--robustness",
+                "--resolutions",
+                "16",
+                "32",
+                "64",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = (out / "robustness.md").read_text()
     assert text.count("\n| ") == 4  # header + 3 rows
     assert (out / "robustness.csv").read_text().startswith("factor,")
-    assert main(["run", "--config", str(path), "--evaluation-only", "--checkpoint", str(best),
-                 "--output", str(out), "--no-baseline"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(path),
+                "--evaluation-only",
+                "--checkpoint",
+                str(best),
+                "--output",
+                str(out),
+                "--no-baseline",
+            ]
+        )
+        == 0
+    )
 
 
 def test_cli_errors_before_any_worker(tiny, tmp_path, capsys):
-    config = tiny(data={"source": "tiff", "paths": ["missing.tif"],
-                        "label_paths": ["missing_labels.tif"]})
+    config = tiny(
+        data={"source": "tiff", "paths": ["missing.tif"], "label_paths": ["missing_labels.tif"]}
+    )
     path = _write(tmp_path, config)
     assert main(["train", "--config", str(path), "--backend", "ray"]) == 2
     assert "missing.tif" in capsys.readouterr().err

@@ -42,8 +42,9 @@ def test_instances_3d_anisotropic():
     labels = np.zeros((6, 10, 10), dtype=np.int32)
     labels[1:5, 1:5, 1:5] = 1
     labels[1:5, 5:9, 1:5] = 2
-    inst = instances_from_probabilities(labels > 0, boundary_from_instances(labels),
-                                        spacing=[3.0, 1.0, 1.0])
+    inst = instances_from_probabilities(
+        labels > 0, boundary_from_instances(labels), spacing=[3.0, 1.0, 1.0]
+    )
     assert segmentation_metrics(inst, labels)["tp"] == 2
 
 

@@ -41,7 +41,8 @@ def test_ray_two_workers_survive_a_killed_worker(ray_head, tiny, tmp_path, monke
         ray.init(address=ray_head.address, logging_level="ERROR", log_to_driver=False)
         try:
             best = train_with_ray(
-                config, fault={"rank": 1, "after_epoch": 0, "marker": str(marker)},
+                config,
+                fault={"rank": 1, "after_epoch": 0, "marker": str(marker)},
                 log=lambda s: None,
             )
         finally:

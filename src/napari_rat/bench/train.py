@@ -32,8 +32,15 @@ def _child(config_path: str, backend: str, workers: int, steps: int, out: str) -
     tmp = tempfile.mkdtemp(prefix="napari-rat-bench-")
     raw = config.model_dump()
     raw["training"].update(
-        {"epochs": 1, "steps_per_epoch": steps, "log_every": 1, "output_dir": tmp,
-         "run_name": f"bench-{backend}-{workers}", "val_every": 10**6, "backend": backend}
+        {
+            "epochs": 1,
+            "steps_per_epoch": steps,
+            "log_every": 1,
+            "output_dir": tmp,
+            "run_name": f"bench-{backend}-{workers}",
+            "val_every": 10**6,
+            "backend": backend,
+        }
     )
     raw["data"]["val_fraction"] = 0.0
     raw["data"]["holdout_fraction"] = 0.0
@@ -79,8 +86,12 @@ def _bench(args: argparse.Namespace) -> int:
             "import sys; from napari_rat.bench.train import _child; "
             f"_child({args.config!r}, {backend!r}, {workers}, {args.steps}, {str(out)!r})"
         )
-        proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
-                              text=True, timeout=args.timeout)
+        proc = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+        )
         if proc.returncode or not out.exists():
             rows.append((name, None, None, proc.stderr.strip().splitlines()[-1:]))
         else:

@@ -8,16 +8,25 @@ import argparse
 def add_evaluation_arguments(parser: argparse.ArgumentParser, *, checkpoint_required: bool) -> None:
     """Options shared by ``evaluate`` and ``run``."""
     parser.add_argument("--checkpoint", required=checkpoint_required, metavar="K")
-    parser.add_argument("--robustness", action="store_true",
-                        help="evaluate at several input resolutions (spacings)")
-    parser.add_argument("--resolutions", type=int, nargs="+", metavar="PX",
-                        default=[128, 256, 512, 1024],
-                        help="pixels along the evaluated region's longest axis (default: "
-                        "128 256 512 1024)")
-    parser.add_argument("--output", metavar="DIR",
-                        help="where the table and plot go (default: <run>/evaluation)")
-    parser.add_argument("--no-baseline", action="store_true",
-                        help="skip the Gaussian + Otsu + connected components floor")
+    parser.add_argument(
+        "--robustness", action="store_true", help="evaluate at several input resolutions (spacings)"
+    )
+    parser.add_argument(
+        "--resolutions",
+        type=int,
+        nargs="+",
+        metavar="PX",
+        default=[128, 256, 512, 1024],
+        help="pixels along the evaluated region's longest axis (default: 128 256 512 1024)",
+    )
+    parser.add_argument(
+        "--output", metavar="DIR", help="where the table and plot go (default: <run>/evaluation)"
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the Gaussian + Otsu + connected components floor",
+    )
 
 
 def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> int:
@@ -53,8 +62,12 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         factors = [1.0]
     rows = robustness_table(model, regions, config, factors, baseline=not args.no_baseline)
     out = Path(args.output) if args.output else run_dir(config) / "evaluation"
-    files = write_report(rows, out, title=f"{config.name}: {which} region, {checkpoint}",
-                         resolutions=args.resolutions if args.robustness else None)
+    files = write_report(
+        rows,
+        out,
+        title=f"{config.name}: {which} region, {checkpoint}",
+        resolutions=args.resolutions if args.robustness else None,
+    )
     print((out / "robustness.md").read_text())
     for f in files:
         print(f"wrote {f}")

@@ -80,19 +80,25 @@ def run_training(config, args: argparse.Namespace):
             from napari_rat.train.ray_backend import train_with_ray
 
             return train_with_ray(
-                config, num_workers=args.num_workers, num_gpus=args.num_gpus,
+                config,
+                num_workers=args.num_workers,
+                num_gpus=args.num_gpus,
                 init_from=args.init_from,
             )
         if backend == "deepspeed" and (args.num_workers or 1) > 1:
             from napari_rat.train.launch import train_multiprocess
 
-            return train_multiprocess(config, args.num_workers, resume=args.resume,
-                                      init_from=args.init_from)
+            return train_multiprocess(
+                config, args.num_workers, resume=args.resume, init_from=args.init_from
+            )
         from napari_rat.train.loop import train
 
         last = train(
-            config, callback=lambda e: print(e, flush=True), backend=backend,
-            resume=args.resume, init_from=args.init_from,
+            config,
+            callback=lambda e: print(e, flush=True),
+            backend=backend,
+            resume=args.resume,
+            init_from=args.init_from,
         )
         return Path(last.path) if last.path else None
     except DatasetError as exc:

@@ -34,8 +34,9 @@ class StateStore(Protocol):
 
     def load_latest(self, engine: Engine) -> dict[str, Any] | None: ...
 
-    def save(self, engine: Engine, trainer_state: dict[str, Any], metrics: dict[str, Any]) -> None:
-        ...
+    def save(
+        self, engine: Engine, trainer_state: dict[str, Any], metrics: dict[str, Any]
+    ) -> None: ...
 
 
 def _tag(step: int) -> str:

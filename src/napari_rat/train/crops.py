@@ -104,9 +104,7 @@ def resample_box(
     lo = [int(np.floor(a.min())) - 2 for a in axes]
     hi = [int(np.ceil(a.max())) + 3 for a in axes]
     src_shape = data.shape[1:]
-    window = tuple(
-        slice(max(lo[d], 0), min(hi[d], src_shape[d])) for d in range(ndim)
-    )
+    window = tuple(slice(max(lo[d], 0), min(hi[d], src_shape[d])) for d in range(ndim))
     if any(w.stop <= w.start for w in window):
         raise ValueError("crop box lies outside the image")
     patch = np.asarray(data[(slice(None), *window)], dtype=np.float32)
@@ -211,7 +209,7 @@ def sample_crop(
         origin.append(r0 + (rng.uniform(0, room) if room > 0 else room / 2))
     perm, flip = random_orientation(spacing, rng, flips=flips, rotations=rotations)
     images, labels, spacings = [], [], []
-    for scale, shape in zip(scales, level_shapes(crop_size, scales), strict=True):
+    for shape in level_shapes(crop_size, scales):
         box_spacing = [e / n for e, n in zip(extent, shape, strict=True)]
         img, lab = resample_box(image, origin, box_spacing, shape)
         # Outside the region (not only the image) counts as padding too.
@@ -232,7 +230,9 @@ def _mask_outside(
     ndim = labels.ndim
     valid = np.ones(labels.shape, dtype=bool)
     for d in range(ndim):
-        centres = (origin[d] + (np.arange(labels.shape[d]) + 0.5) * box_spacing[d]) / image_spacing[d]
+        centres = (origin[d] + (np.arange(labels.shape[d]) + 0.5) * box_spacing[d]) / image_spacing[
+            d
+        ]
         inside = (centres >= region.start[d]) & (centres < region.stop[d])
         shape_d = [1] * ndim
         shape_d[d] = -1

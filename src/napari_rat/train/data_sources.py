@@ -79,7 +79,10 @@ def _finish(
         image=norm.apply(image, stats),
         labels=labels.astype(np.int32),
         spacing=tuple(float(s) for s in spacing),
-        levels=[(norm.apply(_with_channels(np.asarray(a), spatial_dims), stats), sp) for a, sp in (levels or [])],
+        levels=[
+            (norm.apply(_with_channels(np.asarray(a), spatial_dims), stats), sp)
+            for a, sp in (levels or [])
+        ],
         synthetic=synthetic,
     )
 
@@ -99,16 +102,16 @@ def synthetic_images(
     out = []
     for i in range(config.synthetic_images):
         seed = config.seed * 1000 + seed_offset + i
-        image, labels = synthetic_nuclei(
-            shape, spacing, radius=config.synthetic_radius, seed=seed
-        )
+        image, labels = synthetic_nuclei(shape, spacing, radius=config.synthetic_radius, seed=seed)
         out.append(
             _finish(f"synthetic-{seed}", image, labels, spacing, norm, spatial_dims, synthetic=True)
         )
     return out
 
 
-def stardist_images(config: DataConfig, spatial_dims: int, norm: Normalization) -> list[LabeledImage]:
+def stardist_images(
+    config: DataConfig, spatial_dims: int, norm: Normalization
+) -> list[LabeledImage]:
     """The bundled real 2D nuclei image (``napari_rat.sample_data.nuclei_2d``)."""
     if spatial_dims != 2:
         raise DatasetError(

@@ -203,7 +203,9 @@ class DeepSpeedEngine:
     def save_state(self, folder: Path, trainer_state: dict[str, Any], is_main: bool) -> None:
         """DeepSpeed shards (every rank) plus ``trainer.json`` (rank 0) into ``folder``."""
         self.engine.save_checkpoint(
-            str(folder.parent), tag=folder.name, client_state={"micro": self._micro},
+            str(folder.parent),
+            tag=folder.name,
+            client_state={"micro": self._micro},
             save_latest=False,
         )
         if is_main:

@@ -135,7 +135,9 @@ class LocalEngine:
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.full_state_dict().items()}
+        tensors = {
+            k: v.detach().cpu().contiguous().clone() for k, v in self.full_state_dict().items()
+        }
         save_file(tensors, str(folder / "weights.safetensors"))
         torch.save(
             {

@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 
 from napari_rat.config import ExperimentConfig
 from napari_rat.inference.instances import instances_from_logits
-from napari_rat.train.metrics import ap_from_counts, foreground_scores, instance_counts
+from napari_rat.train.metrics import ap_from_counts, instance_counts
 from napari_rat.train.precision import autocast_dtype
 from napari_rat.train.tiled_predict import predict_logits, rescale_image, resize_logits
 
@@ -98,7 +98,12 @@ def evaluate_regions(
     score = RegionScore()
     for region in regions:
         pred = predict_instances(
-            model, region.image, region.spacing, config, factor=factor, device=device,
+            model,
+            region.image,
+            region.spacing,
+            config,
+            factor=factor,
+            device=device,
             autocast=autocast,
         )
         score.add(pred, region.labels)
@@ -132,8 +137,10 @@ def evaluate_otsu(regions: Sequence, factor: float = 1.0) -> dict[str, float]:
     score = RegionScore()
     for region in regions:
         scaled = rescale_image(region.image, factor)
-        sp = [s * region.image.shape[1 + d] / scaled.shape[1 + d]
-              for d, s in enumerate(region.spacing)]
+        sp = [
+            s * region.image.shape[1 + d] / scaled.shape[1 + d]
+            for d, s in enumerate(region.spacing)
+        ]
         labels = otsu_instances(scaled, sp)
         if scaled.shape[1:] != region.image.shape[1:]:
             zoom = [a / b for a, b in zip(region.image.shape[1:], labels.shape, strict=True)]
@@ -163,8 +170,14 @@ def robustness_table(
     rows = []
     for f in factors:
         row = {"factor": float(f)}
-        row.update({f"model_{k}": v for k, v in evaluate_regions(
-            model, regions, config, factor=f, device=device).items()})
+        row.update(
+            {
+                f"model_{k}": v
+                for k, v in evaluate_regions(
+                    model, regions, config, factor=f, device=device
+                ).items()
+            }
+        )
         if baseline:
             row.update({f"otsu_{k}": v for k, v in evaluate_otsu(regions, f).items()})
         rows.append(row)

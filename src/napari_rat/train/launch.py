@@ -17,15 +17,22 @@ from napari_rat.train.distributed import DistEnv, free_port
 
 def _rank_main(rank: int, world: int, port: int, config_yaml: str, resume: bool, init_from):
     os.environ.update(
-        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-         "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world)}
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world),
+        }
     )
     from napari_rat.train.loop import train_events
 
     config = config_from_yaml_text(config_yaml)
     dist = DistEnv(rank, world, rank, world, "local")
-    for event in train_events(config, backend="deepspeed", resume=resume, init_from=init_from,
-                              dist=dist):
+    for event in train_events(
+        config, backend="deepspeed", resume=resume, init_from=init_from, dist=dist
+    ):
         if rank == 0:
             print(event, flush=True)
 
@@ -39,8 +46,9 @@ def train_multiprocess(
     ctx = mp.get_context("spawn")
     port = free_port()
     procs = [
-        ctx.Process(target=_rank_main,
-                    args=(r, num_workers, port, dump_config(config), resume, init_from))
+        ctx.Process(
+            target=_rank_main, args=(r, num_workers, port, dump_config(config), resume, init_from)
+        )
         for r in range(num_workers)
     ]
     for p in procs:

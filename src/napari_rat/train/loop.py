@@ -10,7 +10,6 @@ the single-file ``best``/``last`` checkpoints.
 from __future__ import annotations
 
 import json
-import math
 import random
 import threading
 import time
@@ -110,7 +109,7 @@ class _Logger:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds third-party code using the global RNG
     torch.manual_seed(seed)
 
 
@@ -206,7 +205,9 @@ def train_events(
     t = config.training
     dist = dist or detect_dist_env()
     configure_threads(dist.local_world_size)
-    kind = backend or ("deepspeed" if t.backend != "local" and config.deepspeed.enabled else "local")
+    kind = backend or (
+        "deepspeed" if t.backend != "local" and config.deepspeed.enabled else "local"
+    )
     _seed_everything(t.seed)
     device = resolve_device(t.device, dist.local_rank)
     folder = run_dir(config)
@@ -215,9 +216,9 @@ def train_events(
     model = build_model(config.model)
     if init_from is not None:
         start = load_checkpoint(init_from)
-        if start.checkpoint_info.model_config.model_dump(exclude={"head"}) != config.model.model_dump(
+        if start.checkpoint_info.model_config.model_dump(
             exclude={"head"}
-        ):
+        ) != config.model.model_dump(exclude={"head"}):
             raise ValueError(
                 f"--init-from {init_from}: its model config differs from the experiment's model "
                 "section; use the same model settings to fine-tune"
@@ -244,11 +245,16 @@ def train_events(
             else:
                 state.update(restored)
                 yield TrainEvent(
-                    "note", step=state["step"], epoch=state["epoch"],
+                    "note",
+                    step=state["step"],
+                    epoch=state["epoch"],
                     message=f"resumed at step {state['step']} (epoch {state['epoch']})",
                 )
         yield TrainEvent(
-            "start", step=state["step"], total_steps=total, epoch=state["epoch"],
+            "start",
+            step=state["step"],
+            total_steps=total,
+            epoch=state["epoch"],
             message=f"{kind} on {device}, rank {dist.rank}/{dist.world_size}, "
             f"{engine.precision}, {per_epoch} steps/epoch",
         )
@@ -312,11 +318,17 @@ def train_events(
                     if main:
                         logger.log("train", state["step"], epoch, metrics)
                     yield TrainEvent(
-                        "progress", step=state["step"], total_steps=total, epoch=epoch,
+                        "progress",
+                        step=state["step"],
+                        total_steps=total,
+                        epoch=epoch,
                         metrics=metrics,
                     )
                     window_start, window_samples, window_loss, window_n = (
-                        time.perf_counter(), 0, 0.0, 0,
+                        time.perf_counter(),
+                        0,
+                        0.0,
+                        0,
                     )
             if stop_reason is None and _is_cancelled(cancel):
                 stop_reason = "cancelled"
@@ -327,13 +339,19 @@ def train_events(
             if epoch_done and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
                 if data.val:
                     metrics = evaluate_regions(
-                        engine.module, data.val, config, device=device,
+                        engine.module,
+                        data.val,
+                        config,
+                        device=device,
                         autocast=engine.precision if kind == "local" else "fp32",
                     )
                     if main:
                         logger.log("val", state["step"], epoch, metrics)
                     yield TrainEvent(
-                        "validation", step=state["step"], total_steps=total, epoch=epoch,
+                        "validation",
+                        step=state["step"],
+                        total_steps=total,
+                        epoch=epoch,
                         metrics=metrics,
                     )
             if epoch_done:
@@ -353,17 +371,31 @@ def train_events(
                 yield TrainEvent("checkpoint", step=state["step"], epoch=epoch, path=str(last))
                 if improved or (not data.val and epoch_done):
                     best = save_checkpoint(model_for_save, folder / BEST_NAME, config.model, **meta)
-                    yield TrainEvent("checkpoint", step=state["step"], epoch=epoch, path=str(best),
-                                     message="best")
+                    yield TrainEvent(
+                        "checkpoint",
+                        step=state["step"],
+                        epoch=epoch,
+                        path=str(best),
+                        message="best",
+                    )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, state["step"])
             if stop_reason is not None:
-                yield TrainEvent("cancelled", step=state["step"], total_steps=total, epoch=epoch,
-                                 message=f"stopped ({stop_reason}); resume with --resume")
+                yield TrainEvent(
+                    "cancelled",
+                    step=state["step"],
+                    total_steps=total,
+                    epoch=epoch,
+                    message=f"stopped ({stop_reason}); resume with --resume",
+                )
                 return
         yield TrainEvent(
-            "finished", step=state["step"], total_steps=total, epoch=state["epoch"],
-            metrics=state["best_metrics"], path=str(folder / BEST_NAME),
+            "finished",
+            step=state["step"],
+            total_steps=total,
+            epoch=state["epoch"],
+            metrics=state["best_metrics"],
+            path=str(folder / BEST_NAME),
             message=f"{time.perf_counter() - started:.1f} s",
         )
     finally:
@@ -405,4 +437,4 @@ def train(
     return last
 
 
-__all__ = ["TrainEvent", "run_dir", "steps_per_epoch", "train", "train_events", "math"]
+__all__ = ["TrainEvent", "run_dir", "steps_per_epoch", "train", "train_events"]

@@ -65,8 +65,11 @@ def precision_support(
     dtype_name = "bfloat16" if precision == "bf16" else "float16"
     error = _probe(model_config.model_dump_json(), str(device), dtype_name, mode)
     if error is not None:
-        return "fp32", f"{precision} does not work with these layers on {device.type} ({error}); " \
-            "training in fp32"
+        return (
+            "fp32",
+            f"{precision} does not work with these layers on {device.type} ({error}); "
+            "training in fp32",
+        )
     return precision, None
 
 

@@ -144,7 +144,8 @@ def run_config(config: ExperimentConfig):
     c = config.cluster
     return RunConfig(
         name=config.training.run_name,
-        storage_path=str(Path(c.storage_path).resolve()) if "://" not in c.storage_path
+        storage_path=str(Path(c.storage_path).resolve())
+        if "://" not in c.storage_path
         else c.storage_path,
         failure_config=FailureConfig(max_failures=c.max_failures),
         checkpoint_config=CheckpointConfig(
@@ -245,8 +246,10 @@ def consolidate(checkpoint_folder: str | os.PathLike, config: ExperimentConfig) 
         weights = consolidate_zero_checkpoint(state_folder)
     trainer = json.loads((state_folder / "trainer.json").read_text())
     meta.setdefault("extra", {})
-    meta["extra"] = {**meta["extra"], "step": trainer["step"], "metrics": trainer["best_metrics"],
-                     "consolidated_from": str(folder)}
-    return save_checkpoint(
-        _StateHolder(weights), run_dir(config) / BEST_NAME, config.model, **meta
-    )
+    meta["extra"] = {
+        **meta["extra"],
+        "step": trainer["step"],
+        "metrics": trainer["best_metrics"],
+        "consolidated_from": str(folder),
+    }
+    return save_checkpoint(_StateHolder(weights), run_dir(config) / BEST_NAME, config.model, **meta)

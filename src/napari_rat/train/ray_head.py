@@ -196,9 +196,7 @@ def start_head(
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-    env.update(
-        {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
-    )
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"})
     env.update(_LOOPBACK)
     log_path = str(Path(temp_dir) / "head.log")
     with open(log_path, "wb") as log:
@@ -211,14 +209,19 @@ def start_head(
         if proc.poll() is not None:
             text = Path(log_path).read_text(errors="replace")[-2000:]
             head.stop(keep_temp=True)
-            raise RayHeadError(f"the local Ray head exited with code {proc.returncode} (logs in {temp_dir}):\n{text}")
+            raise RayHeadError(
+                f"the local Ray head exited with code {proc.returncode} "
+                f"(logs in {temp_dir}):\n{text}"
+            )
         ready = _port_open(gcs_port) and (dashboard_port is None or _port_open(dashboard_port))
         if ready and "--block" in Path(log_path).read_text(errors="replace"):
             return head
         time.sleep(0.5)
     text = Path(log_path).read_text(errors="replace")[-2000:]
     head.stop(keep_temp=True)
-    raise RayHeadError(f"the local Ray head (logs in {temp_dir}) did not start within {timeout:.0f} s:\n{text}")
+    raise RayHeadError(
+        f"the local Ray head (logs in {temp_dir}) did not start within {timeout:.0f} s:\n{text}"
+    )
 
 
 def _refresh_ray_config() -> None:

@@ -63,9 +63,12 @@ def write_report(
         return written  # the CSV and Markdown table stand in for the plot
     fig, ax = plt.subplots(figsize=(5, 3.5))
     x = [r["factor"] for r in rows]
-    for key, label, style in (("model_dice", "model Dice", "o-"), ("model_ap50", "model AP@0.5",
-                              "s-"), ("otsu_dice", "Otsu Dice", "o--"), ("otsu_ap50",
-                              "Otsu AP@0.5", "s--")):
+    for key, label, style in (
+        ("model_dice", "model Dice", "o-"),
+        ("model_ap50", "model AP@0.5", "s-"),
+        ("otsu_dice", "Otsu Dice", "o--"),
+        ("otsu_ap50", "Otsu AP@0.5", "s--"),
+    ):
         if key in rows[0]:
             ax.plot(x, [r[key] for r in rows], style, label=label)
     ax.set_xscale("log", base=2)

@@ -59,13 +59,17 @@ def predict_logits(
     pad = [max(t - s, 0) for t, s in zip(tile, spatial, strict=True)]
     x = image
     if any(pad):
-        x = np.pad(image, [(0, 0)] + [(0, p) for p in pad], mode="reflect" if all(
-            s > p for s, p in zip(spatial, pad, strict=True)) else "edge")
+        x = np.pad(
+            image,
+            [(0, 0)] + [(0, p) for p in pad],
+            mode="reflect" if all(s > p for s, p in zip(spatial, pad, strict=True)) else "edge",
+        )
     shape = x.shape[1:]
     step = [max(1, int(t * (1 - overlap))) for t in tile]
     corners = np.stack(
-        np.meshgrid(*[_starts(s, t, p) for s, t, p in zip(shape, tile, step, strict=True)],
-                    indexing="ij"),
+        np.meshgrid(
+            *[_starts(s, t, p) for s, t, p in zip(shape, tile, step, strict=True)], indexing="ij"
+        ),
         -1,
     ).reshape(-1, ndim)
     weight = _window(tile)
@@ -85,13 +89,13 @@ def predict_logits(
                 raise InterruptedError("prediction cancelled")
             group = corners[b : b + batch_size]
             tiles = np.stack(
-                [x[(slice(None), *(slice(c, c + t) for c, t in zip(cr, tile, strict=True)))]
-                 for cr in group]
+                [
+                    x[(slice(None), *(slice(c, c + t) for c, t in zip(cr, tile, strict=True)))]
+                    for cr in group
+                ]
             )
             t0 = torch.from_numpy(tiles).to(device)
-            levels = [t0] + [
-                F.interpolate(t0, size=sh, mode="area") for sh in shapes[1:]
-            ]
+            levels = [t0] + [F.interpolate(t0, size=sh, mode="area") for sh in shapes[1:]]
             with torch.autocast(
                 device_type=torch.device(device).type,
                 dtype=autocast_dtype or torch.bfloat16,
