@@ -19,14 +19,15 @@ STARTER = "starter"
 def checkpoint_path(checkpoint: str | os.PathLike) -> Path:
     """Resolve ``"starter"`` to the bundled starter model's file; other values are paths."""
     if str(checkpoint) == STARTER:
-        try:
-            from napari_rat.pretrained import starter_checkpoint_path
-        except ImportError:
+        from napari_rat.pretrained import starter_model_path
+
+        path = Path(starter_model_path())
+        if not path.is_file():
             raise FileNotFoundError(
-                "the bundled starter model is not part of this installation; "
+                f"the bundled starter model ({path.name}) is not part of this installation; "
                 "choose a checkpoint file"
-            ) from None
-        return Path(starter_checkpoint_path())
+            )
+        return path
     return Path(checkpoint)
 
 
