@@ -75,8 +75,14 @@ def _child(config_path: str, backend: str, workers: int, steps: int, out: str) -
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import os
     import tempfile
 
+    from napari_rat.config import load_config
+
+    # Same threads per worker in every case: Ray gives each worker cluster.cpus_per_worker.
+    threads = str(max(int(load_config(args.config).cluster.cpus_per_worker), 1))
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
     rows = []
     for name, backend, workers in CASES:
         if args.cases and backend not in args.cases:
@@ -91,6 +97,7 @@ def _bench(args: argparse.Namespace) -> int:
             capture_output=True,
             text=True,
             timeout=args.timeout,
+            env=env,
         )
         if proc.returncode or not out.exists():
             rows.append((name, None, None, proc.stderr.strip().splitlines()[-1:]))
@@ -99,7 +106,7 @@ def _bench(args: argparse.Namespace) -> int:
             rows.append((name, r["samples_per_s"], r["wall_s"], None))
         print(f"{name}: done", file=sys.stderr, flush=True)
     base = rows[0][1] if rows and rows[0][1] else None
-    print(f"config {args.config}, {args.steps} steps per case")
+    print(f"config {args.config}, {args.steps} steps per case, OMP_NUM_THREADS={threads}")
     print(f"{'case':<22} {'samples/s':>10} {'vs in-process':>14} {'wall s':>8}")
     for name, rate, wall, err in rows:
         if rate is None:
