@@ -121,7 +121,8 @@ class WindowedMultiResBlock(MultiRes_RoSE_Block):
         b, n, dim = xs.shape
         h, hd = self.num_heads, self.head_dim
         q, k, v = self.qkv(self.norm1(xs)).chunk(3, dim=-1)
-        qs, ks = [q[:, :n_lead].reshape(b, n_lead, h, hd)], [k[:, :n_lead].reshape(b, n_lead, h, hd)]
+        qs = [q[:, :n_lead].reshape(b, n_lead, h, hd)]
+        ks = [k[:, :n_lead].reshape(b, n_lead, h, hd)]
         start = n_lead
         for spacing, grid in zip(spacings, grids, strict=True):
             length = math.prod(grid)

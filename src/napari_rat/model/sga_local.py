@@ -9,17 +9,22 @@ the input excluded. Then, as in the dense layer::
     c_j = Σ over the queries whose window covers j      # column sums
     P   = A / (c + eps);   out = P v                    # attn_q
 
-Everything is computed per kernel offset on strided slices of the key and value maps (keys in
-RoSE's own ``(B, *grid, H, d)`` layout, values in the package's ``(B, H, *grid, d)``
-reinterpretation), so memory is ``O(N · heads)`` and work linear in pixels. Without gradients,
-queries are processed in slabs of rows (column sums first, then the output) and the keys and
-values are projected in chunks, so inference at 1024² or 128³ keeps a bounded working set.
+Nothing of size ``N_q x N_k`` exists: memory is ``O(N · heads)`` and work linear in pixels.
+Two implementations of the same maths:
+
+- with gradients (training tiles): a loop over kernel offsets on strided slices of the key and
+  value maps, differentiated by autograd;
+- without (inference): per head and slab of query rows, the window's key indices drive a
+  sampled matrix product (``torch.sparse.sampled_addmm``) for the logits, ``index_add_`` for
+  the column sums and ``embedding_bag`` for the weighted values; keys and values are projected
+  in chunks, so inference at 1024² or 128³ keeps a bounded working set.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -47,6 +52,7 @@ class Windows:
         self.dims = len(self.in_grid)
         self.pad = tuple((k - 1) // 2 for k in self.kernel)
         self.offsets = list(itertools.product(*(range(k) for k in self.kernel)))
+        self._index_cache: dict[tuple[int, int], tuple] = {}
         # per dim and kernel offset: first and end query with the key inside the input
         self._ranges = []
         for n, no, s, p, k in zip(
@@ -77,12 +83,38 @@ class Windows:
             keys.append(slice(lo * s - p + td, (hi - 1) * s - p + td + 1, s))
         return tuple(rel), tuple(qabs), tuple(keys)
 
-    def key_index(self, o, t) -> tuple[int, ...] | None:
-        """Input position of the key at offset ``t`` of query ``o``, or ``None`` if outside."""
-        pos = tuple(oc * s - p + tc for oc, s, p, tc in zip(o, self.stride, self.pad, t))
-        if all(0 <= c < n for c, n in zip(pos, self.in_grid, strict=True)):
-            return pos
-        return None
+    def index_for(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat key index ``(n, T)`` of every offset of the flat ``queries`` (0 where outside
+        the input) and whether it is inside, ``(n, T)`` bool."""
+        dev = queries.device
+        o = torch.stack(torch.unravel_index(queries, self.out_grid), dim=-1)  # (n, D)
+        t = torch.tensor(self.offsets, device=dev).reshape(-1, self.dims)  # (T, D)
+        stride = torch.tensor(self.stride, device=dev)
+        pad = torch.tensor(self.pad, device=dev)
+        pos = o.unsqueeze(1) * stride - pad + t.unsqueeze(0)  # (n, T, D)
+        size = torch.tensor(self.in_grid, device=dev)
+        valid = ((pos >= 0) & (pos < size)).all(dim=-1)
+        flat = torch.zeros(pos.shape[:2], dtype=torch.int64, device=dev)
+        for d in range(self.dims):
+            flat = flat * self.in_grid[d] + pos[..., d]
+        return flat.masked_fill_(~valid, 0), valid
+
+    def rows(self, start: int, stop: int, device=None) -> torch.Tensor:
+        """Flat indices of the queries in rows ``start:stop`` of the first axis."""
+        per_row = math.prod(self.out_grid[1:])
+        return torch.arange(start * per_row, stop * per_row, device=device)
+
+    def slab_index(self, start: int, stop: int, device=None):
+        """``(span, idx, valid, border)`` for query rows ``start:stop``, cached: the flat query
+        slice, int32 key indices and validity ``(n, T)``, and the rows with a key outside."""
+        key = (start, stop)
+        if key not in self._index_cache:
+            rows = self.rows(start, stop, device)
+            idx, valid = self.index_for(rows)
+            border = (~valid).any(dim=1).nonzero().squeeze(1)
+            span = slice(int(rows[0]), int(rows[-1]) + 1)
+            self._index_cache[key] = (span, idx.to(torch.int32), valid, border)
+        return self._index_cache[key]
 
     def slabs(self, per_row: int, budget: int):
         """Ranges of query rows (first spatial axis) of at most ``budget`` elements each."""
@@ -126,6 +158,90 @@ def _slab_probs(q, k, win: Windows, start: int, stop: int) -> torch.Tensor:
     return s.div_(s.sum(dim=1, keepdim=True))
 
 
+def _autograd_local(q, k, v, win: Windows, eps: float):
+    """Training path: per-offset strided slices, differentiated by autograd.
+
+    ``q`` ``(B, *out, H, d)``, ``k`` ``(B, *in, H, d)``, ``v`` ``(B, H, *in, d)``; returns the
+    output ``(B, H, *out, d)`` and ``1 / (c + eps)`` ``(B, *in, H)``.
+    """
+    b, h = q.shape[0], q.shape[-2]
+    a = _slab_probs(q, k, win, 0, win.out_grid[0])
+    colsum = k.new_zeros((b, *win.in_grid, h))
+    for i, t in enumerate(win.offsets):
+        box = win.box(t)
+        if box is not None:
+            colsum[(slice(None), *box[2])] += a[(slice(None), i, *box[0])]
+    recip = 1.0 / (colsum + eps)
+    out = q.new_zeros((b, h, *win.out_grid, q.shape[-1]))
+    for i, t in enumerate(win.offsets):
+        box = win.box(t)
+        if box is None:
+            continue
+        rel, qabs, keys = box
+        p = (a[(slice(None), i, *rel)] * recip[(slice(None), *keys)]).movedim(-1, 1)
+        acc = out[(slice(None), slice(None), *qabs)]
+        acc.addcmul_(p.unsqueeze(-1), v[(slice(None), slice(None), *keys)])
+    return out, recip
+
+
+def _head_probs(qh, kh, idx, valid, border=None) -> torch.Tensor:
+    """Row-softmaxed window attention of one head: ``(n, T)`` for queries ``qh`` ``(n, d)``,
+    keys ``kh`` ``(N_in, d)`` and window indices ``idx``/``valid`` ``(n, T)`` (``border``: the
+    rows with invalid entries, if known)."""
+    n, t = idx.shape
+    if kh.shape[0] < t:  # tiny input: the sparse pattern would repeat columns within a row
+        logits = torch.einsum("ntd,nd->nt", kh[idx.long()], qh)
+    else:
+        crow = torch.arange(0, n * t + 1, t, device=idx.device, dtype=idx.dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            pattern = torch.sparse_csr_tensor(
+                crow, idx.reshape(-1), qh.new_zeros(n * t), size=(n, kh.shape[0]),
+                check_invariants=False,
+            )  # fmt: skip
+            logits = torch.sparse.sampled_addmm(pattern, qh, kh.transpose(0, 1)).values()
+    logits = logits.reshape(n, t)
+    if border is None:
+        logits.masked_fill_(~valid, -math.inf)
+    elif border.numel():
+        logits[border] = logits[border].masked_fill_(~valid[border], -math.inf)
+    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=1, keepdim=True))
+
+
+def _inference_local(q, k, v, win: Windows, eps: float, slab_elements: int):
+    """Inference path (head-major tensors); see :func:`local_grouping_attention`."""
+    b, h, n_out, dph = q.shape
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    per_row = b * h * len(win.offsets) * math.prod(win.out_grid[1:])
+    slabs = list(win.slabs(per_row, slab_elements))
+    recip = k.new_zeros((b, h, k.shape[2]))
+    cache = {}
+    for start, stop in slabs:
+        span, idx, valid, border = win.slab_index(start, stop, q.device)
+        flat = idx.reshape(-1)
+        for bi in range(b):
+            for hi in range(h):
+                a = _head_probs(q[bi, hi, span], k[bi, hi], idx, valid, border)
+                recip[bi, hi].index_add_(0, flat, a.reshape(-1))
+                if len(slabs) == 1:
+                    cache[bi, hi] = a
+    recip.add_(eps).reciprocal_()
+    out = q.new_empty((b, h, n_out, dph))
+    for start, stop in slabs:
+        span, idx, valid, border = win.slab_index(start, stop, q.device)
+        for bi in range(b):
+            for hi in range(h):
+                a = cache.pop((bi, hi), None)
+                if a is None:
+                    a = _head_probs(q[bi, hi, span], k[bi, hi], idx, valid, border)
+                weights = a.mul_(recip[bi, hi][idx])
+                out[bi, hi, span] = F.embedding_bag(
+                    idx, v[bi, hi], per_sample_weights=weights, mode="sum"
+                )
+    return out, recip
+
+
 def local_grouping_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -138,109 +254,77 @@ def local_grouping_attention(
 
     Parameters
     ----------
-    q
-        Queries ``(B, *out_grid, H, d)``.
-    k
-        Keys ``(B, *in_grid, H, d)``.
-    v
-        Values ``(B, H, *in_grid, d)``.
+    q, k, v
+        Queries ``(B, H, N_out, d)``, keys and values ``(B, H, N_in, d)`` (flattened grids).
     win
         The window geometry.
     eps
         Added to the column sums.
     slab_elements
-        Working budget in stacked-attention elements per slab of query rows (without
-        gradients; with gradients the whole input is one slab, as autograd keeps it anyway).
+        Inference working budget: window-attention elements (``B x H x T x queries``) per slab
+        of query rows.
 
     Returns
     -------
     out, recip
-        ``(B, H, *out_grid, d)`` output and ``1 / (c + eps)``, ``(B, *in_grid, H)``.
+        ``(B, H, N_out, d)`` output and ``1 / (c + eps)`` ``(B, H, N_in)``.
     """
-    b, h = q.shape[0], q.shape[-2]
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    per_row = b * len(win.offsets) * math.prod(win.out_grid[1:]) * h
-    budget = per_row * win.out_grid[0] if grad else slab_elements
-    slabs = list(win.slabs(per_row, budget))
-    colsum = k.new_zeros((b, *win.in_grid, h))
-    cached = None
-    for start, stop in slabs:
-        a = _slab_probs(q, k, win, start, stop)
-        for i, t in enumerate(win.offsets):
-            box = win.box(t, start, stop)
-            if box is not None:
-                colsum[(slice(None), *box[2])] += a[(slice(None), i, *box[0])]
-        cached = a if len(slabs) == 1 else None
-        del a
-    recip = 1.0 / (colsum + eps) if grad else colsum.add_(eps).reciprocal_()
-    del colsum
-    out = q.new_zeros((b, h, *win.out_grid, q.shape[-1]))
-    for start, stop in slabs:
-        a = cached if cached is not None else _slab_probs(q, k, win, start, stop)
-        for i, t in enumerate(win.offsets):
-            box = win.box(t, start, stop)
-            if box is None:
-                continue
-            rel, qabs, keys = box
-            p = (a[(slice(None), i, *rel)] * recip[(slice(None), *keys)]).movedim(-1, 1)
-            acc = out[(slice(None), slice(None), *qabs)]
-            acc.addcmul_(p.unsqueeze(-1), v[(slice(None), slice(None), *keys)])
-        del a
-    return out, recip
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        b, h, _, dph = q.shape
+        out, recip = _autograd_local(
+            q.transpose(1, 2).reshape(b, *win.out_grid, h, dph),
+            k.transpose(1, 2).reshape(b, *win.in_grid, h, dph),
+            v.reshape(b, h, *win.in_grid, -1),
+            win,
+            eps,
+        )
+        return out.reshape(b, h, -1, out.shape[-1]), recip.reshape(b, -1, h).transpose(1, 2)
+    return _inference_local(q, k, v, win, eps, slab_elements)
 
 
 # ---------------------------------------------------------------------------- on-demand maps
-def _probs(state, start, stop):
-    return _slab_probs(state["q"], state["k"], state["win"], start, stop)
-
-
-def _per_row(state) -> int:
+def _state_slabs(state, slab_elements):
+    """Per slab of query rows: the flat query slice, window indices, validity, border rows."""
     win: Windows = state["win"]
-    q = state["q"]
-    return q.shape[0] * len(win.offsets) * math.prod(win.out_grid[1:]) * q.shape[-2]
+    b, h = state["q"].shape[:2]
+    per_row = b * h * len(win.offsets) * math.prod(win.out_grid[1:])
+    for start, stop in win.slabs(per_row, slab_elements):
+        yield win.slab_index(start, stop, state["q"].device)
+
+
+def _weights(state, bi, hi, queries, idx, valid, border=None) -> torch.Tensor:
+    """``attn_q`` entries ``(n, T)`` of one head for the queries' windows."""
+    a = _head_probs(state["q"][bi, hi, queries], state["k"][bi, hi], idx, valid, border)
+    return a.mul_(state["recip"][bi, hi][idx])
 
 
 def local_rows(state: dict[str, Any], queries: torch.Tensor) -> torch.Tensor:
     """Rows of ``attn_q`` for flat query indices: ``(B, H, len(queries), N_in)``."""
     win: Windows = state["win"]
-    recip = state["recip"]
-    b, h = recip.shape[0], recip.shape[-1]
-    rows = []
-    for qi in queries.tolist():
-        o = [int(c) for c in torch.unravel_index(torch.tensor(qi), win.out_grid)]
-        dense = recip.new_zeros((b, *win.in_grid, h))
-        a = _probs(state, o[0], o[0] + 1)[(slice(None), slice(None), 0, *o[1:])]  # (B, T, H)
-        for i, t in enumerate(win.offsets):
-            pos = win.key_index(o, t)
-            if pos is not None:
-                idx = (slice(None), *pos)
-                dense[idx] += a[:, i] * recip[idx]
-        rows.append(dense.flatten(1, -2).transpose(1, 2))  # (B, H, N_in)
-    return torch.stack(rows, dim=2)
+    b, h, n_in = state["recip"].shape
+    queries = queries.to(state["q"].device)
+    idx, valid = win.index_for(queries)
+    rows = state["recip"].new_zeros((b, h, len(queries), n_in))
+    for bi in range(b):
+        for hi in range(h):
+            rows[bi, hi].scatter_add_(1, idx, _weights(state, bi, hi, queries, idx, valid))
+    return rows
 
 
 def local_propagate(state: dict[str, Any], rows: torch.Tensor, slab_elements: int) -> torch.Tensor:
     """``rows @ attn_q`` for ``rows`` ``(B, H, N_out)`` without the matrix: ``(B, H, N_in)``."""
-    win: Windows = state["win"]
-    recip = state["recip"]
-    b, h = recip.shape[0], recip.shape[-1]
-    rows = rows.reshape(b, h, *win.out_grid).movedim(1, -1).to(recip.dtype)  # (B, *out, H)
-    out = torch.zeros_like(recip)
-    for start, stop in win.slabs(_per_row(state), slab_elements):
-        rs = rows[:, start:stop]
-        if not bool((rs != 0).any()):
-            continue
-        a = _probs(state, start, stop)
-        for i, t in enumerate(win.offsets):
-            box = win.box(t, start, stop)
-            if box is None:
-                continue
-            rel, _, keys = box
-            sl = (slice(None), *rel)
-            out[(slice(None), *keys)] += rs[sl] * a[(slice(None), i, *rel)] * recip[
-                (slice(None), *keys)
-            ]
-    return out.flatten(1, -2).transpose(1, 2)
+    b, h, n_in = state["recip"].shape
+    rows = rows.to(state["recip"].dtype)
+    out = state["recip"].new_zeros((b, h, n_in))
+    for span, idx, valid, border in _state_slabs(state, slab_elements):
+        for bi in range(b):
+            for hi in range(h):
+                r = rows[bi, hi, span]
+                if not bool((r != 0).any()):
+                    continue
+                w = _weights(state, bi, hi, span, idx, valid, border).mul_(r.unsqueeze(1))
+                out[bi, hi].index_add_(0, idx.reshape(-1), w.reshape(-1))
+    return out
 
 
 def local_assignment(
@@ -248,61 +332,45 @@ def local_assignment(
 ) -> torch.Tensor:
     """Each key's group token: argmax over the covering queries of ``attn_q`` (head mean or one
     head). ``(B, N_in)`` int64; ``-1`` for keys no window covers (stride larger than kernel)."""
-    win: Windows = state["win"]
-    recip = state["recip"]
-    b = recip.shape[0]
-    heads = slice(None) if head is None else slice(head, head + 1)
-    best = recip.new_full((b, *win.in_grid), -math.inf)
-    arg = torch.full((b, *win.in_grid), -1, dtype=torch.int64, device=recip.device)
-    index = torch.arange(math.prod(win.out_grid), device=recip.device).reshape(win.out_grid)
-    for start, stop in win.slabs(_per_row(state), slab_elements):
-        a = _probs(state, start, stop)
-        for i, t in enumerate(win.offsets):
-            box = win.box(t, start, stop)
-            if box is None:
-                continue
-            rel, qabs, keys = box
-            ks = (slice(None), *keys)
-            val = (a[(slice(None), i, *rel, heads)] * recip[(*ks, heads)]).mean(dim=-1)
-            cur = best[ks]
-            better = val > cur
-            best[ks] = torch.where(better, val, cur)
-            arg[ks] = torch.where(better, index[qabs].expand_as(val), arg[ks])
-    return arg.flatten(1)
+    b, h, n_in = state["recip"].shape
+    heads = range(h) if head is None else [head]
+    best = state["recip"].new_full((b, n_in), -math.inf)
+    arg = torch.full((b, n_in), -1, dtype=torch.int64, device=best.device)
+    for span, idx, valid, border in _state_slabs(state, slab_elements):
+        keys = idx[valid].long()
+        owners = torch.arange(span.start, span.stop, device=idx.device)
+        owners = owners.unsqueeze(1).expand_as(idx)[valid]
+        for bi in range(b):
+            vals = sum(_weights(state, bi, hi, span, idx, valid, border) for hi in heads)[valid]
+            slab_best = torch.full_like(best[bi], -math.inf)
+            slab_best.scatter_reduce_(0, keys, vals, reduce="amax")
+            improves = slab_best > best[bi]
+            hit = (vals == slab_best[keys]) & improves[keys]
+            arg[bi, keys[hit]] = owners[hit]
+            best[bi] = torch.where(improves, slab_best, best[bi])
+    return arg
 
 
 def _dense_maps(state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     win: Windows = state["win"]
-    recip = state["recip"]
-    b, h = recip.shape[0], recip.shape[-1]
-    n_out, n_in = math.prod(win.out_grid), math.prod(win.in_grid)
+    b, h, n_in = state["recip"].shape
+    n_out = math.prod(win.out_grid)
     if b * h * n_out * n_in > MAX_DENSE_MAP_ELEMENTS:
         raise ValueError(
             f"dense attention maps of {b}x{h}x{n_out}x{n_in} elements are too large for the "
             "local layer; use napari_rat.model.attention_maps (point_attention, "
             "native_grouping), which computes them on demand at linear memory"
         )
-    a = _probs(state, 0, win.out_grid[0])  # (B, T, *out, H)
-    attn_k = recip.new_zeros((b, *win.out_grid, *win.in_grid, h))
+    queries = torch.arange(n_out, device=state["q"].device)
+    idx, valid = win.index_for(queries)
+    attn_k = state["recip"].new_zeros((b, h, n_out, n_in))
     attn_q = torch.zeros_like(attn_k)
-    grid = torch.meshgrid(
-        *(torch.arange(n, device=recip.device) for n in win.out_grid), indexing="ij"
-    )
-    for i, t in enumerate(win.offsets):
-        box = win.box(t)
-        if box is None:
-            continue
-        rel, qabs, _ = box
-        og = [g[qabs] for g in grid]
-        kg = [g * s - p + tc for g, s, p, tc in zip(og, win.stride, win.pad, t, strict=True)]
-        vals = a[(slice(None), i, *rel)]  # (B, *box, H)
-        attn_k[(slice(None), *og, *kg)] = vals
-        attn_q[(slice(None), *og, *kg)] = vals * recip[(slice(None), *kg)]
-
-    def _flat(m):
-        return m.reshape(b, n_out, n_in, h).permute(0, 3, 1, 2)
-
-    return _flat(attn_q), _flat(attn_k)
+    for bi in range(b):
+        for hi in range(h):
+            a = _head_probs(state["q"][bi, hi], state["k"][bi, hi], idx, valid)
+            attn_k[bi, hi].scatter_add_(1, idx, a)
+            attn_q[bi, hi].scatter_add_(1, idx, a * state["recip"][bi, hi][idx])
+    return attn_q, attn_k
 
 
 # ---------------------------------------------------------------------------- the layer
@@ -315,7 +383,7 @@ class LocalSGA(ExactSGA):
     """
 
     supports_return_maps = True
-    #: Working budget of one slab of query rows, in stacked-attention elements (inference).
+    #: Inference working budget of one slab of query rows, in window-attention elements.
     slab_elements: int = DEFAULT_SLAB_ELEMENTS
     #: Tokens projected to keys and values at once (inference).
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS
@@ -333,17 +401,15 @@ class LocalSGA(ExactSGA):
             x, input_spacing, input_grid_shape, mask
         )
         b, n_out, dim = x_out.shape
-        h = self.num_heads
         win = Windows(in_grid, q_grid, self.kernel_size, self.stride)
         k, v = self._local_keys_values(x, in_sp, in_grid)
         del x
         eps = torch.finfo(k.dtype).eps
         q = recip = None
         for _ in range(self.iters):
-            q = self.rose(self.q(x_out), q_spacing, q_grid, flatten=False)  # (B, N_out, H, d)
-            q = q.reshape(b, *q_grid, h, -1)
+            q = self._queries(x_out, q_spacing, q_grid)  # (B, H, N_out, d)
             out, recip = local_grouping_attention(q, k, v, win, eps, self.slab_elements)
-            # (B, H, *grid, d) is the package's (B, H, N_out, d); read it as (B, N_out, D)
+            # (B, H, N_out, d) read as (B, N_out, D), as the package layer does
             x_out = x_out + self.norm2(out.reshape(b, n_out, dim))
             x_out = x_out + self.norm3(self.mlp(x_out))
         result = {"x_out": x_out, "out_grid_shape": q_grid, "out_spacing": q_spacing}
@@ -351,9 +417,9 @@ class LocalSGA(ExactSGA):
             return result
         state = {
             "kind": "local",
-            "q": q.detach(),
-            "k": k.detach(),
-            "recip": recip.detach(),
+            "q": q.detach().contiguous(),
+            "k": k.detach().contiguous(),
+            "recip": recip.detach().contiguous(),
             "win": win,
             "eps": eps,
             "in_grid": in_grid,
@@ -369,21 +435,21 @@ class LocalSGA(ExactSGA):
         return result
 
     def _local_keys_values(self, x, in_sp, in_grid):
-        """Keys ``temp · RoSE(k)`` as ``(B, *grid, H, d)`` and values as the package's
-        ``(B, H, *grid, d)`` reinterpretation of ``(B, N, D)``."""
+        """Keys ``temp · RoSE(k)`` and values (the package's reinterpretation of ``(B, N, D)``
+        memory), both ``(B, H, N, d)``."""
         b, n, dim = x.shape
         h = self.num_heads
         if torch.is_grad_enabled() or n <= self.chunk_tokens:
             k, v = self.kv(x).chunk(2, dim=-1)
             k = self.temp * self.rose(k, in_sp, in_grid, flatten=False)
-            return k.reshape(b, *in_grid, h, -1), v.reshape(b, h, *in_grid, -1)
+            return k.transpose(1, 2), v.reshape(b, h, n, -1)
         # Inference on large inputs: project in chunks of rows, so that neither the (B, N, 2D)
         # projection nor RoSE's temporaries exist for the whole input at once.
         w_k, w_v = self.kv.weight[:dim], self.kv.weight[dim:]
         b_k = b_v = None
         if self.kv.bias is not None:
             b_k, b_v = self.kv.bias[:dim], self.kv.bias[dim:]
-        k = x.new_empty((b, n, h, dim // h))
+        k = x.new_empty((b, h, n, dim // h))
         v = x.new_empty((b, n, dim))
         per_row = n // in_grid[0]
         rows = max(1, self.chunk_tokens // per_row)
@@ -392,8 +458,8 @@ class LocalSGA(ExactSGA):
             sl = slice(r0 * per_row, r1 * per_row)
             v[:, sl] = F.linear(x[:, sl], w_v, b_v)
             kc = self.rose(F.linear(x[:, sl], w_k, b_k), in_sp, (r1 - r0, *in_grid[1:]))
-            k[:, sl] = _shift_rotation(self.rose, kc, in_sp, r0).mul_(self.temp)
-        return k.reshape(b, *in_grid, h, -1), v.reshape(b, h, *in_grid, -1)
+            k[:, :, sl] = _shift_rotation(self.rose, kc, in_sp, r0).mul_(self.temp).transpose(1, 2)
+        return k, v.reshape(b, h, n, -1)
 
     # ---- on-demand attention maps (see napari_rat.model.attention_maps)
     def attention_rows(self, state: dict[str, Any], queries: torch.Tensor) -> torch.Tensor:
