@@ -174,17 +174,14 @@ def parse_sizes(tokens, dims, defaults) -> dict[int, list[int]]:
         return {d: list(defaults[d]) for d in dims}
     out: dict[int, list[int]] = {d: [] for d in dims}
     for token in tokens:
-        for part in token.split(","):
-            part = part.strip().lower()
-            if not part:
-                continue
-            if ":" in part:
-                prefix, value = part.split(":", 1)
-                if prefix not in ("1d", "2d", "3d"):
-                    raise ValueError(f"size {part!r}: expected a number or 2d:N / 3d:N")
-                target = [int(prefix[0])]
-            else:
-                value, target = part, list(dims)
+        token = token.strip().lower()
+        target = list(dims)
+        if ":" in token:  # "3d:16,32": the prefix applies to the whole list
+            prefix, token = token.split(":", 1)
+            if prefix not in ("1d", "2d", "3d"):
+                raise ValueError(f"size {prefix}:{token}: expected a number or 2d:N / 3d:N")
+            target = [int(prefix[0])]
+        for value in filter(None, (v.strip() for v in token.split(","))):
             for d in target:
                 if d in out:
                     out[d].append(int(value))

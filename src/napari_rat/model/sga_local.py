@@ -116,6 +116,13 @@ class Windows:
             self._index_cache[key] = (span, idx.to(torch.int32), valid, border)
         return self._index_cache[key]
 
+    def key_span(self, start: int, stop: int) -> tuple[int, int]:
+        """Flat range of the keys that query rows ``start:stop`` can read."""
+        per_row = math.prod(self.in_grid[1:])
+        lo = max(0, start * self.stride[0] - self.pad[0])
+        hi = min(self.in_grid[0], (stop - 1) * self.stride[0] - self.pad[0] + self.kernel[0])
+        return lo * per_row, hi * per_row
+
     def slabs(self, per_row: int, budget: int):
         """Ranges of query rows (first spatial axis) of at most ``budget`` elements each."""
         rows = max(1, budget // max(per_row, 1))
@@ -210,9 +217,14 @@ def _head_probs(qh, kh, idx, valid, border=None) -> torch.Tensor:
 
 
 def _inference_local(q, k, v, win: Windows, eps: float, slab_elements: int):
-    """Inference path (head-major tensors); see :func:`local_grouping_attention`."""
+    """Inference path (head-major tensors); see :func:`local_grouping_attention`.
+
+    ``v`` may also be a callable ``v(b, h, n0, n1) -> (n1 - n0, d)`` giving value rows on demand.
+    """
     b, h, n_out, dph = q.shape
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k = q.contiguous(), k.contiguous()
+    if isinstance(v, torch.Tensor):
+        v = v.contiguous()
     per_row = b * h * len(win.offsets) * math.prod(win.out_grid[1:])
     slabs = list(win.slabs(per_row, slab_elements))
     recip = k.new_zeros((b, h, k.shape[2]))
@@ -230,14 +242,21 @@ def _inference_local(q, k, v, win: Windows, eps: float, slab_elements: int):
     out = q.new_empty((b, h, n_out, dph))
     for start, stop in slabs:
         span, idx, valid, border = win.slab_index(start, stop, q.device)
+        if not isinstance(v, torch.Tensor):
+            n0, n1 = win.key_span(start, stop)
+            rel = (idx - n0).clamp_(min=0)  # outside entries have zero weight
         for bi in range(b):
             for hi in range(h):
                 a = cache.pop((bi, hi), None)
                 if a is None:
                     a = _head_probs(q[bi, hi, span], k[bi, hi], idx, valid, border)
                 weights = a.mul_(recip[bi, hi][idx])
+                if isinstance(v, torch.Tensor):
+                    rows, values = idx, v[bi, hi]
+                else:
+                    rows, values = rel, v(bi, hi, n0, n1)
                 out[bi, hi, span] = F.embedding_bag(
-                    idx, v[bi, hi], per_sample_weights=weights, mode="sum"
+                    rows, values, per_sample_weights=weights, mode="sum"
                 )
     return out, recip
 
@@ -256,6 +275,7 @@ def local_grouping_attention(
     ----------
     q, k, v
         Queries ``(B, H, N_out, d)``, keys and values ``(B, H, N_in, d)`` (flattened grids).
+        Without gradients ``v`` may be a callable ``v(b, h, n0, n1)`` returning value rows.
     win
         The window geometry.
     eps
@@ -269,7 +289,9 @@ def local_grouping_attention(
     out, recip
         ``(B, H, N_out, d)`` output and ``1 / (c + eps)`` ``(B, H, N_in)``.
     """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    if torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v) if isinstance(t, torch.Tensor)
+    ):
         b, h, _, dph = q.shape
         out, recip = _autograd_local(
             q.transpose(1, 2).reshape(b, *win.out_grid, h, dph),
@@ -435,8 +457,9 @@ class LocalSGA(ExactSGA):
         return result
 
     def _local_keys_values(self, x, in_sp, in_grid):
-        """Keys ``temp · RoSE(k)`` and values (the package's reinterpretation of ``(B, N, D)``
-        memory), both ``(B, H, N, d)``."""
+        """Keys ``temp · RoSE(k)`` ``(B, H, N, d)`` and values: the package's ``(B, H, N, d)``
+        reinterpretation of ``(B, N, D)`` memory, or for large inputs at inference a
+        :class:`_ValueRows` computing them on demand."""
         b, n, dim = x.shape
         h = self.num_heads
         if torch.is_grad_enabled() or n <= self.chunk_tokens:
@@ -450,16 +473,14 @@ class LocalSGA(ExactSGA):
         if self.kv.bias is not None:
             b_k, b_v = self.kv.bias[:dim], self.kv.bias[dim:]
         k = x.new_empty((b, h, n, dim // h))
-        v = x.new_empty((b, n, dim))
         per_row = n // in_grid[0]
         rows = max(1, self.chunk_tokens // per_row)
         for r0 in range(0, in_grid[0], rows):
             r1 = min(r0 + rows, in_grid[0])
             sl = slice(r0 * per_row, r1 * per_row)
-            v[:, sl] = F.linear(x[:, sl], w_v, b_v)
             kc = self.rose(F.linear(x[:, sl], w_k, b_k), in_sp, (r1 - r0, *in_grid[1:]))
             k[:, :, sl] = _shift_rotation(self.rose, kc, in_sp, r0).mul_(self.temp).transpose(1, 2)
-        return k, v.reshape(b, h, n, -1)
+        return k, _ValueRows(x, w_v, b_v, h)
 
     # ---- on-demand attention maps (see napari_rat.model.attention_maps)
     def attention_rows(self, state: dict[str, Any], queries: torch.Tensor) -> torch.Tensor:
@@ -473,6 +494,24 @@ class LocalSGA(ExactSGA):
     def group_assignment(self, state: dict[str, Any], head: int | None = None) -> torch.Tensor:
         """Each input token's group token (argmax of ``attn_q`` over covering queries)."""
         return local_assignment(state, self.slab_elements, head)
+
+
+class _ValueRows:
+    """Value rows on demand: ``(B, N, D)`` projections read as ``(B, H, N, d)`` (the package's
+    reinterpretation), computed only for the tokens whose memory holds rows ``n0:n1`` of head
+    ``h``, so that the values never exist for the whole input at once."""
+
+    def __init__(self, x, weight, bias, heads):
+        self.x, self.weight, self.bias = x, weight, bias
+        self.n, self.dim = x.shape[1], x.shape[2]
+        self.dph = self.dim // heads
+
+    def __call__(self, b: int, h: int, n0: int, n1: int) -> torch.Tensor:
+        f0 = (h * self.n + n0) * self.dph
+        f1 = (h * self.n + n1) * self.dph
+        t0, t1 = f0 // self.dim, -(-f1 // self.dim)
+        flat = F.linear(self.x[b, t0:t1], self.weight, self.bias).reshape(-1)
+        return flat[f0 - t0 * self.dim : f1 - t0 * self.dim].view(n1 - n0, self.dph)
 
 
 def _shift_rotation(rose, rotated: torch.Tensor, spacing, rows: int) -> torch.Tensor:
