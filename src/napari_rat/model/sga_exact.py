@@ -212,6 +212,9 @@ def exact_grouping_attention(
     """
     if eps is None:
         eps = torch.finfo(q.dtype).eps
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # tiles in float32; eps as the input's
+        q, k, v = q.float(), k.float(), v.float()
     b, h, nq, d = q.shape
     nk = k.shape[2]
     out, lse, colsum = _ExactGrouping.apply(
@@ -222,7 +225,7 @@ def exact_grouping_attention(
         int(tile_elements),
     )
     return (
-        out.reshape(b, h, nq, -1),
+        out.reshape(b, h, nq, -1).to(dtype),
         lse.reshape(b, h, nq),
         colsum.reshape(b, h, nk),
     )
@@ -303,9 +306,7 @@ class ExactSGA(DenseSpatialGroupingAttention):
 
     def _keys_values(self, x, input_spacing, input_grid_shape):
         k, v = self.kv(x).chunk(2, dim=-1)
-        k = self.temp * self.rose(k, input_spacing, input_grid_shape, flatten=False).transpose(
-            1, 2
-        )
+        k = self.temp * self.rose(k, input_spacing, input_grid_shape, flatten=False).transpose(1, 2)
         # The package reinterprets v's (B, N, D) memory as (B, H, N, d) (no transpose).
         v = v.reshape(*k.shape)
         return k, v

@@ -222,9 +222,11 @@ def _inference_local(q, k, v, win: Windows, eps: float, slab_elements: int):
     ``v`` may also be a callable ``v(b, h, n0, n1) -> (n1 - n0, d)`` giving value rows on demand.
     """
     b, h, n_out, dph = q.shape
-    q, k = q.contiguous(), k.contiguous()
+    dtype = q.dtype
+    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    q, k = q.to(work).contiguous(), k.to(work).contiguous()
     if isinstance(v, torch.Tensor):
-        v = v.contiguous()
+        v = v.to(work).contiguous()
     per_row = b * h * len(win.offsets) * math.prod(win.out_grid[1:])
     slabs = list(win.slabs(per_row, slab_elements))
     recip = k.new_zeros((b, h, k.shape[2]))
@@ -239,7 +241,7 @@ def _inference_local(q, k, v, win: Windows, eps: float, slab_elements: int):
                 if len(slabs) == 1:
                     cache[bi, hi] = a
     recip.add_(eps).reciprocal_()
-    out = q.new_empty((b, h, n_out, dph))
+    out = q.new_empty((b, h, n_out, dph))  # in the working dtype
     for start, stop in slabs:
         span, idx, valid, border = win.slab_index(start, stop, q.device)
         if not isinstance(v, torch.Tensor):
@@ -254,11 +256,11 @@ def _inference_local(q, k, v, win: Windows, eps: float, slab_elements: int):
                 if isinstance(v, torch.Tensor):
                     rows, values = idx, v[bi, hi]
                 else:
-                    rows, values = rel, v(bi, hi, n0, n1)
+                    rows, values = rel, v(bi, hi, n0, n1).to(work)
                 out[bi, hi, span] = F.embedding_bag(
                     rows, values, per_sample_weights=weights, mode="sum"
                 )
-    return out, recip
+    return out.to(dtype), recip
 
 
 def local_grouping_attention(
