@@ -74,7 +74,7 @@ def segment_nuclei(sample: Path, checkpoint: str, device: str = "auto") -> dict:
 
     pyramid = open_pyramid(sample)
     source = input_from_pyramid(pyramid, level=0)
-    model = load_model(checkpoint, str(resolve_device(device)))  # dense runs as exact
+    model = load_model(checkpoint, str(resolve_device(device)))  # dense runs as local
     start = time.perf_counter()
     result = run_prediction(
         predict(

@@ -125,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--attention",
         choices=["dense", "exact", "local"],
         help="attention implementation for the same weights (default: the stored "
-        "one, with dense run as exact: same results at linear memory)",
+        "one, with dense run as local: linear in pixels; exact gives the dense maths)",
     )
     p.add_argument(
         "--resample",

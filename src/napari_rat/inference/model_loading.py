@@ -1,9 +1,11 @@
 """Load a model for inference: a checkpoint file or the bundled starter model.
 
-Checkpoints trained with the package's dense attention (``"dense"``) run with the ``"exact"``
-implementation at inference: the same weights and outputs (within 1e-4), at memory linear in
-the tile instead of quadratic. ``attention`` overrides the choice (``"local"`` for the windowed
-layers, linear in pixels end to end).
+Checkpoints trained with the package's dense attention (``"dense"``) run with the ``"local"``
+implementation at inference, linear in pixels end to end: the same weights, windowed. Measured
+on the starter model (held-out quarter of the real nuclei image, 512x512 whole image, 2 CPU
+cores): local 8 s, Dice 0.942, AP@0.5 0.686; exact (the dense maths at linear memory, outputs
+equal to dense within 1e-4) 407 s with 128-pixel tiles, Dice 0.943, AP@0.5 0.667.
+``attention`` overrides the choice (``"exact"`` for the reference's maths).
 """
 
 from __future__ import annotations
@@ -51,5 +53,5 @@ def load_model_for_inference(
         raise CheckpointError(str(exc)) from None
     if attention is None:
         stored = read_checkpoint_info(path).model_config.sga_attention_type
-        attention = "exact" if stored == "dense" else stored
+        attention = "local" if stored == "dense" else stored
     return load_checkpoint(path, device=device, sga_attention_type=attention)
