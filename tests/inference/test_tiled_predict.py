@@ -188,3 +188,14 @@ def test_backbone_without_head_is_refused():
     )
     with pytest.raises(TypeError, match="segmentation head"):
         next(predict(model, np.zeros((1, 8, 8), np.float32), (1.0, 1.0)))
+
+
+def test_training_still_works_after_prediction_in_the_same_process(model2d):
+    """RoSE caches position tensors; prediction must not leave inference tensors there."""
+    img, _ = synthetic_nuclei((24, 24), seed=7)
+    run_prediction(predict(model2d, img[None], (1.0, 1.0), options=PredictOptions(instances=False)))
+    model = build_model(ModelConfig(**SMALL)).train()
+    x = torch.from_numpy(img[None, None])
+    loss = model([x], input_spacing=[(1.0, 1.0)])[0].mean()
+    loss.backward()
+    assert model.backbone.init_proj.weight.grad is not None

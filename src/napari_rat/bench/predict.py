@@ -128,7 +128,7 @@ def case_bare(
     shapes = [tuple(s.stop - s.start for s in t.read) for t in tiles]
 
     def run():
-        with torch.inference_mode(), autocast_for(torch.device(device), precision):
+        with torch.no_grad(), autocast_for(torch.device(device), precision):
             for s in shapes:
                 x = torch.randn(1, 1, *s, device=device)
                 model([x], input_spacing=[(1.0,) * dims])

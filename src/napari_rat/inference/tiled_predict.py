@@ -249,7 +249,9 @@ def predict(
         )
         semantic = _new_array(root, "semantic", shape, chunks, np.uint8)
         model = model.to(device).eval()
-        with torch.inference_mode():
+        # no_grad, not inference_mode: RoSE caches position tensors across calls (lru_cache),
+        # and an inference tensor in that cache would break later training in this process.
+        with torch.no_grad():
             for t in tiles:
                 if cancel is not None and cancel.is_set():
                     raise PredictionCancelled("prediction cancelled")
