@@ -154,10 +154,7 @@ class AttentionWidget(Container):
     def _on_result(self, value):
         source, maps, groups = value
         layer = self.viewer.layers[self.image_layer.value]
-        meta = {"scale": source.out_scale, "translate": source.out_translate}
-        for attr in ("units", "axis_labels"):
-            if hasattr(layer, attr):
-                meta[attr] = getattr(layer, attr)
+        meta = source.placement(layer)
         for block, (att, grp) in enumerate(zip(maps, groups, strict=True)):
             att = att / max(float(att.max()), 1e-12)
             self._put(

@@ -167,10 +167,7 @@ class InferenceWidget(Container):
     def add_result_layers(self, result, source: LayerInput) -> list:
         """Add the foreground probability and the instance labels, placed like the source."""
         layer = self.viewer.layers[self.image_layer.value]
-        meta = {"scale": source.out_scale, "translate": source.out_translate}
-        for attr in ("units", "axis_labels"):
-            if hasattr(layer, attr):
-                meta[attr] = getattr(layer, attr)
+        meta = source.placement(layer)
         probs = np.asarray(result.probabilities)
         added = [
             self.viewer.add_image(

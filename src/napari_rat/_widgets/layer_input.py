@@ -29,6 +29,14 @@ class LayerInput:
     sliced_axes: tuple[int, ...]
     level: int
 
+    def placement(self, layer) -> dict:
+        """``scale``/``translate`` of the result plus the source layer's units and axis labels."""
+        meta = {"scale": self.out_scale, "translate": self.out_translate}
+        for attr in ("units", "axis_labels"):
+            if hasattr(layer, attr):
+                meta[attr] = getattr(layer, attr)
+        return meta
+
     def to_layer_shape(self, array):
         """Add back the sliced axes (length 1) so a result has the layer's dimensionality."""
         for axis in self.sliced_axes:
