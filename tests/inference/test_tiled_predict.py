@@ -222,3 +222,14 @@ def test_tiled_agrees_with_untiled_on_the_starter_model():
     dice = 2 * (a & b).sum() / (a.sum() + b.sum())
     assert a.sum() > 1000 and dice >= 0.95, dice
     assert abs(whole.num_instances - tiled.num_instances) <= max(2, whole.num_instances // 10)
+
+
+def test_training_normalization_settings_are_honoured():
+    from napari_rat.inference import image_statistics
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(5.0, 2.0, size=(1, 64, 64)).astype(np.float32)
+    z = image_statistics(image, {"method": "zscore"})
+    assert z.offset[0] == pytest.approx(5.0, abs=0.2) and z.scale[0] == pytest.approx(2.0, abs=0.2)
+    p = image_statistics(image, {"method": "percentile", "percentiles": [10.0, 90.0]})
+    assert p.offset[0] == pytest.approx(np.percentile(image, 10), rel=1e-5)

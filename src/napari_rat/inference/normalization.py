@@ -1,6 +1,7 @@
 """Intensity normalisation of model inputs, from the settings stored in a checkpoint.
 
-A checkpoint's ``normalization`` dict says how its training images were scaled: ``mode``
+A checkpoint's ``normalization`` dict says how its training images were scaled: ``mode`` (or
+``method``, with ``percentiles: [low, high]``, as the training backend writes it)
 ``"percentile"`` (``low``/``high`` percentiles mapped to 0/1, the default), ``"zscore"`` (mean 0,
 standard deviation 1) or ``"none"``. At inference the same statistics are computed on the new
 image, from a bounded sample of it, so large images are never loaded whole.
@@ -49,7 +50,10 @@ def _sample(image) -> np.ndarray:
 def image_statistics(image, normalization: Mapping[str, Any] | None = None) -> IntensityStats:
     """Statistics of ``image`` (``[C, *spatial]``) for the given normalisation settings."""
     settings = dict(normalization or {})
-    mode = settings.get("mode", "percentile")
+    # Checkpoints written by napari_rat.train say "method" and "percentiles": [low, high].
+    mode = settings.get("mode", settings.get("method", "percentile"))
+    if "percentiles" in settings:
+        settings["low"], settings["high"] = settings["percentiles"]
     channels = image.shape[0]
     if mode == "none":
         return IntensityStats((0.0,) * channels, (1.0,) * channels)
