@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from napari_rat.model.sga_exact import ExactSGA
 
 #: Elements of the stacked attention (``B x kernel volume x queries x heads``) held at once.
-DEFAULT_SLAB_ELEMENTS = 1 << 24
+DEFAULT_SLAB_ELEMENTS = 1 << 23
 #: Tokens projected to keys and values at once (inference).
 DEFAULT_CHUNK_TOKENS = 1 << 16
 #: Largest dense ``attn_q``/``attn_k`` (``B x heads x N_out x N_in`` elements) built on request.
@@ -191,29 +191,52 @@ def _autograd_local(q, k, v, win: Windows, eps: float):
     return out, recip
 
 
-def _head_probs(qh, kh, idx, valid, border=None) -> torch.Tensor:
-    """Row-softmaxed window attention of one head: ``(n, T)`` for queries ``qh`` ``(n, d)``,
-    keys ``kh`` ``(N_in, d)`` and window indices ``idx``/``valid`` ``(n, T)`` (``border``: the
-    rows with invalid entries, if known)."""
-    n, t = idx.shape
-    if kh.shape[0] < t:  # tiny input: the sparse pattern would repeat columns within a row
-        logits = torch.einsum("ntd,nd->nt", kh[idx.long()], qh)
+def _window_probs(q, k, idx, valid, border=None) -> torch.Tensor:
+    """Row-softmaxed window attention ``(H, n, T)`` of all heads at once.
+
+    ``q`` ``(H, n, d)`` queries, ``k`` ``(H, N_in, d)`` keys, ``idx``/``valid`` ``(n, T)``
+    window indices (shared by the heads) and ``border`` the rows with invalid entries, if known.
+    All heads go through one sampled product (a block-diagonal pattern: head ``h``'s columns are
+    offset by ``h · N_in``), so that the work is a few large operations, not many small ones.
+    """
+    h, n, dph = q.shape
+    n_in, t = k.shape[1], idx.shape[1]
+    if n_in < t:  # tiny input: the sparse pattern would repeat columns within a row
+        logits = torch.einsum("hntd,hnd->hnt", k[:, idx.long()], q)
     else:
-        crow = torch.arange(0, n * t + 1, t, device=idx.device, dtype=idx.dtype)
+        cols = (
+            idx.unsqueeze(0)
+            + torch.arange(h, device=idx.device, dtype=idx.dtype).view(h, 1, 1) * n_in
+        )
+        crow = torch.arange(0, h * n * t + 1, t, device=idx.device, dtype=idx.dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
             pattern = torch.sparse_csr_tensor(
-                crow, idx.reshape(-1), qh.new_zeros(n * t), size=(n, kh.shape[0]),
+                crow, cols.reshape(-1), q.new_zeros(h * n * t), size=(h * n, h * n_in),
                 check_invariants=False,
             )  # fmt: skip
-            logits = torch.sparse.sampled_addmm(pattern, qh, kh.transpose(0, 1)).values()
-    logits = logits.reshape(n, t)
+            logits = torch.sparse.sampled_addmm(
+                pattern, q.reshape(h * n, dph), k.reshape(h * n_in, dph).transpose(0, 1)
+            ).values()
+        del pattern, cols
+    logits = logits.reshape(h, n, t)
     if border is None:
         logits.masked_fill_(~valid, -math.inf)
     elif border.numel():
-        logits[border] = logits[border].masked_fill_(~valid[border], -math.inf)
-    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
-    return logits.div_(logits.sum(dim=1, keepdim=True))
+        logits[:, border] = logits[:, border].masked_fill_(~valid[border], -math.inf)
+    logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=-1, keepdim=True))
+
+
+def _head_probs(qh, kh, idx, valid, border=None) -> torch.Tensor:
+    """:func:`_window_probs` of one head: ``(n, T)``."""
+    return _window_probs(qh.unsqueeze(0), kh.unsqueeze(0), idx, valid, border)[0]
+
+
+def _head_offsets(idx: torch.Tensor, heads: int, stride: int) -> torch.Tensor:
+    """``(H, n, T)`` indices into a ``(H · stride)`` table holding the heads one after another."""
+    off = torch.arange(heads, device=idx.device, dtype=torch.int64).view(heads, 1, 1) * stride
+    return idx.unsqueeze(0).long() + off
 
 
 def _inference_local(q, k, v, win: Windows, eps: float, slab_elements: int):
@@ -222,6 +245,7 @@ def _inference_local(q, k, v, win: Windows, eps: float, slab_elements: int):
     ``v`` may also be a callable ``v(b, h, n0, n1) -> (n1 - n0, d)`` giving value rows on demand.
     """
     b, h, n_out, dph = q.shape
+    n_in = k.shape[2]
     dtype = q.dtype
     work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     q, k = q.to(work).contiguous(), k.to(work).contiguous()
@@ -229,37 +253,41 @@ def _inference_local(q, k, v, win: Windows, eps: float, slab_elements: int):
         v = v.to(work).contiguous()
     per_row = b * h * len(win.offsets) * math.prod(win.out_grid[1:])
     slabs = list(win.slabs(per_row, slab_elements))
-    recip = k.new_zeros((b, h, k.shape[2]))
+    recip = k.new_zeros((b, h, n_in))
     cache = {}
     for start, stop in slabs:
         span, idx, valid, border = win.slab_index(start, stop, q.device)
-        flat = idx.reshape(-1)
+        cols = _head_offsets(idx, h, n_in).reshape(-1)
         for bi in range(b):
-            for hi in range(h):
-                a = _head_probs(q[bi, hi, span], k[bi, hi], idx, valid, border)
-                recip[bi, hi].index_add_(0, flat, a.reshape(-1))
-                if len(slabs) == 1:
-                    cache[bi, hi] = a
+            a = _window_probs(q[bi, :, span], k[bi], idx, valid, border)
+            recip[bi].view(-1).index_add_(0, cols, a.reshape(-1))
+            if len(slabs) == 1:
+                cache[bi] = a
+        del cols
     recip.add_(eps).reciprocal_()
     out = q.new_empty((b, h, n_out, dph))  # in the working dtype
     for start, stop in slabs:
         span, idx, valid, border = win.slab_index(start, stop, q.device)
+        n = span.stop - span.start
+        cols = _head_offsets(idx, h, n_in)
         if not isinstance(v, torch.Tensor):
             n0, n1 = win.key_span(start, stop)
-            rel = (idx - n0).clamp_(min=0)  # outside entries have zero weight
+            rows = _head_offsets((idx - n0).clamp_(min=0), h, n1 - n0)  # outside: zero weight
+        else:
+            rows = cols
         for bi in range(b):
-            for hi in range(h):
-                a = cache.pop((bi, hi), None)
-                if a is None:
-                    a = _head_probs(q[bi, hi, span], k[bi, hi], idx, valid, border)
-                weights = a.mul_(recip[bi, hi][idx])
-                if isinstance(v, torch.Tensor):
-                    rows, values = idx, v[bi, hi]
-                else:
-                    rows, values = rel, v(bi, hi, n0, n1).to(work)
-                out[bi, hi, span] = F.embedding_bag(
-                    rows, values, per_sample_weights=weights, mode="sum"
-                )
+            a = cache.pop(bi, None)
+            if a is None:
+                a = _window_probs(q[bi, :, span], k[bi], idx, valid, border)
+            weights = a.mul_(recip[bi].view(-1)[cols])
+            if isinstance(v, torch.Tensor):
+                table = v[bi].reshape(h * n_in, dph)
+            else:
+                table = torch.cat([v(bi, hi, n0, n1) for hi in range(h)]).to(work)
+            out[bi, :, span] = F.embedding_bag(
+                rows.reshape(h * n, -1), table, per_sample_weights=weights.reshape(h * n, -1),
+                mode="sum",
+            ).view(h, n, dph)  # fmt: skip
     return out.to(dtype), recip
 
 
