@@ -59,3 +59,64 @@ def test_ray_two_workers_survive_a_killed_worker(ray_head, tiny, tmp_path, monke
     # resumed from the checkpoint after the kill: step 1 was trained once, not twice
     records = [json.loads(x) for x in open(tmp_path / "runs" / "tiny" / "metrics.jsonl")]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]
+
+
+def test_ray_run_resumes_by_name_with_resume(ray_head, tiny, tmp_path, monkeypatch, capsys):
+    """``napari-rat train --backend ray --resume`` continues a finished or interrupted run of
+    the same name from its newest checkpoint; without ``--resume`` an existing run is refused."""
+    import ray
+
+    from napari_rat.cli import main
+    from napari_rat.config import save_config
+    from napari_rat.train.ray_head import driver_env
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    def write_config(epochs: int):
+        config = tiny(
+            training={"backend": "ray", "epochs": epochs, "steps_per_epoch": 1},
+            cluster={"num_workers": 1, "num_to_keep": 3},
+        )
+        return save_config(config, tmp_path / "tiny.yaml")
+
+    storage = tmp_path / "ray" / "tiny"
+    metrics = tmp_path / "runs" / "tiny" / "metrics.jsonl"
+
+    def train_steps():
+        records = [json.loads(x) for x in metrics.read_text().splitlines()]
+        return [(r["step"], r["epoch"]) for r in records if r["kind"] == "train"]
+
+    def checkpoints():
+        return sorted(p.name for p in storage.iterdir() if p.name.startswith("checkpoint-"))
+
+    cli = ["train", "--config", str(tmp_path / "tiny.yaml"), "--num-workers", "1"]
+    with driver_env(ray_head):
+        ray.init(address=ray_head.address, logging_level="ERROR", log_to_driver=False)
+        try:
+            write_config(epochs=2)
+            assert main(cli) == 0
+            assert train_steps() == [(1, 0), (2, 1)]
+            assert checkpoints() == ["checkpoint-step-00000001", "checkpoint-step-00000002"]
+
+            write_config(epochs=3)
+            capsys.readouterr()
+            assert main(cli) == 2  # the run exists: refused before any worker starts
+            err = capsys.readouterr().err
+            assert "already has checkpoints" in err and "--resume" in err
+            assert train_steps() == [(1, 0), (2, 1)]
+
+            assert main([*cli, "--resume"]) == 0
+        finally:
+            ray.shutdown()
+    # one more step, numbered after the saved ones: continued, not restarted
+    assert train_steps() == [(1, 0), (2, 1), (3, 2)]
+    assert checkpoints() == [f"checkpoint-step-0000000{i}" for i in (1, 2, 3)]
+    trainer = json.loads(
+        (storage / checkpoints()[-1] / "state" / "step-00000003" / "trainer.json").read_text()
+    )
+    assert (trainer["step"], trainer["epoch"]) == (3, 3)
+    last = load_checkpoint(tmp_path / "runs" / "tiny" / "last.safetensors")
+    assert last.checkpoint_info.extra["step"] == 3
+    best = load_checkpoint(tmp_path / "runs" / "tiny" / "best.safetensors")
+    assert best.checkpoint_info.extra["step"] in (1, 2, 3)
+    assert "consolidated_from" in best.checkpoint_info.extra

@@ -77,14 +77,18 @@ def run_training(config, args: argparse.Namespace):
     backend = config.training.backend
     try:
         if backend == "ray":
-            from napari_rat.train.ray_backend import train_with_ray
+            from napari_rat.train.ray_backend import RunExistsError, train_with_ray
 
-            return train_with_ray(
-                config,
-                num_workers=args.num_workers,
-                num_gpus=args.num_gpus,
-                init_from=args.init_from,
-            )
+            try:
+                return train_with_ray(
+                    config,
+                    num_workers=args.num_workers,
+                    num_gpus=args.num_gpus,
+                    init_from=args.init_from,
+                    resume=args.resume,
+                )
+            except RunExistsError as exc:
+                raise CommandError(str(exc)) from None
         if backend == "deepspeed" and (args.num_workers or 1) > 1:
             from napari_rat.train.launch import train_multiprocess
 

@@ -4,9 +4,13 @@ Every worker runs :func:`napari_rat.train.loop.train_events` with :class:`RaySto
 epoch end every rank saves its DeepSpeed shards (or rank 0 the plain state) into a fresh local
 folder and reports it with ``ray.train.report``; Ray merges the ranks' files into one storage
 checkpoint and keeps ``cluster.num_to_keep`` of them (best by validation score). A worker that
-dies is restarted up to ``cluster.max_failures`` times and resumes from the newest checkpoint;
-running again with the same ``training.run_name`` and ``cluster.storage_path`` resumes the run.
-At the end the best checkpoint's shards are consolidated into the single-file format.
+dies is restarted up to ``cluster.max_failures`` times and resumes from the newest checkpoint.
+Running again with the same ``training.run_name`` and ``cluster.storage_path`` and
+``resume=True`` (``napari-rat train --backend ray --resume``) resumes the run: Ray Train finds
+its checkpoint list in the run folder and hands the newest checkpoint to the workers, so the step
+count continues. Without ``resume`` an existing run is an error, raised before anything starts,
+because Ray would silently continue it. At the end the best checkpoint's shards are consolidated
+into the single-file format.
 """
 
 from __future__ import annotations
@@ -27,6 +31,34 @@ from napari_rat.train.distributed import DistEnv
 
 META_FILE = "napari_rat_checkpoint.json"
 STATE_DIR = "state"
+#: Ray Train's list of a run's reported checkpoints; when present, a new run of the same name
+#: restores it (``ray.train.get_checkpoint`` then returns the newest).
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
+class RunExistsError(ValueError):
+    """A Ray run of this name already has checkpoints and ``resume`` was not asked for."""
+
+
+def _storage_root(config: ExperimentConfig) -> str:
+    root = config.cluster.storage_path
+    return root if "://" in root else str(Path(root).resolve())
+
+
+def run_storage(config: ExperimentConfig) -> str:
+    """Where Ray Train keeps the run: ``<cluster.storage_path>/<training.run_name>``."""
+    return f"{_storage_root(config).rstrip('/')}/{config.training.run_name}"
+
+
+def saved_run_entries(config: ExperimentConfig) -> list[str]:
+    """Names of the run folder's entries that a new run would continue from (checkpoints and
+    Ray's snapshot); empty when the run has never reported a checkpoint."""
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(run_storage(config))
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    names = (info.base_name for info in infos)
+    return sorted(n for n in names if n == RAY_SNAPSHOT_FILE or n.startswith("checkpoint-"))
 
 
 class RayStore:
@@ -114,6 +146,8 @@ def _worker(loop_config: dict[str, Any]) -> None:
     for event in train_events(
         config,
         backend=loop_config["engine"],
+        # Ray hands out a checkpoint only after a worker failure or to a run resumed by name
+        # (train_with_ray refuses an existing run without resume).
         resume=True,
         init_from=loop_config.get("init_from"),
         store=store,
@@ -144,9 +178,7 @@ def run_config(config: ExperimentConfig):
     c = config.cluster
     return RunConfig(
         name=config.training.run_name,
-        storage_path=str(Path(c.storage_path).resolve())
-        if "://" not in c.storage_path
-        else c.storage_path,
+        storage_path=_storage_root(config),
         failure_config=FailureConfig(max_failures=c.max_failures),
         checkpoint_config=CheckpointConfig(
             num_to_keep=c.num_to_keep,
@@ -162,6 +194,7 @@ def train_with_ray(
     num_workers: int | None = None,
     num_gpus: float | None = None,
     init_from: str | None = None,
+    resume: bool = False,
     fault: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -170,12 +203,32 @@ def train_with_ray(
     Connects to ``cluster.address`` (a Ray address) if set, else starts a local head on
     127.0.0.1 (:mod:`napari_rat.train.ray_head`) and stops it by its pid at the end. An already
     initialised Ray (``ray.is_initialized()``) is used as it is.
+
+    Parameters
+    ----------
+    resume
+        Continue the run of this ``training.run_name`` in ``cluster.storage_path`` from its
+        newest checkpoint (a fresh start when it has none).
+
+    Raises
+    ------
+    RunExistsError
+        When the run already has checkpoints and ``resume`` is false (before anything starts).
     """
     import ray
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from napari_rat.train.ray_head import driver_env, start_head
 
+    saved = saved_run_entries(config)
+    if saved and not resume:
+        raise RunExistsError(
+            f"the Ray run {config.training.run_name!r} already has checkpoints in "
+            f"{run_storage(config)} ({', '.join(saved)}); continue it with --resume "
+            "(resume=True), or start a new run with another training.run_name"
+        )
+    if resume:
+        log(f"resuming {run_storage(config)}" if saved else "no saved run; starting fresh")
     head = None
     own_init = not ray.is_initialized()
     if own_init and config.cluster.address is None:
