@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_rat.inference.chunked_labels import grow_labels_chunked, label_chunked
+from napari_rat.inference.chunked_labels import (
+    drop_small_chunked,
+    grow_labels_chunked,
+    label_chunked,
+)
+from napari_rat.inference.instances import drop_small_instances
 
 
 @pytest.mark.parametrize("shape", [(130, 97), (20, 33, 41)])
@@ -34,3 +39,21 @@ def test_growth_is_independent_of_chunking():
     grow_labels_chunked(seeds, lambda s: fg[s], whole, seeds.shape, (90, 70), radius=4)
     assert np.array_equal(small, whole)
     assert ((small > 0) == fg).all()
+
+
+@pytest.mark.parametrize("shape", [(130, 97), (20, 33, 41)])
+def test_dropping_small_labels_chunked_equals_whole_image(shape):
+    rng = np.random.default_rng(5)
+    mask = ndi.gaussian_filter(rng.random(shape), 1.5) > 0.53
+    labels, n = ndi.label(mask)
+    sizes = np.bincount(labels.ravel())
+    limit = float(np.median(sizes[1:]))
+    expected = drop_small_instances(labels, limit)
+    out = labels.astype(np.int64)
+    kept = drop_small_chunked(out, n, shape, [16] * len(shape), limit)
+    assert 0 < kept < n  # objects spanning chunks are counted whole: some kept, some dropped
+    assert kept == int((sizes[1:] >= limit).sum())
+    assert ((out > 0) == (expected > 0)).all()
+    assert set(np.unique(out)) == set(range(kept + 1))
+    pairs = set(zip(out[out > 0].tolist(), expected[out > 0].tolist(), strict=True))
+    assert len(pairs) == kept

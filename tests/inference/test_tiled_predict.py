@@ -233,3 +233,37 @@ def test_training_normalization_settings_are_honoured():
     assert z.offset[0] == pytest.approx(5.0, abs=0.2) and z.scale[0] == pytest.approx(2.0, abs=0.2)
     p = image_statistics(image, {"method": "percentile", "percentiles": [10.0, 90.0]})
     assert p.offset[0] == pytest.approx(np.percentile(image, 10), rel=1e-5)
+
+
+def test_small_instances_are_dropped_across_chunks_in_physical_units(tmp_path):
+    """The engine's size filter counts objects across chunk faces, in physical area, and by
+    default uses the size stored in the checkpoint's head (chosen on validation)."""
+    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.sample_data import nuclei_2d
+
+    model = load_model_for_inference("starter")
+    img = nuclei_2d()[0][:128, :128].astype(np.float32)[None]
+    spacing = (0.5, 0.5)  # a pixel is 0.25 units^2
+    opts = {"tile": (48, 48), "halo": (16, 16)}
+    run = lambda size, name: run_prediction(  # noqa: E731
+        predict(
+            model,
+            img,
+            spacing,
+            store=tmp_path / name,
+            options=PredictOptions(**opts, min_instance_size=size),
+        )
+    )
+    everything = np.asarray(run(0.0, "all.zarr").labels)
+    sizes = np.bincount(everything.ravel())[1:]
+    limit = float(np.percentile(sizes, 40)) * 0.25  # physical: drops about 40 % of the objects
+    kept = run(limit, "kept.zarr")
+    labels = np.asarray(kept.labels)
+    kept_sizes = np.bincount(labels.ravel())[1:]
+    assert kept.num_instances == len(kept_sizes) == int((sizes * 0.25 >= limit).sum())
+    assert 0 < kept.num_instances < len(sizes)
+    assert (kept_sizes * 0.25 >= limit).all()
+    assert ((labels > 0) <= (everything > 0)).all()
+    stored = model.checkpoint_info.model_config.head.min_instance_size or 0.0
+    default = np.asarray(run(None, "default.zarr").labels)
+    assert np.array_equal(default, np.asarray(run(stored, "stored.zarr").labels))

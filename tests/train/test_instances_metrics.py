@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 
 from napari_rat.inference.instances import (
     boundary_from_instances,
+    drop_small_instances,
     instances_from_logits,
     instances_from_probabilities,
 )
@@ -57,3 +59,18 @@ def test_metrics_counts_and_ignore():
     truth_ignored = truth.copy()
     truth_ignored[:, 10:] = -1
     assert segmentation_metrics(pred, truth_ignored)["tp"] == 1
+
+
+def test_min_instance_size_is_physical_and_drops_only_small_objects():
+    labels = np.zeros((20, 30), dtype=np.int32)
+    labels[2:12, 2:12] = 1  # 100 px
+    labels[15:17, 20:23] = 2  # 6 px
+    fg = labels > 0
+    kept = instances_from_probabilities(fg, None, min_instance_size=10.0)
+    assert kept.max() == 1 and (kept > 0).sum() == 100
+    # The same objects at a coarser physical spacing are larger: 6 px x 4 units^2 = 24 > 10.
+    coarse = instances_from_probabilities(fg, None, spacing=[2.0, 2.0], min_instance_size=10.0)
+    assert coarse.max() == 2
+    assert instances_from_probabilities(fg, None).max() == 2  # default keeps everything
+    with pytest.raises(ValueError, match="axes"):
+        drop_small_instances(labels, 10.0, spacing=[1.0, 1.0, 1.0])

@@ -7,6 +7,7 @@ import torch
 from napari_rat.model import load_checkpoint
 from napari_rat.train.checkpoint_store import LocalStore
 from napari_rat.train.engines import lr_lambda
+from napari_rat.train.evaluation import MIN_INSTANCE_PIXELS
 from napari_rat.train.loop import train_events
 
 from .conftest import BF16_PROBE
@@ -34,6 +35,42 @@ def test_loop_in_process_writes_best_last_and_metrics(tiny):
     records = [json.loads(x) for x in open(folder + "/metrics.jsonl")]
     assert {r["kind"] for r in records} == {"train", "val"}
     assert all(r["lr"] > 0 for r in records if r["kind"] == "train")
+    # The minimum instance size picked on validation travels with the best weights.
+    best_val = max((r for r in records if r["kind"] == "val"), key=lambda r: r["score"])
+    chosen = info.model_config.head.min_instance_size
+    assert chosen is not None and chosen == best_val["min_instance_size"]
+    assert chosen / 1.0 in MIN_INSTANCE_PIXELS  # spacing 1: a physical size of n pixels
+
+
+def test_validation_picks_the_instance_size_only_when_unset(tiny):
+    import numpy as np
+
+    from napari_rat.train.datasets import EvalRegion
+    from napari_rat.train.evaluation import evaluate_regions
+
+    config = tiny()
+    truth = np.zeros((48, 48), np.int32)
+    truth[4:20, 4:20] = 1
+    truth[26:44, 24:44] = 2
+    # A "model" that reads the foreground off its input: the truth plus a 3-pixel speck.
+    fg = truth > 0
+    fg[40:41, 2:5] = True
+
+    class Thresholder(torch.nn.Module):
+        def forward(self, x, spacings=None):
+            f = (x[:, :1] > 0.5).float() * 12 - 6
+            return [torch.cat([-f, f, torch.full_like(f, -6.0)], dim=1)]
+
+    image = fg.astype(np.float32)[None]
+    region = EvalRegion(name="band", image=image, labels=truth, spacing=(2.0, 2.0))
+    picked = evaluate_regions(Thresholder(), [region], config, select_min_instance_size=True)
+    assert picked["ap50"] == 1.0 and picked["min_instance_size"] == 8 * 4.0  # physical
+    plain = evaluate_regions(Thresholder(), [region], config)
+    assert plain["ap50"] == pytest.approx(2 / 3) and plain["min_instance_size"] == 0.0
+    head = config.model.head.model_copy(update={"min_instance_size": 0.0})
+    fixed = config.model_copy(update={"model": config.model.model_copy(update={"head": head})})
+    kept = evaluate_regions(Thresholder(), [region], fixed, select_min_instance_size=True)
+    assert kept["ap50"] == pytest.approx(2 / 3) and kept["min_instance_size"] == 0.0
 
 
 def test_cancel_then_resume_continues(tiny):

@@ -122,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="training samples/s: in-process vs DeepSpeed vs Ray Train (1, 2 workers)"
     )
     parser.add_argument("--config", default="configs/quick.yaml", metavar="C")
-    parser.add_argument("--steps", type=int, default=12, help="optimiser steps per case")
+    parser.add_argument("--steps", type=int, default=40, help="optimiser steps per case")
     parser.add_argument("--cases", nargs="+", choices=["local", "deepspeed", "ray"])
     parser.add_argument("--timeout", type=float, default=900)
     parser.set_defaults(func=_bench)

@@ -25,6 +25,15 @@ class HeadConfig(StrictModel):
     )
     boundary: bool = Field(True, description="Predict instance boundaries (for instance labels).")
     decoder_dims: int = Field(32, ge=4, le=1024, description="Channels of the upsampling decoder.")
+    min_instance_size: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Instances smaller than this physical area (2D) or volume (3D), in the spacing's "
+            "units squared or cubed, are dropped. None: training picks it on the validation "
+            "split (napari_rat.train.evaluation) and stores it in the checkpoint; 0 at inference."
+        ),
+    )
 
     @model_validator(mode="after")
     def _unique_classes(self) -> HeadConfig:

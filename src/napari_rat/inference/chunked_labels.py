@@ -3,8 +3,9 @@
 :func:`label_chunked` finds connected components chunk by chunk, then merges components that
 touch across chunk faces with a union-find over the labels, and renumbers them consecutively.
 :func:`grow_labels_chunked` grows seed labels into a foreground mask (each foreground pixel takes
-the nearest seed within ``radius``), reading each chunk with a halo of ``radius``. Memory is
-bounded by the chunk size (plus one label-sized lookup table), never by the image.
+the nearest seed within ``radius``), reading each chunk with a halo of ``radius``.
+:func:`drop_small_chunked` removes labels smaller than a pixel count and renumbers the rest.
+Memory is bounded by the chunk size (plus one label-sized lookup table), never by the image.
 """
 
 from __future__ import annotations
@@ -135,3 +136,30 @@ def grow_labels_chunked(
         else:
             grown = np.zeros(fg.shape, dtype=seed.dtype)
         out[tile.core] = np.where(fg, grown, 0)
+
+
+def drop_small_chunked(
+    labels,
+    num_labels: int,
+    shape: Sequence[int],
+    chunk: Sequence[int],
+    min_pixels: float,
+) -> int:
+    """Set the labels with fewer than ``min_pixels`` pixels to 0 and renumber the rest ``1..n``.
+
+    ``labels`` (zarr or NumPy, labels ``0..num_labels``) is rewritten in place, chunk by chunk:
+    one pass counts each label's pixels over the whole image (an object spread over several
+    chunks counts as a whole), a second applies the lookup table. Returns the new count.
+    """
+    tiles = tile_grid(shape, chunk, [0] * len(shape))
+    sizes = np.zeros(num_labels + 1, dtype=np.int64)
+    for tile in tiles:
+        block = np.asarray(labels[tile.core]).ravel()
+        sizes += np.bincount(block, minlength=num_labels + 1)[: num_labels + 1]
+    keep = sizes >= min_pixels
+    keep[0] = False
+    lut = np.zeros(num_labels + 1, dtype=np.int64)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1)
+    for tile in tiles:
+        labels[tile.core] = lut[np.asarray(labels[tile.core])]
+    return int(keep.sum())

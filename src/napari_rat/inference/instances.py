@@ -9,7 +9,10 @@ inference:
 2. the cores' connected components (face connectivity, so a one-pixel boundary line separates);
 3. each component grows back into the foreground it lies in (every foreground pixel takes the
    label of the nearest core of its own foreground component, nearest in physical units);
-   a foreground component without any core becomes one instance of its own.
+   a foreground component without any core becomes one instance of its own;
+4. instances smaller than ``min_instance_size`` (physical area in 2D, volume in 3D) are dropped
+   to background. Training picks this size on the validation split (it removes the slivers a
+   region's edge cuts off and specks of noise) and stores it in the checkpoint's head config.
 
 The boundary target (:func:`boundary_from_instances`) is the inner contour of every instance:
 its pixels that touch a pixel of another label (background included).
@@ -67,6 +70,7 @@ def instances_from_probabilities(
     boundary_threshold: float = 0.5,
     min_size: int = 0,
     spacing: Sequence[float] | None = None,
+    min_instance_size: float = 0.0,
 ) -> np.ndarray:
     """Instance labels from a foreground probability map and a boundary probability map.
 
@@ -82,6 +86,9 @@ def instances_from_probabilities(
         Cores smaller than this many pixels are dropped (their pixels join a neighbour).
     spacing
         Physical pixel size, so that growing back uses physical distances (anisotropic data).
+    min_instance_size
+        Final instances smaller than this physical area (2D) or volume (3D), in units of
+        ``spacing`` squared or cubed, become background.
 
     Returns
     -------
@@ -94,7 +101,10 @@ def instances_from_probabilities(
     face = ndi.generate_binary_structure(fg.ndim, 1)
     if boundary is None:
         labels, _ = ndi.label(fg, structure=face)
-        return labels.astype(np.int32)
+        labels = labels.astype(np.int32)
+        if min_instance_size > 0:
+            labels = relabel_sequential(drop_small_instances(labels, min_instance_size, spacing))
+        return labels
     bd = np.asarray(boundary)
     bd = bd if bd.dtype == bool else bd > boundary_threshold
     cores, n = ndi.label(fg & ~bd, structure=face)
@@ -118,7 +128,35 @@ def instances_from_probabilities(
     if orphan.any():
         extra, _ = ndi.label(orphan, structure=face)
         out[orphan] = extra[orphan] + n
+    if min_instance_size > 0:
+        out = drop_small_instances(out, min_instance_size, spacing)
     return relabel_sequential(out)
+
+
+def min_instance_pixels(
+    min_instance_size: float, spacing: Sequence[float] | None, ndim: int
+) -> float:
+    """The pixel count below which an instance is dropped: the physical size over a pixel's."""
+    if min_instance_size <= 0:
+        return 0.0
+    pixel = float(np.prod(spacing)) if spacing is not None else 1.0
+    if spacing is not None and len(spacing) != ndim:
+        raise ValueError(f"spacing {list(spacing)} has {len(spacing)} axes; the labels have {ndim}")
+    return float(min_instance_size) / pixel
+
+
+def drop_small_instances(
+    labels: np.ndarray, min_instance_size: float, spacing: Sequence[float] | None = None
+) -> np.ndarray:
+    """``labels`` with the instances smaller than ``min_instance_size`` (physical) set to 0."""
+    labels = np.asarray(labels)
+    limit = min_instance_pixels(min_instance_size, spacing, labels.ndim)
+    if limit <= 0 or not labels.any():
+        return labels
+    sizes = np.bincount(labels.ravel().astype(np.int64, copy=False))
+    small = sizes < limit
+    small[0] = False
+    return np.where(small[labels], 0, labels).astype(labels.dtype, copy=False)
 
 
 def instances_from_logits(
@@ -130,6 +168,7 @@ def instances_from_logits(
     boundary_threshold: float = 0.5,
     min_size: int = 0,
     spacing: Sequence[float] | None = None,
+    min_instance_size: float = 0.0,
 ) -> np.ndarray:
     """Instance labels from the head's logits ``[num_classes (+1 boundary), *spatial]``.
 
@@ -150,6 +189,7 @@ def instances_from_logits(
         boundary_threshold=boundary_threshold,
         min_size=min_size,
         spacing=spacing,
+        min_instance_size=min_instance_size,
     )
 
 

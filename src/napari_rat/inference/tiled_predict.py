@@ -28,7 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_rat.inference.chunked_labels import grow_labels_chunked, label_chunked
+from napari_rat.inference.chunked_labels import (
+    drop_small_chunked,
+    grow_labels_chunked,
+    label_chunked,
+)
+from napari_rat.inference.instances import min_instance_pixels
 from napari_rat.inference.normalization import IntensityStats, image_statistics
 from napari_rat.inference.tiling import tile_grid
 
@@ -54,7 +59,9 @@ class PredictOptions:
 
     ``tile``/``halo`` are in pixels of the input (defaults: 256/32 in 2D, 64/12 in 3D);
     ``levels`` is the number of pyramid levels fed to the model; ``boundary_radius`` is how far
-    (in pixels) instance seeds grow back into the foreground.
+    (in pixels) instance seeds grow back into the foreground; instances smaller than
+    ``min_instance_size`` (physical area or volume; ``None``: the checkpoint's head setting,
+    chosen on validation during training, else 0) are dropped.
     """
 
     tile: tuple[int, ...] | None = None
@@ -66,6 +73,7 @@ class PredictOptions:
     instances: bool = True
     boundary_radius: int = 3
     threshold: float = 0.5
+    min_instance_size: float | None = None
 
 
 @dataclass
@@ -267,9 +275,16 @@ def predict(
                 yield Progress("tiles", t.index + 1, len(tiles))
         labels, n_instances = None, 0
         if options.instances:
+            min_size = options.min_instance_size
+            if min_size is None and info is not None:
+                min_size = info.model_config.head.min_instance_size
             labels, n_instances = yield from _instances(
                 probs, root, shape, chunks, boundary, options, cancel
             )
+            if min_size:
+                n_instances = drop_small_chunked(
+                    labels, n_instances, shape, chunks, min_instance_pixels(min_size, spacing, dims)
+                )
         result = Prediction(
             probs,
             semantic,

@@ -51,6 +51,49 @@ class RegionScore:
         return {"dice": dice, "iou": iou, "ap50": ap, "score": (dice + ap) / 2}
 
 
+# Candidate minimum instance sizes, in pixels at the validation spacing, that training tries on
+# the validation split when the head's ``min_instance_size`` is ``None``.
+MIN_INSTANCE_PIXELS = (0, 8, 16, 32, 64, 128)
+
+
+def predict_region_logits(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    spacing: Sequence[float],
+    config: ExperimentConfig,
+    *,
+    factor: float = 1.0,
+    device: str | torch.device = "cpu",
+    autocast: str = "fp32",
+) -> np.ndarray:
+    """Logits of a normalised region ``[C, *spatial]`` predicted at ``factor`` x spacing and
+    brought back onto the region's native grid."""
+    scaled = rescale_image(image, factor)
+    scaled_spacing = [s * image.shape[1 + d] / scaled.shape[1 + d] for d, s in enumerate(spacing)]
+    scales = config.data.scales if config.data.multi_scale else [1]
+    logits = predict_logits(
+        model,
+        scaled,
+        scaled_spacing,
+        config.data.crop_size,
+        scales=scales,
+        device=device,
+        autocast_dtype=autocast_dtype(autocast),
+    )
+    return resize_logits(logits, image.shape[1:])
+
+
+def _instances(logits: np.ndarray, spacing, config: ExperimentConfig, min_size: float):
+    head = config.model.head
+    return instances_from_logits(
+        logits,
+        len(head.class_names),
+        boundary=head.boundary,
+        spacing=list(spacing),
+        min_instance_size=min_size,
+    )
+
+
 def predict_instances(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -64,25 +107,12 @@ def predict_instances(
     """Instance labels of a normalised region ``[C, *spatial]`` predicted at ``factor`` x spacing.
 
     The prediction is made on the resampled image and its logits are brought back to the
-    native grid before instances are derived.
+    native grid before instances are derived, with the head's ``min_instance_size`` (0 if unset).
     """
-    scaled = rescale_image(image, factor)
-    scaled_spacing = [s * image.shape[1 + d] / scaled.shape[1 + d] for d, s in enumerate(spacing)]
-    scales = config.data.scales if config.data.multi_scale else [1]
-    logits = predict_logits(
-        model,
-        scaled,
-        scaled_spacing,
-        config.data.crop_size,
-        scales=scales,
-        device=device,
-        autocast_dtype=autocast_dtype(autocast),
+    logits = predict_region_logits(
+        model, image, spacing, config, factor=factor, device=device, autocast=autocast
     )
-    logits = resize_logits(logits, image.shape[1:])
-    head = config.model.head
-    return instances_from_logits(
-        logits, len(head.class_names), boundary=head.boundary, spacing=list(spacing)
-    )
+    return _instances(logits, spacing, config, config.model.head.min_instance_size or 0.0)
 
 
 def evaluate_regions(
@@ -93,21 +123,37 @@ def evaluate_regions(
     factor: float = 1.0,
     device: str | torch.device = "cpu",
     autocast: str = "fp32",
+    select_min_instance_size: bool = False,
 ) -> dict[str, float]:
-    """Pooled ``dice``, ``iou``, ``ap50`` and ``score`` (mean of Dice and AP) over regions."""
-    score = RegionScore()
-    for region in regions:
-        pred = predict_instances(
-            model,
-            region.image,
-            region.spacing,
-            config,
-            factor=factor,
-            device=device,
-            autocast=autocast,
+    """Pooled ``dice``, ``iou``, ``ap50`` and ``score`` (mean of Dice and AP) over regions.
+
+    The instances use the head's ``min_instance_size``. With ``select_min_instance_size`` and
+    the head's size unset (training, on the validation split), every size of
+    :data:`MIN_INSTANCE_PIXELS` is tried on the same logits and the best score is returned
+    (ties go to the smaller size); the chosen physical size is returned as
+    ``min_instance_size``. Never select on the data you report.
+    """
+    fixed = config.model.head.min_instance_size
+    logits = [
+        predict_region_logits(
+            model, r.image, r.spacing, config, factor=factor, device=device, autocast=autocast
         )
-        score.add(pred, region.labels)
-    return score.metrics()
+        for r in regions
+    ]
+    if fixed is not None or not select_min_instance_size or not regions:
+        candidates = [float(fixed or 0.0)]
+    else:
+        pixel = float(np.prod(regions[0].spacing))
+        candidates = [n * pixel for n in MIN_INSTANCE_PIXELS]
+    best: dict[str, float] | None = None
+    for size in candidates:
+        score = RegionScore()
+        for region, lg in zip(regions, logits, strict=True):
+            score.add(_instances(lg, region.spacing, config, size), region.labels)
+        metrics = {**score.metrics(), "min_instance_size": size}
+        if best is None or metrics["score"] > best["score"]:
+            best = metrics
+    return best if best is not None else {**RegionScore().metrics(), "min_instance_size": 0.0}
 
 
 def otsu_instances(image: np.ndarray, spacing: Sequence[float], sigma: float = 2.0) -> np.ndarray:

@@ -344,6 +344,7 @@ def train_events(
                         config,
                         device=device,
                         autocast=engine.precision if kind == "local" else "fp32",
+                        select_min_instance_size=True,
                     )
                     if main:
                         logger.log("val", state["step"], epoch, metrics)
@@ -367,10 +368,13 @@ def train_events(
                 meta = checkpoint_metadata(config, data)
                 meta["extra"] = {**meta["extra"], "step": state["step"], "metrics": metrics}
                 model_for_save = _StateHolder(weights)
-                last = save_checkpoint(model_for_save, folder / LAST_NAME, config.model, **meta)
+                # The instance size picked on this validation goes with the weights it suits.
+                chosen = metrics or state["best_metrics"]
+                model_config = _with_min_instance_size(config.model, chosen)
+                last = save_checkpoint(model_for_save, folder / LAST_NAME, model_config, **meta)
                 yield TrainEvent("checkpoint", step=state["step"], epoch=epoch, path=str(last))
                 if improved or (not data.val and epoch_done):
-                    best = save_checkpoint(model_for_save, folder / BEST_NAME, config.model, **meta)
+                    best = save_checkpoint(model_for_save, folder / BEST_NAME, model_config, **meta)
                     yield TrainEvent(
                         "checkpoint",
                         step=state["step"],
@@ -400,6 +404,15 @@ def train_events(
         )
     finally:
         logger.close()
+
+
+def _with_min_instance_size(model_config, metrics: dict[str, float]):
+    """``model_config`` with the head's ``min_instance_size`` chosen on validation, if unset."""
+    head = model_config.head
+    if head.min_instance_size is not None or "min_instance_size" not in metrics:
+        return model_config
+    head = head.model_copy(update={"min_instance_size": float(metrics["min_instance_size"])})
+    return model_config.model_copy(update={"head": head})
 
 
 def engine_at_boundary(engine) -> bool:
