@@ -110,3 +110,7 @@ def test_predict_errors_are_one_line(files, tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["predict", str(src), "--checkpoint", str(ckpt)]) == 2
     assert "--output" in capsys.readouterr().err
+    out = tmp_path / "o.zarr"
+    args = ["predict", str(src), "--checkpoint", str(ckpt), "--output", str(out)]
+    assert main([*args, "--min-size", "-1"]) == 2
+    assert "--min-size -1.0 is negative" in capsys.readouterr().err and not out.exists()

@@ -43,6 +43,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.output is None and args.into_labels is None:
         raise CommandError("say where results go: --output OUT.zarr or --into-labels NAME")
+    if args.min_size is not None and args.min_size < 0:
+        raise CommandError(f"--min-size {args.min_size} is negative; give 0 or a positive size")
     try:
         device = resolve_device(args.device)
         pyramid = open_pyramid(args.input)
@@ -65,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         device=str(device),
         precision=args.precision,
         resample_to_training_spacing=args.resample,
+        min_instance_size=args.min_size,
     )
     bar = ProgressBar()
     try:
@@ -131,5 +134,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resample",
         action="store_true",
         help="resample tiles to the model's training spacing (default: give RAT the true spacing)",
+    )
+    p.add_argument(
+        "--min-size",
+        type=float,
+        metavar="AREA",
+        help="drop instances smaller than this physical area (2D) or volume (3D), in the image's "
+        "units (default: the size the checkpoint chose on its validation split)",
     )
     p.set_defaults(func=_run)
