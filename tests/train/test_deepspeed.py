@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -138,3 +140,30 @@ def test_deepspeed_zero3_cpu_offload_trains_on_cpu_and_consolidates(
     assert engine.load_state(state)["step"] == 2
     for key, value in engine.full_state_dict().items():
         torch.testing.assert_close(value, weights[key])
+
+
+@pytest.mark.slow
+def test_deepspeed_two_local_ranks_over_gloo(tiny, monkeypatch):
+    """``napari-rat train --backend deepspeed --num-workers 2`` without Ray: two spawned ranks
+    on the CPU (gloo), each holding its ZeRO-2 shard; rank 0 alone logs and writes."""
+    from napari_rat.train.checkpoint_store import LocalStore
+    from napari_rat.train.launch import train_multiprocess
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the spawned ranks
+    config = tiny(
+        training={"backend": "deepspeed", "epochs": 2},
+        deepspeed={"enabled": True, "zero_stage": 2},
+    )
+    best = train_multiprocess(config, 2)
+    folder = best.parent
+    assert load_checkpoint(best).checkpoint_info.extra["step"] in (1, 2)
+    # 4 samples, 2 ranks, batch 2: one optimiser step per epoch, logged once (by rank 0)
+    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]
+    state = LocalStore(folder / "state").latest_path()
+    shards = sorted(p.name for p in state.glob("*optim_states.pt"))
+    assert shards == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+    weights = consolidate_zero_checkpoint(state)
+    last = load_checkpoint(folder / "last.safetensors").state_dict()
+    for key, value in last.items():
+        torch.testing.assert_close(weights[key], value)
