@@ -62,6 +62,9 @@ def test_train_then_evaluate_robustness(tiny, tmp_path, capsys):
     text = (out / "robustness.md").read_text()
     assert text.count("\n| ") == 4  # header + 3 rows
     assert (out / "robustness.csv").read_text().startswith("factor,")
+    from matplotlib.image import imread
+
+    assert imread(out / "robustness.png").shape == (350, 500, 4)  # the saved plot decodes
     assert (
         main(
             [

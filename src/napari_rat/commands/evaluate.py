@@ -62,12 +62,15 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         factors = [1.0]
     rows = robustness_table(model, regions, config, factors, baseline=not args.no_baseline)
     out = Path(args.output) if args.output else run_dir(config) / "evaluation"
-    files = write_report(
-        rows,
-        out,
-        title=f"{config.name}: {which} region, {checkpoint}",
-        resolutions=args.resolutions if args.robustness else None,
-    )
+    try:
+        files = write_report(
+            rows,
+            out,
+            title=f"{config.name}: {which} region, {checkpoint}",
+            resolutions=args.resolutions if args.robustness else None,
+        )
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
     print((out / "robustness.md").read_text())
     for f in files:
         print(f"wrote {f}")

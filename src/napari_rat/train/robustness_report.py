@@ -1,4 +1,4 @@
-"""The resolution-robustness table: Markdown, CSV and (with matplotlib) a plot."""
+"""The resolution-robustness report: Markdown and CSV tables and a plot."""
 
 from __future__ import annotations
 
@@ -32,6 +32,59 @@ def markdown_table(rows: list[dict[str, float]], resolutions: Sequence[int] | No
     return "\n".join(lines) + "\n"
 
 
+#: ``robustness.png`` is 5 x 3.5 inches at 100 dpi: 500 x 350 pixels.
+PLOT_SIZE_INCHES = (5.0, 3.5)
+PLOT_DPI = 100
+
+_MISSING_MATPLOTLIB = (
+    "the robustness plot needs matplotlib; install the training extra: "
+    'pip install "napari-rat[train]"'
+)
+
+
+def plot_robustness(rows: list[dict[str, float]], path: str | Path, *, title: str = "") -> Path:
+    """Plot Dice and AP@0.5 against the spacing factor (log axis), model and Otsu, as a PNG.
+
+    Drawn on matplotlib's non-interactive Agg canvas without pyplot, so it neither needs a
+    display nor switches the backend of a session (napari's Qt) that also uses matplotlib.
+    Written atomically.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(_MISSING_MATPLOTLIB) from exc
+    fig = Figure(figsize=PLOT_SIZE_INCHES, dpi=PLOT_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = [r["factor"] for r in rows]
+    for key, label, style in (
+        ("model_dice", "model Dice", "o-"),
+        ("model_ap50", "model AP@0.5", "s-"),
+        ("otsu_dice", "Otsu Dice", "o--"),
+        ("otsu_ap50", "Otsu AP@0.5", "s--"),
+    ):
+        if key in rows[0]:
+            ax.plot(x, [r[key] for r in rows], style, label=label)
+    ax.set_xscale("log", base=2)
+    # ticks at the measured factors, labelled as in the table ("0.5x", "2x")
+    ax.set_xticks(x, labels=[f"{f:.3g}x" for f in x])
+    ax.minorticks_off()
+    ax.set_xlabel("spacing factor (x native, coarser to the right)")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title[:60], fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        # Fixed size: no bbox_inches="tight", so the image is always PLOT_SIZE_INCHES * PLOT_DPI.
+        fig.savefig(tmp, format="png", dpi=PLOT_DPI)
+    return path
+
+
 def write_report(
     rows: list[dict[str, float]],
     folder: str | Path,
@@ -39,8 +92,18 @@ def write_report(
     title: str = "",
     resolutions: Sequence[int] | None = None,
 ) -> list[Path]:
-    """Write ``robustness.md``, ``robustness.csv`` and, when matplotlib imports,
-    ``robustness.png`` into ``folder``; returns the files written."""
+    """Write ``robustness.md``, ``robustness.csv`` and ``robustness.png`` into ``folder``.
+
+    Returns the files written.
+
+    Raises
+    ------
+    ImportError
+        Without matplotlib (``pip install "napari-rat[train]"``); the table files are written
+        first.
+    """
+    if not rows:
+        raise ValueError("no rows to report: the robustness table is empty")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -54,34 +117,5 @@ def write_report(
         writer.writeheader()
         writer.writerows(rows)
     written.append(path)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return written  # the CSV and Markdown table stand in for the plot
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    x = [r["factor"] for r in rows]
-    for key, label, style in (
-        ("model_dice", "model Dice", "o-"),
-        ("model_ap50", "model AP@0.5", "s-"),
-        ("otsu_dice", "Otsu Dice", "o--"),
-        ("otsu_ap50", "Otsu AP@0.5", "s--"),
-    ):
-        if key in rows[0]:
-            ax.plot(x, [r[key] for r in rows], style, label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("spacing factor (x native, coarser to the right)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title[:60], fontsize=8)
-    fig.tight_layout()
-    png = folder / "robustness.png"
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    written.append(png)
+    written.append(plot_robustness(rows, folder / "robustness.png", title=title))
     return written
