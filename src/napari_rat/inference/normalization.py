@@ -47,13 +47,41 @@ def _sample(image) -> np.ndarray:
     return np.asarray(sample, dtype=np.float32).reshape(image.shape[0], -1)
 
 
-def image_statistics(image, normalization: Mapping[str, Any] | None = None) -> IntensityStats:
-    """Statistics of ``image`` (``[C, *spatial]``) for the given normalisation settings."""
+#: Normalisation modes and the default percentiles.
+MODES = ("percentile", "zscore", "none")
+DEFAULT_PERCENTILES = (1.0, 99.8)
+
+
+def normalization_settings(
+    normalization: Mapping[str, Any] | None = None,
+) -> tuple[str, tuple[float, float]]:
+    """``(mode, (low, high))`` from a checkpoint's ``normalization`` dict.
+
+    Reads ``mode`` (else ``method``) and ``percentiles: [low, high]`` (else ``low``/``high``);
+    missing keys take the defaults (``percentile``, 1 and 99.8).
+
+    Raises
+    ------
+    ValueError
+        For a mode other than ``percentile``, ``zscore`` or ``none``.
+    """
     settings = dict(normalization or {})
     # Checkpoints written by napari_rat.train say "method" and "percentiles": [low, high].
     mode = settings.get("mode", settings.get("method", "percentile"))
-    if "percentiles" in settings:
-        settings["low"], settings["high"] = settings["percentiles"]
+    if mode not in MODES:
+        raise ValueError(f"unknown normalization mode {mode!r}; use percentile, zscore or none")
+    low, high = (
+        settings.get("low", DEFAULT_PERCENTILES[0]),
+        settings.get("high", DEFAULT_PERCENTILES[1]),
+    )
+    if "percentiles" in settings:  # wins over low/high, as it always has
+        low, high = settings["percentiles"]
+    return mode, (float(low), float(high))
+
+
+def image_statistics(image, normalization: Mapping[str, Any] | None = None) -> IntensityStats:
+    """Statistics of ``image`` (``[C, *spatial]``) for the given normalisation settings."""
+    mode, (low, high) = normalization_settings(normalization)
     channels = image.shape[0]
     if mode == "none":
         return IntensityStats((0.0,) * channels, (1.0,) * channels)
@@ -61,11 +89,9 @@ def image_statistics(image, normalization: Mapping[str, Any] | None = None) -> I
     if mode == "zscore":
         offset = sample.mean(axis=1)
         scale = sample.std(axis=1)
-    elif mode == "percentile":
-        lo = np.percentile(sample, float(settings.get("low", 1.0)), axis=1)
-        hi = np.percentile(sample, float(settings.get("high", 99.8)), axis=1)
-        offset, scale = lo, hi - lo
     else:
-        raise ValueError(f"unknown normalization mode {mode!r}; use percentile, zscore or none")
+        lo = np.percentile(sample, low, axis=1)
+        hi = np.percentile(sample, high, axis=1)
+        offset, scale = lo, hi - lo
     scale = np.where(scale > 1e-12, scale, 1.0)
     return IntensityStats(tuple(float(v) for v in offset), tuple(float(v) for v in scale))

@@ -73,7 +73,7 @@ def _finish(
             f"{name}: image shape {tuple(image.shape[1:])} and label shape {labels.shape} differ"
         )
     stats = norm.statistics(image)
-    norm.measured.append({"image": name, **stats})
+    norm.measured.append({"image": name, "offset": list(stats.offset), "scale": list(stats.scale)})
     return LabeledImage(
         name=name,
         image=norm.apply(image, stats),
