@@ -15,10 +15,12 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, S
 
 from napari_rat._widgets.layer_input import layer_input
 from napari_rat._widgets.model_choice import ModelChoice
+from napari_rat._widgets.model_imports import keep_triton_out, preload_model_stack
 
 
 def attention_job(checkpoint, device, layer, data_point, step, window):
     """Worker: the maps for ``data_point`` (level-0 data pixels of ``layer``)."""
+    keep_triton_out()
     import torch
 
     from napari_rat.inference import image_statistics, resolve_device
@@ -77,6 +79,7 @@ class AttentionWidget(Container):
         self.viewer.layers.events.inserted.connect(lambda *_: self.image_layer.reset_choices())
         self.viewer.layers.events.removed.connect(lambda *_: self.image_layer.reset_choices())
         self.viewer.mouse_drag_callbacks.append(self._on_click)
+        preload_model_stack()
 
     def _image_layers(self, *_):
         from napari.layers import Image

@@ -12,12 +12,14 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
 from napari_rat._widgets.layer_input import LayerInput, layer_input
 from napari_rat._widgets.model_choice import ModelChoice
+from napari_rat._widgets.model_imports import keep_triton_out, preload_model_stack
 
 REGIONS = {"whole image": "whole", "current view": "view", "current slice": "slice"}
 
 
 def _prediction_job(checkpoint, device, layer, region, step, level, view_box, tile, levels):
     """Generator run in the worker: load the model, cut the input, predict."""
+    keep_triton_out()
     from napari_rat.inference import PredictOptions, predict, resolve_device
     from napari_rat.inference.model_loading import load_model_for_inference
 
@@ -27,7 +29,19 @@ def _prediction_job(checkpoint, device, layer, region, step, level, view_box, ti
     result = yield from predict(
         model, source.image, source.spacing, source.translation, options=options
     )
-    return result, source
+    return result, source, result_arrays(result, source)
+
+
+def result_arrays(result, source: LayerInput) -> dict[str, np.ndarray]:
+    """The result layers' data (foreground probability, instance labels), shaped like the layer.
+
+    Built in the worker: on a large image this is whole-image array work the GUI thread
+    should not do.
+    """
+    arrays = {"foreground": source.to_layer_shape(1.0 - np.asarray(result.probabilities[0]))}
+    if result.labels is not None:
+        arrays["instances"] = source.to_layer_shape(np.asarray(result.labels))
+    return arrays
 
 
 class InferenceWidget(Container):
@@ -67,6 +81,7 @@ class InferenceWidget(Container):
         self.cancel_button.clicked.connect(self.cancel)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        preload_model_stack()
 
     # ---------------------------------------------------------------- choices
     def _image_layers(self, *_):
@@ -160,18 +175,17 @@ class InferenceWidget(Container):
         bar.update(p.done - bar.n)
 
     def _on_result(self, value):
-        result, source = value
-        self.add_result_layers(result, source)
+        result, source, arrays = value
+        self.add_result_layers(source, arrays)
         self._set_status(f"done: {result.num_instances} instances")
 
-    def add_result_layers(self, result, source: LayerInput) -> list:
+    def add_result_layers(self, source: LayerInput, arrays: dict[str, np.ndarray]) -> list:
         """Add the foreground probability and the instance labels, placed like the source."""
         layer = self.viewer.layers[self.image_layer.value]
         meta = source.placement(layer)
-        probs = np.asarray(result.probabilities)
         added = [
             self.viewer.add_image(
-                source.to_layer_shape(1.0 - probs[0]),
+                arrays["foreground"],
                 name=f"{layer.name} foreground (RAT)",
                 colormap="magma",
                 blending="additive",
@@ -179,10 +193,10 @@ class InferenceWidget(Container):
                 **meta,
             )
         ]
-        if result.labels is not None:
+        if "instances" in arrays:
             added.append(
                 self.viewer.add_labels(
-                    source.to_layer_shape(np.asarray(result.labels)),
+                    arrays["instances"],
                     name=f"{layer.name} instances (RAT)",
                     **meta,
                 )

@@ -1,0 +1,80 @@
+"""``napari-rat bench widget``: the event-loop measurement in a real viewer, on tiny images.
+
+Only the structure of the figures is checked (benchmarks are commands, not timed assertions).
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from napari_rat.bench.widget import PHASES, format_report, measure_widget_inference  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+def _sane(series, name):
+    values = getattr(series, name)
+    assert len(values) > 0, name
+    assert all(np.isfinite(v) and v >= 0 for v in values), name
+
+
+def test_measurement_during_a_tiny_run_of_the_dock(make_napari_viewer):
+    from napari_rat.synthetic import synthetic_nuclei
+
+    viewer = make_napari_viewer(show=True)
+    image, _ = synthetic_nuclei((64, 64), seed=0)
+    result = measure_widget_inference(viewer, image, idle_s=0.5, tile=64, tail_s=0.3)
+    assert result["status"].startswith("done"), result["status"]
+    assert result["layers"] == ["nuclei foreground (RAT)", "nuclei instances (RAT)"]
+    for name in ("idle", "dock opened", "inference"):
+        res = result[name]
+        assert res.seconds > 0
+        for series in ("lateness_ms", "response_ms", "redraw_ms"):
+            _sane(res, series)
+        # Every tick and probe time falls inside the measurement.
+        assert res.start <= min(res.tick_at) and res.start <= min(res.probe_at)
+    idle = result["idle"]
+    assert 0.45 < idle.seconds < 5 and len(idle.lateness_ms) > 5  # 10 ms ticks over 0.5 s
+    # The phases tile the run, in order.
+    assert [name for name, _, _ in result["phases"]] == list(PHASES)
+    bounds = [b for _, a, b in result["phases"]]
+    assert all(a <= b for _, a, b in result["phases"]) and bounds == sorted(bounds)
+    busy = result["inference"]
+    total = sum(busy.summary(between=(a, b))["lateness_ms"]["n"] for _, a, b in result["phases"])
+    assert total == len(busy.lateness_ms)
+    report = format_report(result)
+    assert "| inference |" in report and "target" in report and "| tiles |" in report
+
+
+@pytest.mark.slow
+def test_bench_command_in_a_fresh_process_survives_the_dock_loading_the_model(tmp_path):
+    # A fresh interpreter loads the model only when the dock runs, after the canvas has drawn:
+    # the order in which triton (with torch's CUDA wheels) crashed Mesa's OpenGL.
+    out = tmp_path / "report.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_rat.cli",
+            "bench",
+            "widget",
+            "--size",
+            "64",
+            "--idle-seconds",
+            "0.3",
+            "--tile",
+            "64",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = out.read_text()
+    assert "dock status: done" in report and "| dock opened |" in report
