@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 
 from napari_rat.config import ExperimentConfig
 from napari_rat.train.distributed import DistEnv, communication_backend, free_port
-from napari_rat.train.engines import lr_lambda, param_groups
+from napari_rat.train.engines import EngineBase, lr_lambda, param_groups
 
 _MISSING = 'DeepSpeed is not installed; install the training extra: pip install "napari-rat[train]"'
 
@@ -118,10 +117,12 @@ def init_process_group(dist: DistEnv, device_type: str, requested: str = "auto")
     )
 
 
-class DeepSpeedEngine:
+class DeepSpeedEngine(EngineBase):
     """The loop's engine interface over ``deepspeed.initialize``."""
 
     kind = "deepspeed"
+    # DeepSpeed holds the weights in the run's precision: inputs are cast, no autocast.
+    cast_inputs = True
 
     def __init__(
         self,
@@ -160,22 +161,11 @@ class DeepSpeedEngine:
             config=ds_config,
             dist_init_required=False,
         )
+        self.model = self.engine
         self.module = self.engine.module
         self.accumulation = t.accumulation_steps
         self._micro = 0
-        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.last_grad_norm = 0.0
-
-    def train(self, mode: bool = True) -> None:
-        """Switch training/eval mode."""
-        self.engine.train(mode)
-
-    def forward(
-        self, images: Sequence[torch.Tensor], spacings: Sequence[Sequence[float]]
-    ) -> list[torch.Tensor]:
-        """Per-level logits (inputs cast to the engine's dtype)."""
-        images = [x.to(self.device, dtype=self._dtype or torch.float32) for x in images]
-        return self.engine(images if len(images) > 1 else images[0], list(spacings))
 
     def backward(self, loss: torch.Tensor) -> bool:
         """DeepSpeed's backward and step (it accumulates, clips and schedules)."""

@@ -1,7 +1,8 @@
 """The two ways the one loop steps a model: plain torch (:class:`LocalEngine`) or DeepSpeed.
 
-Both give the loop the same small interface: ``forward``, ``backward`` (returns ``True`` when
-an optimiser step happened: accumulation, clipping and the schedule are inside), ``lr``,
+Both give the loop the same small interface: ``forward`` (one implementation,
+:class:`EngineBase`), ``backward`` (returns ``True`` when an optimiser step happened:
+accumulation, clipping and the schedule are inside), ``lr``,
 ``full_state_dict`` (collective under ZeRO-3), ``save_state``/``load_state`` for resuming.
 """
 
@@ -17,6 +18,7 @@ import torch
 
 from napari_rat.atomic_files import atomic_path
 from napari_rat.config import ExperimentConfig
+from napari_rat.train.precision import autocast_dtype
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
@@ -43,7 +45,42 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
-class LocalEngine:
+class EngineBase:
+    """What both engines share: mode switching and the forward step of a batch.
+
+    A subclass sets ``model`` (what is called: the module, its DDP wrapper or the DeepSpeed
+    engine), ``device``, ``precision`` and ``cast_inputs``: ``True`` when the weights themselves
+    are in the reduced precision (DeepSpeed casts them), so the inputs are cast to match;
+    ``False`` to run fp32 weights under autocast (the in-process loop).
+    """
+
+    model: torch.nn.Module
+    device: torch.device
+    precision: str
+    cast_inputs: bool = False
+
+    def train(self, mode: bool = True) -> None:
+        """Switch training/eval mode."""
+        self.model.train(mode)
+
+    def forward(
+        self, images: Sequence[torch.Tensor], spacings: Sequence[Sequence[float]]
+    ) -> list[torch.Tensor]:
+        """Per-level logits of a batch."""
+        dtype = autocast_dtype(self.precision)
+        if self.cast_inputs:
+            images = [x.to(self.device, dtype=dtype or torch.float32) for x in images]
+        else:
+            images = [x.to(self.device, non_blocking=True) for x in images]
+        with torch.autocast(
+            device_type=self.device.type,
+            dtype=dtype or torch.bfloat16,
+            enabled=dtype is not None and not self.cast_inputs,
+        ):
+            return self.model(images if len(images) > 1 else images[0], list(spacings))
+
+
+class LocalEngine(EngineBase):
     """AdamW, warm-up + cosine, clipping, accumulation and autocast in plain torch."""
 
     kind = "local"
@@ -75,26 +112,9 @@ class LocalEngine:
         self.grad_clip = t.grad_clip
         self.accumulation = t.accumulation_steps
         self.precision = precision
-        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self._scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self._micro = 0
         self.last_grad_norm = 0.0
-
-    def train(self, mode: bool = True) -> None:
-        """Switch training/eval mode."""
-        self.model.train(mode)
-
-    def forward(
-        self, images: Sequence[torch.Tensor], spacings: Sequence[Sequence[float]]
-    ) -> list[torch.Tensor]:
-        """Per-level logits of a batch."""
-        images = [x.to(self.device, non_blocking=True) for x in images]
-        with torch.autocast(
-            device_type=self.device.type,
-            dtype=self._dtype or torch.bfloat16,
-            enabled=self._dtype is not None,
-        ):
-            return self.model(images if len(images) > 1 else images[0], list(spacings))
 
     def backward(self, loss: torch.Tensor) -> bool:
         """Accumulate ``loss``; step (clip, optimiser, schedule) every ``accumulation_steps``."""
