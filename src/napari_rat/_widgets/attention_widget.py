@@ -11,11 +11,11 @@ in a worker thread, never materialised as full ``N x N`` matrices.
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, LineEdit, PushButton, SpinBox
 
+from napari_rat._widgets.dock_base import ModelDock
 from napari_rat._widgets.layer_input import layer_input
-from napari_rat._widgets.model_choice import ModelChoice
-from napari_rat._widgets.model_imports import keep_triton_out, preload_model_stack
+from napari_rat._widgets.model_imports import keep_triton_out
 
 
 def attention_job(checkpoint, device, layer, data_point, step, window):
@@ -47,48 +47,24 @@ def attention_job(checkpoint, device, layer, data_point, step, window):
     return source, maps, groups
 
 
-class AttentionWidget(Container):
+class AttentionWidget(ModelDock):
     """Per-block attention of a clicked point, and each block's native grouping."""
 
     def __init__(self, napari_viewer):
-        self.viewer = napari_viewer
-        self.model = ModelChoice()
-        self.image_layer = ComboBox(label="image", choices=self._image_layers)
         self.window = SpinBox(label="window (px)", min=16, max=1024, step=16, value=128)
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.pick = ComboBox(
             label="on click", choices=["show attention", "off"], value="show attention"
         )
         self.point = LineEdit(label="point (world)", value="")
         self.show_button = PushButton(text="Show")
-        self.status = Label(value="click a point in the viewer")
         super().__init__(
-            widgets=[
-                self.model,
-                self.image_layer,
-                self.window,
-                self.device,
-                self.pick,
-                self.point,
-                self.show_button,
-                self.status,
-            ]
+            napari_viewer,
+            options=[self.window],
+            actions=[self.pick, self.point, self.show_button],
+            status="click a point in the viewer",
         )
-        self.worker = None
         self.show_button.clicked.connect(self.show_point)
-        self.viewer.layers.events.inserted.connect(lambda *_: self.image_layer.reset_choices())
-        self.viewer.layers.events.removed.connect(lambda *_: self.image_layer.reset_choices())
         self.viewer.mouse_drag_callbacks.append(self._on_click)
-        preload_model_stack()
-
-    def _image_layers(self, *_):
-        from napari.layers import Image
-
-        return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
-
-    def _set_status(self, text: str, error: bool = False) -> None:
-        self.status.value = text
-        self.status.native.setStyleSheet("color: #e05555;" if error else "")
 
     def _on_click(self, viewer, event):
         if self.pick.value == "off" or event.type != "mouse_press":
@@ -98,16 +74,12 @@ class AttentionWidget(Container):
 
     def show_point(self):
         """Compute the maps for the point in the ``point`` field (world coordinates)."""
-        from napari.qt.threading import create_worker
-
         if self.worker is not None:
             self._set_status("busy: wait for the current maps", error=True)
             return
-        name = self.image_layer.value
-        if not name or name not in self.viewer.layers:
-            self._set_status("choose an image layer first", error=True)
+        layer = self.chosen_layer()
+        if layer is None:
             return
-        layer = self.viewer.layers[name]
         try:
             world = [float(v) for v in self.point.value.replace(",", " ").split()]
             checkpoint = self.model.selection()
@@ -124,7 +96,8 @@ class AttentionWidget(Container):
             self._set_status("the point is outside the image", error=True)
             return
         step = [int(round(v)) for v in data_point]
-        self.worker = create_worker(
+        self._set_status("computing attention…")
+        self._start(
             attention_job,
             checkpoint,
             self.device.value,
@@ -132,15 +105,8 @@ class AttentionWidget(Container):
             data_point,
             step,
             self.window.value,
-            _connect={
-                "returned": self._on_result,
-                "errored": self._on_error,
-                "finished": self._on_finished,
-            },
-            _start_thread=False,
+            returned=self._on_result,
         )
-        self._set_status("computing attention…")
-        self.worker.start()
 
     def _put(self, name, data, kind, meta):
         if name in self.viewer.layers and type(self.viewer.layers[name]).__name__.lower() == kind:
@@ -173,9 +139,3 @@ class AttentionWidget(Container):
                 meta,
             )
         self._set_status(f"attention of the point over {len(maps)} blocks")
-
-    def _on_error(self, exc):
-        self._set_status(f"error: {exc}", error=True)
-
-    def _on_finished(self):
-        self.worker = None

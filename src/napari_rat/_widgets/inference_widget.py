@@ -8,11 +8,11 @@ The widget only gathers choices; the work is :func:`napari_rat.inference.predict
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, ProgressBar, PushButton, SpinBox
 
+from napari_rat._widgets.dock_base import ModelDock
 from napari_rat._widgets.layer_input import LayerInput, layer_input
-from napari_rat._widgets.model_choice import ModelChoice
-from napari_rat._widgets.model_imports import keep_triton_out, preload_model_stack
+from napari_rat._widgets.model_imports import keep_triton_out
 
 REGIONS = {"whole image": "whole", "current view": "view", "current slice": "slice"}
 
@@ -44,70 +44,34 @@ def result_arrays(result, source: LayerInput) -> dict[str, np.ndarray]:
     return arrays
 
 
-class InferenceWidget(Container):
+class InferenceWidget(ModelDock):
     """Segment an image layer with RAT; the viewer stays responsive while it runs."""
 
     def __init__(self, napari_viewer):
-        self.viewer = napari_viewer
-        self.model = ModelChoice()
-        self.image_layer = ComboBox(label="image", choices=self._image_layers)
         self.region = ComboBox(label="region", choices=list(REGIONS), value="whole image")
         self.level = SpinBox(label="level", min=0, max=16, value=0)
         self.tile = SpinBox(label="tile (px)", min=16, max=4096, step=16, value=256)
         self.levels = SpinBox(label="levels fed", min=1, max=4, value=1)
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
-        self.status = Label(value="")
         super().__init__(
-            widgets=[
-                self.model,
-                self.image_layer,
-                self.region,
-                self.level,
-                self.tile,
-                self.levels,
-                self.device,
-                self.run_button,
-                self.cancel_button,
-                self.progress,
-                self.status,
-            ]
+            napari_viewer,
+            options=[self.region, self.level, self.tile, self.levels],
+            actions=[self.run_button, self.cancel_button, self.progress],
         )
-        self.worker = None
         self._napari_progress = None
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        preload_model_stack()
-
-    # ---------------------------------------------------------------- choices
-    def _image_layers(self, *_):
-        from napari.layers import Image
-
-        return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
-
-    def _refresh_layers(self, *_):
-        self.image_layer.reset_choices()
-
-    def _set_status(self, text: str, error: bool = False) -> None:
-        self.status.value = text
-        self.status.native.setStyleSheet("color: #e05555;" if error else "")
 
     # ---------------------------------------------------------------- running
     def run(self):
         """Start the prediction in a worker thread (no-op while one is running)."""
-        from napari.qt.threading import create_worker
-
         if self.worker is not None:
             return
-        name = self.image_layer.value
-        if not name or name not in self.viewer.layers:
-            self._set_status("choose an image layer first", error=True)
+        layer = self.chosen_layer()
+        if layer is None:
             return
-        layer = self.viewer.layers[name]
         region = REGIONS[self.region.value]
         view_box = None
         if region == "view":
@@ -118,7 +82,11 @@ class InferenceWidget(Container):
         except ValueError as exc:
             self._set_status(str(exc), error=True)
             return
-        self.worker = create_worker(
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self._set_status(f"running on {layer.name}…")
+        self._start(
             _prediction_job,
             checkpoint,
             self.device.value,
@@ -129,19 +97,9 @@ class InferenceWidget(Container):
             view_box,
             self.tile.value,
             self.levels.value,
-            _connect={
-                "yielded": self._on_progress,
-                "returned": self._on_result,
-                "errored": self._on_error,  # shown in the widget, not re-raised
-                "finished": self._on_finished,
-            },
-            _start_thread=False,
+            yielded=self._on_progress,
+            returned=self._on_result,
         )
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        self.progress.value = 0
-        self._set_status(f"running on {name}…")
-        self.worker.start()
 
     def _view_box(self, layer) -> np.ndarray:
         corners = np.asarray(layer.corner_pixels, float)
@@ -203,15 +161,12 @@ class InferenceWidget(Container):
             )
         return added
 
-    def _on_error(self, exc):
-        self._set_status(f"error: {exc}", error=True)
-
     def _on_finished(self):
         if self._napari_progress is not None:
             self._napari_progress.close()
             self._napari_progress = None
         if self.worker is not None and self.worker.abort_requested:
             self._set_status("cancelled: no layer added")
-        self.worker = None
+        super()._on_finished()
         self.run_button.enabled = True
         self.cancel_button.enabled = False

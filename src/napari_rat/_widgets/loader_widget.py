@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_rat._widgets.dock_base import show_status, start_worker
 from napari_rat.io import OmeZarrError, Pyramid, open_pyramid
 from napari_rat.io.napari_reader import pyramid_layer_data
 from napari_rat.io.pyramid import parse_region
@@ -107,17 +108,13 @@ class OmeZarrLoaderWidget(QWidget):
             self.inspect()
 
     def _show_error(self, message: str) -> None:
-        self.status_label.setStyleSheet("color: #e04040;")
-        self.status_label.setText(message)
+        show_status(self.status_label, message, error=True)
 
     def _show_status(self, message: str) -> None:
-        self.status_label.setStyleSheet("")
-        self.status_label.setText(message)
+        show_status(self.status_label, message)
 
     def inspect(self) -> None:
         """Read the metadata of the path/URL in a worker thread and show the summary."""
-        from napari.qt.threading import thread_worker
-
         uri = self.path_edit.text().strip()
         if not uri:
             self._show_error("Enter a path or URL first.")
@@ -128,18 +125,13 @@ class OmeZarrLoaderWidget(QWidget):
         self.open_button.setEnabled(False)
         self.inspect_button.setEnabled(False)
         self._show_status(f"Reading metadata of {uri}…")
-        # Connecting "errored" here keeps napari from re-raising the error in the GUI thread.
-        worker = thread_worker(
+        self._worker = start_worker(
             open_pyramid,
-            start_thread=False,
-            connect={
-                "returned": self._on_loaded,
-                "errored": self._on_error,
-                "finished": self._on_finished,
-            },
-        )(uri)
-        self._worker = worker
-        worker.start()
+            uri,
+            returned=self._on_loaded,
+            errored=self._on_error,
+            finished=self._on_finished,
+        )
 
     def _on_finished(self) -> None:
         self.inspect_button.setEnabled(True)

@@ -1,0 +1,101 @@
+"""What the docks share: the status line, starting a worker, and the model docks' choices.
+
+- :func:`show_status` colours a status line (errors in red) for magicgui and plain Qt docks.
+- :func:`start_worker` runs a function or generator in a napari thread worker with its
+  signals connected; connecting ``errored`` keeps napari from re-raising the error in the GUI
+  thread, so the dock shows it instead.
+- :class:`ModelDock` is the base of the inference and attention docks: the model picker, the
+  image-layer choice (kept in step with the viewer's layers), the device, the status line and
+  one worker at a time (``self.worker``, ``None`` when idle). Opening one starts importing the
+  model stack in the background (:mod:`napari_rat._widgets.model_imports`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from magicgui.widgets import ComboBox, Container, Label, Widget
+
+from napari_rat._widgets.model_choice import ModelChoice
+from napari_rat._widgets.model_imports import preload_model_stack
+
+ERROR_STYLE = "color: #e05555;"
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+def show_status(label, text: str, error: bool = False) -> None:
+    """Put ``text`` on a status ``QLabel``, red when it is an error."""
+    label.setText(text)
+    label.setStyleSheet(ERROR_STYLE if error else "")
+
+
+def start_worker(function: Callable, *args: Any, **connect: Callable):
+    """Start ``function(*args)`` in a napari thread worker and return the worker.
+
+    ``connect`` maps signal names (``returned``, ``yielded``, ``errored``, ``finished``) to
+    handlers, which run in the GUI thread.
+    """
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(function, *args, _connect=connect, _start_thread=False)
+    worker.start()
+    return worker
+
+
+class ModelDock(Container):
+    """A dock that runs a model on an image layer: the choices and the plumbing it shares.
+
+    The widgets are laid out as: model, image, ``options``, device, ``actions``, status.
+    """
+
+    def __init__(
+        self,
+        napari_viewer,
+        options: Sequence[Widget] = (),
+        actions: Sequence[Widget] = (),
+        status: str = "",
+    ):
+        self.viewer = napari_viewer
+        self.model = ModelChoice()
+        self.image_layer = ComboBox(label="image", choices=self._image_layers)
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.status = Label(value=status)
+        super().__init__(
+            widgets=[self.model, self.image_layer, *options, self.device, *actions, self.status]
+        )
+        self.worker = None
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        preload_model_stack()
+
+    def _image_layers(self, *_) -> list[str]:
+        from napari.layers import Image
+
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_layers(self, *_) -> None:
+        self.image_layer.reset_choices()
+
+    def _set_status(self, text: str, error: bool = False) -> None:
+        show_status(self.status.native, text, error)
+
+    def chosen_layer(self):
+        """The chosen image layer, or ``None`` (said in the status line) when there is none."""
+        name = self.image_layer.value
+        if not name or name not in self.viewer.layers:
+            self._set_status("choose an image layer first", error=True)
+            return None
+        return self.viewer.layers[name]
+
+    def _start(self, function: Callable, *args: Any, **connect: Callable) -> None:
+        """Run ``function(*args)`` as ``self.worker``; errors go to the status line."""
+        connect.setdefault("errored", self._on_error)
+        connect.setdefault("finished", self._on_finished)
+        self.worker = start_worker(function, *args, **connect)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._set_status(f"error: {exc}", error=True)
+
+    def _on_finished(self) -> None:
+        self.worker = None
