@@ -10,6 +10,7 @@ APT_PACKAGES=(
   libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0
   libxcb-xinput0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
   libxkbcommon0 x11-utils
+  g++  # DeepSpeed compiles its CPU Adam (ZeRO-3 CPU offload) on first use
 )
 
 if command -v apt-get >/dev/null 2>&1; then
