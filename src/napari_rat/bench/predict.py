@@ -9,9 +9,14 @@ Cases, each in a fresh child process (:func:`napari_rat.bench._measure.measure`)
 
 Reported: time, pixels per second, peak memory above the child's baseline; the engine/bare
 throughput ratio (IO, halo and blending overhead) and the peak-memory ratio between an image
-and one with 8x the pixels (flat memory means a ratio near 1). The model is built from a config
-(``configs/nuclei_2d.yaml`` by default: local attention), with random weights: speed does not
-depend on the weights.
+and one with 8x the pixels (flat memory means a ratio near 1).
+
+The model (``--model``): ``config`` builds it from a config (``configs/nuclei_2d.yaml`` by
+default: local attention) with random weights (speed does not depend on the weights);
+``starter`` is the bundled 2D starter model, loaded as the inference dock loads it (local
+attention), small enough for the full-size 2D run on 2 CPU cores. ``--no-bare-at-large`` runs
+the bare forward at the first size only: the throughput ratio is then measured there and the
+memory ratio between all sizes.
 """
 
 from __future__ import annotations
@@ -33,12 +38,24 @@ SIZES_3D = [(64, 512, 512), (128, 1024, 1024)]
 QUICK_2D = [(512, 512), (1448, 1448)]
 
 
-def _model(config_path: str, dims: int, attention: str | None):
+MODELS = ("config", "starter")
+
+
+def _model(config_path: str, dims: int, attention: str | None, model: str = "config"):
     import torch
 
     from napari_rat.config import ModelConfig, load_config
     from napari_rat.model import build_model
 
+    if model == "starter":
+        from napari_rat.inference.model_loading import load_model_for_inference
+
+        loaded = load_model_for_inference("starter", attention=attention)
+        if loaded.spatial_dims != dims:
+            raise ValueError(f"the starter model is {loaded.spatial_dims}D; use --dims 2")
+        return loaded.eval()
+    if model != "config":
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     if config_path:
         cfg = load_config(config_path).model
     else:
@@ -86,13 +103,14 @@ def case_engine(
     device: str,
     attention: str | None,
     precision: str = "auto",
+    model: str = "config",
 ):
     """Set-up of the engine case: returns ``(run, device)``."""
     from napari_rat.inference import PredictOptions, predict, run_prediction
     from napari_rat.inference.sources import input_from_pyramid
     from napari_rat.io import open_pyramid
 
-    model = _model(config, dims, attention)
+    model = _model(config, dims, attention, model)
     source = input_from_pyramid(open_pyramid(image))
     options = PredictOptions(
         tile=(tile,) * dims, halo=(halo,) * dims, device=device, precision=precision
@@ -116,6 +134,7 @@ def case_bare(
     device: str,
     attention: str | None,
     precision: str = "auto",
+    model: str = "config",
 ):
     """Set-up of the bare-forward case on tiles shaped like the engine's."""
     import torch
@@ -123,7 +142,7 @@ def case_bare(
     from napari_rat.inference.tiled_predict import autocast_for
     from napari_rat.inference.tiling import tile_grid
 
-    model = _model(config, dims, attention).to(device)
+    model = _model(config, dims, attention, model).to(device)
     tiles = tile_grid(shape, (tile,) * dims, (halo,) * dims)
     shapes = [tuple(s.stop - s.start for s in t.read) for t in tiles]
 
@@ -149,44 +168,63 @@ def _row(name, shape, res) -> dict[str, Any]:
     }
 
 
+def bench_sizes(args: argparse.Namespace) -> list[tuple[int, ...]]:
+    """The image shapes of the run: ``--sizes``, else the quick or full pair."""
+    dims = 3 if args.dims == 3 else 2
+    if args.sizes:
+        return [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+    if dims == 3:
+        return SIZES_3D
+    return QUICK_2D if args.quick else SIZES_2D
+
+
+def plan_cases(args: argparse.Namespace) -> list[tuple[str, tuple[int, ...]]]:
+    """``(case, shape)`` in run order: the engine at every size; the bare forward at every size,
+    at the first only (``--no-bare-at-large``) or nowhere (``--skip-bare``)."""
+    plan = []
+    for i, shape in enumerate(bench_sizes(args)):
+        plan.append(("engine", shape))
+        if not args.skip_bare and (i == 0 or not args.no_bare_at_large):
+            plan.append(("bare forward", shape))
+    return plan
+
+
 def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every case and return the rows of the table."""
     dims = 3 if args.dims == 3 else 2
-    if args.sizes:
-        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
-    elif dims == 3:
-        sizes = SIZES_3D
-    else:
-        sizes = QUICK_2D if args.quick else SIZES_2D
     spacing = (2.0, 0.5, 0.5) if dims == 3 else (0.5, 0.5)
     tile = args.tile or (256 if dims == 2 else 64)
     halo = args.halo if args.halo is not None else (32 if dims == 2 else 12)
+    common = {
+        "config": args.config,
+        "dims": dims,
+        "tile": tile,
+        "halo": halo,
+        "device": args.device,
+        "attention": args.attention,
+        "precision": args.precision,
+        "model": args.model,
+    }
     rows = []
     work = Path(tempfile.mkdtemp(prefix="napari-rat-bench-predict-"))
     try:
-        for shape in sizes:
-            image = make_image(work / f"img_{'x'.join(map(str, shape))}.zarr", shape, spacing)
-            common = {
-                "config": args.config,
-                "dims": dims,
-                "tile": tile,
-                "halo": halo,
-                "device": args.device,
-                "attention": args.attention,
-            }
-            store = work / f"pred_{'x'.join(map(str, shape))}.zarr"
-            res = measure(
-                "napari_rat.bench.predict:case_engine", image=str(image), store=str(store), **common
-            )
-            rows.append(_row("engine", shape, res))
-            if not args.skip_bare:
+        for case, shape in plan_cases(args):
+            name = "x".join(map(str, shape))
+            if case == "engine":
+                image = make_image(work / f"img_{name}.zarr", shape, spacing)
+                store = work / f"pred_{name}.zarr"
+                res = measure(
+                    "napari_rat.bench.predict:case_engine",
+                    image=str(image),
+                    store=str(store),
+                    **common,
+                )
+                shutil.rmtree(store, ignore_errors=True)
+                shutil.rmtree(image, ignore_errors=True)
+            else:
                 res = measure("napari_rat.bench.predict:case_bare", shape=list(shape), **common)
-                rows.append(_row("bare forward", shape, res))
-            shutil.rmtree(store, ignore_errors=True)
-            shutil.rmtree(image, ignore_errors=True)
-            print(_format_row(rows[-2] if not args.skip_bare else rows[-1]), flush=True)
-            if not args.skip_bare:
-                print(_format_row(rows[-1]), flush=True)
+            rows.append(_row(case, shape, res))
+            print(_format_row(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows
@@ -204,7 +242,8 @@ def _format_row(r) -> str:
 def format_table(rows, args) -> str:
     """Markdown table plus the ratios the targets are about."""
     lines = [
-        f"napari-rat bench predict (device {args.device}, tile {args.tile or 'default'})",
+        f"napari-rat bench predict (model {args.model}, device {args.device}, "
+        f"tile {args.tile or 'default'}, precision {args.precision})",
         "",
         "| case | shape | time | pixels/s | peak memory |",
         "|---|---|---|---|---|",
@@ -243,6 +282,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dims", type=int, choices=[2, 3], default=2)
     p.add_argument("--sizes", nargs="+", metavar="YxX", help="image shapes, e.g. 2048x2048")
     p.add_argument("--quick", action="store_true", help="512^2 and 1448^2 (8x) only")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="config",
+        help="config: built from --config, random weights; starter: the bundled 2D model",
+    )
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="config whose model is used")
     p.add_argument("--attention", choices=["dense", "exact", "local"], default=None)
     p.add_argument("--tile", type=int)
@@ -254,6 +299,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: bf16 on CUDA, fp32 on CPU",
     )
-    p.add_argument("--skip-bare", action="store_true")
+    p.add_argument("--skip-bare", action="store_true", help="no bare-forward case")
+    p.add_argument(
+        "--no-bare-at-large",
+        action="store_true",
+        help="bare forward at the first size only (throughput ratio there, memory at all sizes)",
+    )
     p.add_argument("--output", help="also write the table here")
     p.set_defaults(func=_main)

@@ -1,0 +1,82 @@
+"""``napari-rat bench predict``: which cases run at which sizes, the table, the starter model."""
+
+import argparse
+
+import pytest
+
+from napari_rat.bench import predict
+from napari_rat.cli import build_parser
+
+
+def _args(*argv):
+    return build_parser().parse_args(["bench", "predict", *argv])
+
+
+def test_defaults_keep_the_config_model_and_bare_at_every_size():
+    args = _args()
+    assert args.model == "config" and args.func is predict._main
+    assert predict.plan_cases(args) == [
+        ("engine", (2048, 2048)),
+        ("bare forward", (2048, 2048)),
+        ("engine", (5792, 5792)),
+        ("bare forward", (5792, 5792)),
+    ]
+
+
+def test_no_bare_at_large_runs_the_bare_forward_at_the_first_size_only():
+    args = _args("--model", "starter", "--no-bare-at-large", "--sizes", "64x64", "128x128")
+    assert args.model == "starter"
+    assert predict.plan_cases(args) == [
+        ("engine", (64, 64)),
+        ("bare forward", (64, 64)),
+        ("engine", (128, 128)),
+    ]
+    assert predict.plan_cases(_args("--quick", "--skip-bare")) == [
+        ("engine", (512, 512)),
+        ("engine", (1448, 1448)),
+    ]
+
+
+def test_table_has_the_throughput_ratio_at_1x_and_the_memory_ratio_between_sizes():
+    def row(case, shape, seconds, peak):
+        px = shape[0] * shape[1]
+        return {
+            "case": case,
+            "shape": f"{shape[0]}x{shape[1]}",
+            "seconds": seconds,
+            "px_per_s": px / seconds,
+            "peak": peak,
+            "error": None,
+        }
+
+    rows = [
+        row("engine", (100, 100), 10.0, 100 * 2**20),
+        row("bare forward", (100, 100), 8.0, 90 * 2**20),
+        row("engine", (283, 283), 80.0, 110 * 2**20),
+    ]
+    args = argparse.Namespace(model="starter", device="cpu", tile=None, precision="auto")
+    table = predict.format_table(rows, args)
+    assert "model starter" in table
+    assert "- 100x100: engine throughput = 0.80 x bare forward (overhead 20%)" in table
+    assert "- peak memory 283x283 / 100x100: 1.10 x" in table
+    assert "283x283: engine throughput" not in table
+
+
+def test_starter_model_cases_build_and_run_on_tiny_inputs(tmp_path):
+    common = {
+        "config": "",
+        "dims": 2,
+        "tile": 64,
+        "halo": 8,
+        "device": "cpu",
+        "attention": None,
+        "model": "starter",
+    }
+    run, device = predict.case_bare(shape=[96, 80], **common)
+    assert device == "cpu" and run() == {"tiles": 4}
+    image = predict.make_image(tmp_path / "img.zarr", (96, 80), (0.5, 0.5))
+    run, _ = predict.case_engine(image=str(image), store=str(tmp_path / "out.zarr"), **common)
+    assert run()["instances"] >= 0
+    assert (tmp_path / "out.zarr").is_dir()
+    with pytest.raises(ValueError, match="starter model is 2D"):
+        predict._model("", 3, None, "starter")
