@@ -108,6 +108,29 @@ def test_pickle_is_refused_without_unpickling(checkpoint, tmp_path):
     assert not marker.exists()
 
 
+def test_header_length_starting_with_the_pickle_opcode_still_loads(checkpoint, tmp_path):
+    """A header of 128 (mod 256) bytes makes the file start with 0x80, a pickle's first byte."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model, path = checkpoint
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - not a dict
+    moved = tmp_path / "moved.safetensors"
+    for pad in range(600):
+        save_file(tensors, str(moved), metadata={**meta, "note": "x" * pad})
+        if moved.read_bytes()[0] == 0x80:
+            break
+    assert moved.read_bytes()[0] == 0x80
+    loaded = load_checkpoint(moved)
+    x = [torch.rand(1, 1, 16, 16)]
+    with torch.no_grad():
+        assert torch.equal(
+            loaded(x, input_spacing=[(1.0, 1.0)])[0], model(x, input_spacing=[(1.0, 1.0)])[0]
+        )
+
+
 def test_foreign_safetensors(tmp_path):
     from safetensors.torch import save_file
 

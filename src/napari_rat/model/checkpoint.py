@@ -113,12 +113,18 @@ def _sniff(path: Path) -> None:
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
-            head = fh.read(8)
+            head = fh.read(9)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    # A safetensors file is an 8-byte little-endian header length, then the JSON header. Its
+    # first byte may be 0x80 (a header of 128 + 256k bytes), like a pickle's opcode, so the
+    # pickle test only applies when the bytes do not read as a safetensors header.
+    looks_safetensors = (
+        len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] + 8 <= size
+    )
+    if not looks_safetensors and (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
         raise CheckpointError(
             f"{path}: this is a PyTorch pickle (torch.save), not a napari-rat checkpoint. "
             "napari-rat never unpickles files; load its state_dict yourself with "
@@ -126,7 +132,7 @@ def _sniff(path: Path) -> None:
         )
     if len(head) < 8:
         raise CheckpointError(f"{path}: file is empty or truncated ({size} bytes)")
-    (header_len,) = struct.unpack("<Q", head)
+    (header_len,) = struct.unpack("<Q", head[:8])
     if header_len + 8 > size:
         raise CheckpointError(
             f"{path}: truncated or not a safetensors file (header says {header_len} bytes, file "
