@@ -94,27 +94,6 @@ def _instances(logits: np.ndarray, spacing, config: ExperimentConfig, min_size: 
     )
 
 
-def predict_instances(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    spacing: Sequence[float],
-    config: ExperimentConfig,
-    *,
-    factor: float = 1.0,
-    device: str | torch.device = "cpu",
-    autocast: str = "fp32",
-) -> np.ndarray:
-    """Instance labels of a normalised region ``[C, *spatial]`` predicted at ``factor`` x spacing.
-
-    The prediction is made on the resampled image and its logits are brought back to the
-    native grid before instances are derived, with the head's ``min_instance_size`` (0 if unset).
-    """
-    logits = predict_region_logits(
-        model, image, spacing, config, factor=factor, device=device, autocast=autocast
-    )
-    return _instances(logits, spacing, config, config.model.head.min_instance_size or 0.0)
-
-
 def evaluate_regions(
     model: torch.nn.Module,
     regions: Sequence,
