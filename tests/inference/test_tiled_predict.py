@@ -34,19 +34,28 @@ def model2d():
     return build_model(ModelConfig(**SMALL)).eval()
 
 
+@pytest.mark.parametrize("uniform", [False, True])
 @pytest.mark.parametrize(
     ("shape", "tile", "halo"),
-    [((100, 37), (32, 32), (8, 8)), ((9, 20, 31), (4, 16, 16), (2, 4, 4))],
+    [((100, 37), (32, 32), (8, 8)), ((9, 20, 31), (4, 16, 16), (2, 4, 4)), ((301,), (50,), (7,))],
 )
-def test_tile_cores_cover_the_image_exactly_once(shape, tile, halo):
+def test_tile_cores_cover_the_image_exactly_once(shape, tile, halo, uniform):
     cover = np.zeros(shape, int)
-    for t in tile_grid(shape, tile, halo):
+    tiles = tile_grid(shape, tile, halo, uniform_reads=uniform)
+    for t in tiles:
         cover[t.core] += 1
-        for r, c, k, n in zip(t.read, t.core, t.crop, shape, strict=True):
+        for r, c, k, n, h in zip(t.read, t.core, t.crop, shape, halo, strict=True):
             assert 0 <= r.start <= c.start and c.stop <= r.stop <= n
-            assert k.stop - k.start == c.stop - c.start == c.stop - c.start
+            assert k.stop - k.start == c.stop - c.start
             assert r.start + k.start == c.start
+            # at least the halo on each side, except where the image ends
+            assert c.start - r.start >= min(h, c.start) and r.stop - c.stop >= min(h, n - c.stop)
     assert cover.min() == cover.max() == 1
+    read_shapes = {tuple(r.stop - r.start for r in t.read) for t in tiles}
+    if uniform:
+        assert len(read_shapes) == 1  # one input shape for the model
+    else:
+        assert len(read_shapes) > 1  # reads shrink at the border
 
 
 def test_single_tile_equals_the_bare_forward(model2d):

@@ -143,7 +143,7 @@ def case_bare(
     from napari_rat.inference.tiling import tile_grid
 
     model = _model(config, dims, attention, model).to(device)
-    tiles = tile_grid(shape, (tile,) * dims, (halo,) * dims)
+    tiles = tile_grid(shape, (tile,) * dims, (halo,) * dims, uniform_reads=True)
     shapes = [tuple(s.stop - s.start for s in t.read) for t in tiles]
 
     def run():

@@ -230,7 +230,7 @@ def predict(
     shape = tuple(int(n) for n in image.shape[1:])
     tile = options.tile or ((256,) * dims if dims < 3 else (64,) * dims)
     halo = options.halo or ((32,) * dims if dims < 3 else (12,) * dims)
-    tiles = tile_grid(shape, tile, halo)
+    tiles = tile_grid(shape, tile, halo, uniform_reads=True)
     device = resolve_device(options.device)
     normalization = dict(info.normalization) if info else {}
     stats = stats or image_statistics(image, normalization)
