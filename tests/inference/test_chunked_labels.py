@@ -35,10 +35,12 @@ def test_growth_is_independent_of_chunking():
     fg = ndi.binary_dilation(seeds_mask, iterations=3)
     small = np.zeros_like(seeds)
     whole = np.zeros_like(seeds)
-    grow_labels_chunked(seeds, lambda s: fg[s], small, seeds.shape, (16, 16), radius=4)
+    sizes = grow_labels_chunked(seeds, lambda s: fg[s], small, seeds.shape, (16, 16), radius=4)
     grow_labels_chunked(seeds, lambda s: fg[s], whole, seeds.shape, (90, 70), radius=4)
     assert np.array_equal(small, whole)
     assert ((small > 0) == fg).all()
+    # the sizes counted while writing the chunks are those of the grown labels
+    assert np.array_equal(sizes, np.bincount(small.ravel()))
 
 
 @pytest.mark.parametrize("shape", [(130, 97), (20, 33, 41)])
@@ -50,7 +52,7 @@ def test_dropping_small_labels_chunked_equals_whole_image(shape):
     limit = float(np.median(sizes[1:]))
     expected = drop_small_instances(labels, limit)
     out = labels.astype(np.int64)
-    kept = drop_small_chunked(out, n, shape, [16] * len(shape), limit)
+    kept = drop_small_chunked(out, sizes, shape, [16] * len(shape), limit)
     assert 0 < kept < n  # objects spanning chunks are counted whole: some kept, some dropped
     assert kept == int((sizes[1:] >= limit).sum())
     assert ((out > 0) == (expected > 0)).all()

@@ -116,14 +116,18 @@ def grow_labels_chunked(
     chunk: Sequence[int],
     radius: int = 4,
     spacing: Sequence[float] | None = None,
-) -> None:
+) -> np.ndarray:
     """Give each foreground pixel the label of the nearest seed within ``radius`` pixels.
 
     ``seeds`` is a readable labelled array; ``out`` (may be ``seeds`` itself only if it is not
     read again, so pass a different array) receives the grown labels. Foreground pixels with no
     seed within ``radius`` stay 0. Each chunk is read with a halo of ``radius``, so the result
     equals growing the whole image at once.
+
+    Returns the pixel count of every grown label (index = label), counted as the chunks are
+    written, for :func:`drop_small_chunked`.
     """
+    sizes = np.zeros(1, dtype=np.int64)
     halo = [int(radius)] * len(shape)
     for tile in tile_grid(shape, chunk, halo):
         seed = np.asarray(seeds[tile.read])
@@ -135,31 +139,32 @@ def grow_labels_chunked(
             grown = np.where(dist <= radius * unit, nearest, 0)[tile.crop]
         else:
             grown = np.zeros(fg.shape, dtype=seed.dtype)
-        out[tile.core] = np.where(fg, grown, 0)
+        block = np.where(fg, grown, 0)
+        out[tile.core] = block
+        counts = np.bincount(block.ravel().astype(np.int64, copy=False))
+        if len(counts) > len(sizes):
+            sizes = np.pad(sizes, (0, len(counts) - len(sizes)))
+        sizes[: len(counts)] += counts
+    return sizes
 
 
 def drop_small_chunked(
     labels,
-    num_labels: int,
+    sizes: np.ndarray,
     shape: Sequence[int],
     chunk: Sequence[int],
     min_pixels: float,
 ) -> int:
     """Set the labels with fewer than ``min_pixels`` pixels to 0 and renumber the rest ``1..n``.
 
-    ``labels`` (zarr or NumPy, labels ``0..num_labels``) is rewritten in place, chunk by chunk:
-    one pass counts each label's pixels over the whole image (an object spread over several
-    chunks counts as a whole), a second applies the lookup table. Returns the new count.
+    ``sizes[label]`` is each label's pixel count over the whole image (an object spread over
+    several chunks counts as a whole), as :func:`grow_labels_chunked` returns it. ``labels``
+    (zarr or NumPy) is rewritten in place, chunk by chunk. Returns the new count.
     """
-    tiles = tile_grid(shape, chunk, [0] * len(shape))
-    sizes = np.zeros(num_labels + 1, dtype=np.int64)
-    for tile in tiles:
-        block = np.asarray(labels[tile.core]).ravel()
-        sizes += np.bincount(block, minlength=num_labels + 1)[: num_labels + 1]
-    keep = sizes >= min_pixels
+    keep = np.asarray(sizes) >= min_pixels
     keep[0] = False
-    lut = np.zeros(num_labels + 1, dtype=np.int64)
+    lut = np.zeros(len(keep), dtype=np.int64)
     lut[keep] = np.arange(1, int(keep.sum()) + 1)
-    for tile in tiles:
+    for tile in tile_grid(shape, chunk, [0] * len(shape)):
         labels[tile.core] = lut[np.asarray(labels[tile.core])]
     return int(keep.sum())

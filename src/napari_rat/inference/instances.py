@@ -100,13 +100,19 @@ def instances_from_probabilities(
         return np.zeros(fg.shape, dtype=np.int32)
     face = ndi.generate_binary_structure(fg.ndim, 1)
     if boundary is None:
-        labels, _ = ndi.label(fg, structure=face)
-        labels = labels.astype(np.int32)
-        if min_instance_size > 0:
-            labels = relabel_sequential(drop_small_instances(labels, min_instance_size, spacing))
-        return labels
-    bd = np.asarray(boundary)
-    bd = bd if bd.dtype == bool else bd > boundary_threshold
+        out, _ = ndi.label(fg, structure=face)
+        out = out.astype(np.int32)
+    else:
+        bd = np.asarray(boundary)
+        bd = bd if bd.dtype == bool else bd > boundary_threshold
+        out = _split_and_grow(fg, bd, face, min_size, spacing)
+    if min_instance_size > 0:
+        out = relabel_sequential(drop_small_instances(out, min_instance_size, spacing))
+    return out
+
+
+def _split_and_grow(fg, bd, face, min_size: int, spacing) -> np.ndarray:
+    """Steps 1-3: cores (foreground minus boundary), their components, grown back."""
     cores, n = ndi.label(fg & ~bd, structure=face)
     if min_size > 0 and n:
         sizes = np.bincount(cores.ravel())
@@ -115,7 +121,7 @@ def instances_from_probabilities(
         cores[small[cores]] = 0
         cores, n = ndi.label(cores > 0, structure=face)
     # Foreground components decide which cores a pixel may join.
-    components, n_comp = ndi.label(fg, structure=ndi.generate_binary_structure(fg.ndim, fg.ndim))
+    components, _ = ndi.label(fg, structure=ndi.generate_binary_structure(fg.ndim, fg.ndim))
     out = np.zeros(fg.shape, dtype=np.int32)
     if n:
         _, indices = ndi.distance_transform_edt(cores == 0, sampling=spacing, return_indices=True)
@@ -128,8 +134,6 @@ def instances_from_probabilities(
     if orphan.any():
         extra, _ = ndi.label(orphan, structure=face)
         out[orphan] = extra[orphan] + n
-    if min_instance_size > 0:
-        out = drop_small_instances(out, min_instance_size, spacing)
     return relabel_sequential(out)
 
 

@@ -1,11 +1,10 @@
 """Load a model for inference: a checkpoint file or the bundled starter model.
 
 Checkpoints trained with the package's dense attention (``"dense"``) run with the ``"local"``
-implementation at inference, linear in pixels end to end: the same weights, windowed. Measured
-on the starter model (held-out quarter of the real nuclei image, 512x512 whole image, 2 CPU
-cores): local 8 s, Dice 0.942, AP@0.5 0.686; exact (the dense maths at linear memory, outputs
-equal to dense within 1e-4) 407 s with 128-pixel tiles, Dice 0.943, AP@0.5 0.667.
-``attention`` overrides the choice (``"exact"`` for the reference's maths).
+implementation at inference, linear in pixels end to end: the same weights, windowed. ``"exact"``
+gives the dense maths (outputs equal to dense within 1e-4) at memory linear in the tile but
+quadratic time; the README compares the two on the starter model. ``attention`` overrides the
+choice.
 """
 
 from __future__ import annotations

@@ -278,13 +278,10 @@ def predict(
             min_size = options.min_instance_size
             if min_size is None and info is not None:
                 min_size = info.model_config.head.min_instance_size
+            min_pixels = min_instance_pixels(min_size or 0.0, spacing, dims)
             labels, n_instances = yield from _instances(
-                probs, root, shape, chunks, boundary, options, cancel
+                probs, root, shape, chunks, boundary, options, cancel, min_pixels
             )
-            if min_size:
-                n_instances = drop_small_chunked(
-                    labels, n_instances, shape, chunks, min_instance_pixels(min_size, spacing, dims)
-                )
         result = Prediction(
             probs,
             semantic,
@@ -323,7 +320,7 @@ def predict(
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _instances(probs, root, shape, chunks, boundary, options, cancel):
+def _instances(probs, root, shape, chunks, boundary, options, cancel, min_pixels=0.0):
     thr = options.threshold
 
     def foreground(sl):
@@ -347,9 +344,13 @@ def _instances(probs, root, shape, chunks, boundary, options, cancel):
     yield Progress("instances", done[0], total)
     if cancel is not None and cancel.is_set():
         raise PredictionCancelled("prediction cancelled")
-    grow_labels_chunked(seeds, foreground, labels, shape, chunks, radius=options.boundary_radius)
+    sizes = grow_labels_chunked(
+        seeds, foreground, labels, shape, chunks, radius=options.boundary_radius
+    )
     if root is not None:
         del root["seeds"]
+    if min_pixels > 0:
+        n = drop_small_chunked(labels, sizes, shape, chunks, min_pixels)
     yield Progress("instances", total, total)
     return labels, n
 

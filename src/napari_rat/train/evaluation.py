@@ -124,15 +124,13 @@ def evaluate_regions(
     else:
         pixel = float(np.prod(regions[0].spacing))
         candidates = [n * pixel for n in MIN_INSTANCE_PIXELS]
-    best: dict[str, float] | None = None
+    scored = []
     for size in candidates:
         score = RegionScore()
         for region, lg in zip(regions, logits, strict=True):
             score.add(_instances(lg, region.spacing, config, size), region.labels)
-        metrics = {**score.metrics(), "min_instance_size": size}
-        if best is None or metrics["score"] > best["score"]:
-            best = metrics
-    return best if best is not None else {**RegionScore().metrics(), "min_instance_size": 0.0}
+        scored.append({**score.metrics(), "min_instance_size": size})
+    return max(scored, key=lambda m: m["score"])  # the first (smallest size) of equal scores
 
 
 def otsu_instances(image: np.ndarray, spacing: Sequence[float], sigma: float = 2.0) -> np.ndarray:
