@@ -124,3 +124,34 @@ def test_bad_checkpoint_shows_an_error_not_a_traceback(make_napari_viewer, qtbot
     widget.model.checkpoint.value = tmp_path / "missing.safetensors"
     widget.run()
     assert widget.worker is None and "choose a checkpoint file" in widget.status.value
+
+
+def test_source_renamed_during_the_run_keeps_its_results_in_place(
+    make_napari_viewer, qtbot, checkpoints
+):
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((64, 60), seed=3)
+    source = viewer.add_image(
+        img, name="img", scale=(0.5, 0.25), translate=(4.0, 2.0), units=("um", "um")
+    )
+    widget = _widget(viewer, checkpoints[0], "img")
+    widget.run()
+    # While the model runs, the source is renamed and another layer takes its old name.
+    source.name = "renamed"
+    viewer.add_image(np.zeros((8, 8), np.float32), name="img", scale=(9.0, 9.0))
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert "done" in widget.status.value, widget.status.value
+    out = viewer.layers["img foreground (RAT)"]
+    assert out.data.shape == img.shape
+    np.testing.assert_allclose(out.scale, source.scale)
+    np.testing.assert_allclose(out.translate, source.translate)
+    assert [str(u) for u in out.units] == [str(u) for u in source.units]
+    # Removing the source mid-run is no error either: the results still arrive.
+    viewer.layers.remove("img foreground (RAT)")
+    viewer.layers.remove("img instances (RAT)")
+    widget.image_layer.value = "renamed"
+    widget.run()
+    viewer.layers.remove("renamed")
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert "done" in widget.status.value, widget.status.value
+    assert "renamed foreground (RAT)" in viewer.layers

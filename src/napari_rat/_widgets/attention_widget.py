@@ -122,8 +122,7 @@ class AttentionWidget(ModelDock):
 
     def _on_result(self, value):
         source, maps, groups = value
-        layer = self.viewer.layers[self.image_layer.value]
-        meta = source.placement(layer)
+        meta = source.placement()
         for block, (att, grp) in enumerate(zip(maps, groups, strict=True)):
             att = att / max(float(att.max()), 1e-12)
             self._put(

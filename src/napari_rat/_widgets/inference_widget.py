@@ -7,6 +7,8 @@ The widget only gathers choices; the work is :func:`napari_rat.inference.predict
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from magicgui.widgets import ComboBox, ProgressBar, PushButton, SpinBox
 
@@ -98,7 +100,7 @@ class InferenceWidget(ModelDock):
             self.tile.value,
             self.levels.value,
             yielded=self._on_progress,
-            returned=self._on_result,
+            returned=partial(self._on_result, source_name=layer.name),
         )
 
     def _view_box(self, layer) -> np.ndarray:
@@ -132,19 +134,25 @@ class InferenceWidget(ModelDock):
         bar.set_description(f"napari-rat: {p.stage}")
         bar.update(p.done - bar.n)
 
-    def _on_result(self, value):
+    def _on_result(self, value, source_name: str):
         result, source, arrays = value
-        self.add_result_layers(source, arrays)
+        self.add_result_layers(source, arrays, source_name)
         self._set_status(f"done: {result.num_instances} instances")
 
-    def add_result_layers(self, source: LayerInput, arrays: dict[str, np.ndarray]) -> list:
-        """Add the foreground probability and the instance labels, placed like the source."""
-        layer = self.viewer.layers[self.image_layer.value]
-        meta = source.placement(layer)
+    def add_result_layers(
+        self, source: LayerInput, arrays: dict[str, np.ndarray], name: str
+    ) -> list:
+        """Add the foreground probability and the instance labels, placed like the source.
+
+        Placement comes from ``source`` (cut from the layer by the run) and ``name`` is the
+        layer's name when Run was pressed, not a lookup in the layer list, so renaming or
+        removing the source layer during a run neither fails nor misplaces the results.
+        """
+        meta = source.placement()
         added = [
             self.viewer.add_image(
                 arrays["foreground"],
-                name=f"{layer.name} foreground (RAT)",
+                name=f"{name} foreground (RAT)",
                 colormap="magma",
                 blending="additive",
                 contrast_limits=(0.0, 1.0),
@@ -155,7 +163,7 @@ class InferenceWidget(ModelDock):
             added.append(
                 self.viewer.add_labels(
                     arrays["instances"],
-                    name=f"{layer.name} instances (RAT)",
+                    name=f"{name} instances (RAT)",
                     **meta,
                 )
             )

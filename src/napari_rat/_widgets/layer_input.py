@@ -28,14 +28,15 @@ class LayerInput:
     out_translate: tuple[float, ...]
     sliced_axes: tuple[int, ...]
     level: int
+    layer_meta: tuple[tuple[str, tuple], ...] = ()
 
-    def placement(self, layer) -> dict:
-        """``scale``/``translate`` of the result plus the source layer's units and axis labels."""
-        meta = {"scale": self.out_scale, "translate": self.out_translate}
-        for attr in ("units", "axis_labels"):
-            if hasattr(layer, attr):
-                meta[attr] = getattr(layer, attr)
-        return meta
+    def placement(self) -> dict:
+        """``scale``/``translate`` of the result plus the source layer's units and axis labels.
+
+        Units and axis labels are those the layer had when the input was cut, so a layer
+        renamed or removed while the model runs does not change where the results go.
+        """
+        return {"scale": self.out_scale, "translate": self.out_translate, **dict(self.layer_meta)}
 
     def to_layer_shape(self, array):
         """Add back the sliced axes (length 1) so a result has the layer's dimensionality."""
@@ -123,4 +124,9 @@ def layer_input(
         out_translate=tuple(float(t) for t in out_translate),
         sliced_axes=tuple(sliced),
         level=level,
+        layer_meta=tuple(
+            (attr, tuple(str(v) for v in getattr(layer, attr)))
+            for attr in ("units", "axis_labels")
+            if hasattr(layer, attr)
+        ),
     )
