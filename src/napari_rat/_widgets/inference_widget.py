@@ -38,11 +38,16 @@ def result_arrays(result, source: LayerInput) -> dict[str, np.ndarray]:
     """The result layers' data (foreground probability, instance labels), shaped like the layer.
 
     Built in the worker: on a large image this is whole-image array work the GUI thread
-    should not do.
+    should not do. Instance labels become ``uint16`` when they fit (below 65535, leaving room
+    for a label the user paints): napari then shows them as they are, where wider labels are
+    hashed into a texture on every refresh (~0.1 s per 1536^2 refresh on 2 CPU cores).
     """
     arrays = {"foreground": source.to_layer_shape(1.0 - np.asarray(result.probabilities[0]))}
     if result.labels is not None:
-        arrays["instances"] = source.to_layer_shape(np.asarray(result.labels))
+        labels = np.asarray(result.labels)
+        if labels.size and 0 <= labels.min() and labels.max() < np.iinfo(np.uint16).max:
+            labels = labels.astype(np.uint16)
+        arrays["instances"] = source.to_layer_shape(labels)
     return arrays
 
 
