@@ -54,12 +54,29 @@ def test_table_has_the_throughput_ratio_at_1x_and_the_memory_ratio_between_sizes
         row("bare forward", (100, 100), 8.0, 90 * 2**20),
         row("engine", (283, 283), 80.0, 110 * 2**20),
     ]
-    args = argparse.Namespace(model="starter", device="cpu", tile=None, precision="auto")
+    args = argparse.Namespace(
+        model="starter", device="cpu", tile=None, precision="auto", repeat=3
+    )
     table = predict.format_table(rows, args)
-    assert "model starter" in table
+    assert "model starter" in table and "fastest of 3 run(s)" in table
     assert "- 100x100: engine throughput = 0.80 x bare forward (overhead 20%)" in table
     assert "- peak memory 283x283 / 100x100: 1.10 x" in table
     assert "283x283: engine throughput" not in table
+
+
+def test_repeats_interleave_and_keep_the_fastest_time_and_the_highest_peak(capsys):
+    args = _args("--model", "starter", "--sizes", "48x40", "--tile", "32", "--repeat", "2")
+    rows = predict.run_bench(args)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    # engine, bare, engine, bare: the repeats go round the plan.
+    assert [line.split("|")[1].strip() for line in printed] == ["engine", "bare forward"] * 2
+    assert [r["case"] for r in rows] == ["engine", "bare forward"]
+    for row in rows:
+        assert row["error"] is None and row["runs"] == 2
+        times = [float(line.split("|")[3].split()[0]) for line in printed if row["case"] in line]
+        assert row["seconds"] == pytest.approx(min(times), abs=0.05)
+        assert row["px_per_s"] == pytest.approx(48 * 40 / row["seconds"])
+        assert row["peak"] > 0
 
 
 def test_starter_model_cases_build_and_run_on_tiny_inputs(tmp_path):

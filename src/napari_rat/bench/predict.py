@@ -156,15 +156,19 @@ def case_bare(
     return run, device
 
 
-def _row(name, shape, res) -> dict[str, Any]:
+def _row(name, shape, runs) -> dict[str, Any]:
+    """One table row from the runs of a case: the fastest time, the highest peak memory."""
     px = math.prod(shape)
+    failed = [r for r in runs if r.error]
+    seconds = min(r.seconds for r in runs) if not failed else None
     return {
         "case": name,
         "shape": "x".join(map(str, shape)),
-        "seconds": res.seconds,
-        "px_per_s": px / res.seconds if res.seconds else None,
-        "peak": res.peak_bytes,
-        "error": res.error,
+        "seconds": seconds,
+        "px_per_s": px / seconds if seconds else None,
+        "peak": max(r.peak_bytes or 0 for r in runs),
+        "error": failed[0].error if failed else None,
+        "runs": len(runs),
     }
 
 
@@ -205,29 +209,40 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         "precision": args.precision,
         "model": args.model,
     }
-    rows = []
+    runs: dict[tuple[str, tuple[int, ...]], list] = {}
+    plan = plan_cases(args)
+    repeat = max(1, args.repeat)
     work = Path(tempfile.mkdtemp(prefix="napari-rat-bench-predict-"))
     try:
-        for case, shape in plan_cases(args):
-            name = "x".join(map(str, shape))
-            if case == "engine":
-                image = make_image(work / f"img_{name}.zarr", shape, spacing)
-                store = work / f"pred_{name}.zarr"
-                res = measure(
-                    "napari_rat.bench.predict:case_engine",
-                    image=str(image),
-                    store=str(store),
-                    **common,
-                )
-                shutil.rmtree(store, ignore_errors=True)
-                shutil.rmtree(image, ignore_errors=True)
-            else:
-                res = measure("napari_rat.bench.predict:case_bare", shape=list(shape), **common)
-            rows.append(_row(case, shape, res))
-            print(_format_row(rows[-1]), flush=True)
+        # Repeats go round the whole plan, so engine and bare runs interleave and share
+        # whatever load the machine has at the time.
+        for turn in range(repeat):
+            for case, shape in plan:
+                if any(r.error for r in runs.get((case, shape), [])):
+                    continue
+                name = "x".join(map(str, shape))
+                if case == "engine":
+                    image = work / f"img_{name}.zarr"
+                    if not image.exists():
+                        make_image(image, shape, spacing)
+                    store = work / f"pred_{name}.zarr"
+                    res = measure(
+                        "napari_rat.bench.predict:case_engine",
+                        image=str(image),
+                        store=str(store),
+                        **common,
+                    )
+                    shutil.rmtree(store, ignore_errors=True)
+                else:
+                    res = measure(
+                        "napari_rat.bench.predict:case_bare", shape=list(shape), **common
+                    )
+                runs.setdefault((case, shape), []).append(res)
+                label = f" (run {turn + 1} of {repeat})" if repeat > 1 else ""
+                print(_format_row(_row(case, shape, [res])) + label, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return rows
+    return [_row(case, shape, runs[(case, shape)]) for case, shape in plan]
 
 
 def _format_row(r) -> str:
@@ -243,7 +258,8 @@ def format_table(rows, args) -> str:
     """Markdown table plus the ratios the targets are about."""
     lines = [
         f"napari-rat bench predict (model {args.model}, device {args.device}, "
-        f"tile {args.tile or 'default'}, precision {args.precision})",
+        f"tile {args.tile or 'default'}, precision {args.precision}; "
+        f"fastest of {max(1, args.repeat)} run(s), highest peak)",
         "",
         "| case | shape | time | pixels/s | peak memory |",
         "|---|---|---|---|---|",
@@ -304,6 +320,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-bare-at-large",
         action="store_true",
         help="bare forward at the first size only (throughput ratio there, memory at all sizes)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every case this many times, interleaved; report the fastest time and the "
+        "highest peak memory (times on a shared machine are noisy, memory is not)",
     )
     p.add_argument("--output", help="also write the table here")
     p.set_defaults(func=_main)
