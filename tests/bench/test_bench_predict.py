@@ -54,9 +54,7 @@ def test_table_has_the_throughput_ratio_at_1x_and_the_memory_ratio_between_sizes
         row("bare forward", (100, 100), 8.0, 90 * 2**20),
         row("engine", (283, 283), 80.0, 110 * 2**20),
     ]
-    args = argparse.Namespace(
-        model="starter", device="cpu", tile=None, precision="auto", repeat=3
-    )
+    args = argparse.Namespace(model="starter", device="cpu", tile=None, precision="auto", repeat=3)
     table = predict.format_table(rows, args)
     assert "model starter" in table and "fastest of 3 run(s)" in table
     assert "- 100x100: engine throughput = 0.80 x bare forward (overhead 20%)" in table

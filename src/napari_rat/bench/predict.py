@@ -234,9 +234,7 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     )
                     shutil.rmtree(store, ignore_errors=True)
                 else:
-                    res = measure(
-                        "napari_rat.bench.predict:case_bare", shape=list(shape), **common
-                    )
+                    res = measure("napari_rat.bench.predict:case_bare", shape=list(shape), **common)
                 runs.setdefault((case, shape), []).append(res)
                 label = f" (run {turn + 1} of {repeat})" if repeat > 1 else ""
                 print(_format_row(_row(case, shape, [res])) + label, flush=True)
