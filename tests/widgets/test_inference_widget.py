@@ -155,3 +155,25 @@ def test_source_renamed_during_the_run_keeps_its_results_in_place(
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert "done" in widget.status.value, widget.status.value
     assert "renamed foreground (RAT)" in viewer.layers
+
+
+def test_result_layers_arrive_one_per_event_loop_turn(make_napari_viewer, qtbot, checkpoints):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((48, 48), seed=4)
+    viewer.add_image(img, name="img")
+    widget = _widget(viewer, checkpoints[0], "img")
+    seen = []
+
+    def inserted(event):
+        seen.append(event.value.name)
+        # Posted while the layer is being added: it runs before the next layer only if the
+        # dock gives the event loop a turn in between.
+        QTimer.singleShot(0, lambda: seen.append("turn"))
+
+    viewer.layers.events.inserted.connect(inserted)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert seen[:3] == ["img foreground (RAT)", "turn", "img instances (RAT)"]
+    assert widget.status.value.startswith("done") and widget.run_button.enabled

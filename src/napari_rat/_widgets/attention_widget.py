@@ -10,6 +10,8 @@ in a worker thread, never materialised as full ``N x N`` matrices.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from magicgui.widgets import ComboBox, LineEdit, PushButton, SpinBox
 
@@ -123,18 +125,12 @@ class AttentionWidget(ModelDock):
     def _on_result(self, value):
         source, maps, groups = value
         meta = source.placement()
+        steps = []
         for block, (att, grp) in enumerate(zip(maps, groups, strict=True)):
             att = att / max(float(att.max()), 1e-12)
-            self._put(
-                f"attention block {block}",
-                source.to_layer_shape(att.astype(np.float32)),
-                "image",
-                meta,
-            )
-            self._put(
-                f"grouping block {block}",
-                source.to_layer_shape((grp + 1).astype(np.int32)),
-                "labels",
-                meta,
-            )
-        self._set_status(f"attention of the point over {len(maps)} blocks")
+            att = source.to_layer_shape(att.astype(np.float32))
+            grp = source.to_layer_shape((grp + 1).astype(np.int32))
+            steps.append(partial(self._put, f"attention block {block}", att, "image", meta))
+            steps.append(partial(self._put, f"grouping block {block}", grp, "labels", meta))
+        message = f"attention of the point over {len(maps)} blocks"
+        self._then(*steps, partial(self._set_status, message))
