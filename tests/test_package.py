@@ -36,12 +36,19 @@ def test_manifest_is_linked_from_the_package():
     )
 
 
-def test_every_python_name_in_the_manifest_imports():
-    manifest = yaml.safe_load((ROOT / "napari.yaml").read_text())
-    names = [c["python_name"] for c in manifest["contributions"].get("commands", [])]
-    for name in names:
-        module, _, attr = name.partition(":")
-        assert hasattr(importlib.import_module(module), attr), name
+MANIFEST_NAMES = [
+    c["python_name"]
+    for c in yaml.safe_load((ROOT / "napari.yaml").read_text())["contributions"]["commands"]
+]
+
+
+@pytest.mark.parametrize("name", MANIFEST_NAMES)
+def test_every_python_name_in_the_manifest_imports(name):
+    module, _, attr = name.partition(":")
+    if module.startswith("napari_rat._widgets"):
+        # Dock widgets need napari and Qt; the headless install has neither.
+        pytest.importorskip("napari")
+    assert hasattr(importlib.import_module(module), attr), name
 
 
 def test_npe2_validates_the_manifest():
