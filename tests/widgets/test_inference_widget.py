@@ -177,3 +177,30 @@ def test_result_layers_arrive_one_per_event_loop_turn(make_napari_viewer, qtbot,
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert seen[:3] == ["img foreground (RAT)", "turn", "img instances (RAT)"]
     assert widget.status.value.startswith("done") and widget.run_button.enabled
+
+
+def test_a_region_whose_results_cannot_fit_in_memory_is_refused(
+    make_napari_viewer, qtbot, checkpoints
+):
+    import dask.array as da
+
+    from napari_rat._widgets.inference_widget import RESULT_BYTES_PER_PIXEL, check_result_memory
+
+    # A lazy pyramid whose full resolution (10^12 pixels) no machine could hold results for.
+    side = 1_000_000
+    pyramid = [
+        da.zeros((side // 4**k,) * 2, dtype=np.float32, chunks=(1024, 1024)) for k in range(6)
+    ]
+    viewer = make_napari_viewer()
+    viewer.add_image(pyramid, name="huge", multiscale=True, contrast_limits=(0, 1))
+    widget = _widget(viewer, checkpoints[0], "huge")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    status = widget.status.value
+    assert status.startswith("error:") and "1,000,000,000,000 pixels" in status, status
+    assert "current view" in status and "--into-labels" in status
+    assert [lyr.name for lyr in viewer.layers] == ["huge"]
+    # The same arithmetic lets a run through when it fits.
+    check_result_memory(1000, available=1000 * RESULT_BYTES_PER_PIXEL)
+    with pytest.raises(ValueError, match="1,001 pixels"):
+        check_result_memory(1001, available=1000 * RESULT_BYTES_PER_PIXEL)
