@@ -77,6 +77,19 @@ def test_repeats_interleave_and_keep_the_fastest_time_and_the_highest_peak(capsy
         assert row["peak"] > 0
 
 
+def test_a_row_keeps_the_fastest_time_and_the_highest_peak_of_its_runs():
+    from napari_rat.bench._measure import CaseResult
+
+    runs = [CaseResult(3.0, 100, 400), CaseResult(2.0, 90, 390), CaseResult(4.0, 120, 420)]
+    row = predict._row("engine", (10, 20), runs)
+    assert (row["seconds"], row["peak"], row["runs"], row["error"]) == (2.0, 120, 3, None)
+    assert row["px_per_s"] == 100.0
+    failed = predict._row("engine", (10, 20), [*runs, CaseResult(None, None, None, error="boom")])
+    assert failed["error"] == "boom" and failed["seconds"] is None and failed["peak"] == 120
+    nothing = predict._row("bare forward", (4, 4), [CaseResult(None, None, None, error="x")])
+    assert nothing["peak"] is None and "failed: x" in predict._format_row(nothing)
+
+
 def test_starter_model_cases_build_and_run_on_tiny_inputs(tmp_path):
     common = {
         "config": "",

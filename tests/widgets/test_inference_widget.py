@@ -198,9 +198,10 @@ def test_a_region_whose_results_cannot_fit_in_memory_is_refused(
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     status = widget.status.value
     assert status.startswith("error:") and "1,000,000,000,000 pixels" in status, status
-    assert "current view" in status and "--into-labels" in status
-    assert [lyr.name for lyr in viewer.layers] == ["huge"]
+    assert "current view" in status and "coarser level (up to 5)" in status
+    assert "--into-labels" in status
+    assert [lyr.name for lyr in viewer.layers] == ["huge"] and widget.run_button.enabled
     # The same arithmetic lets a run through when it fits.
-    check_result_memory(1000, available=1000 * RESULT_BYTES_PER_PIXEL)
-    with pytest.raises(ValueError, match="1,001 pixels"):
-        check_result_memory(1001, available=1000 * RESULT_BYTES_PER_PIXEL)
+    check_result_memory((10, 100), available=1000 * RESULT_BYTES_PER_PIXEL)
+    with pytest.raises(ValueError, match=r"\(1 x 7 x 143\) has 1,001 voxels"):
+        check_result_memory((1, 7, 143), available=1000 * RESULT_BYTES_PER_PIXEL)

@@ -18,6 +18,8 @@ step, so a new run waits for them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,14 +38,40 @@ def show_status(label, text: str, error: bool = False) -> None:
     label.setStyleSheet(ERROR_STYLE if error else "")
 
 
+class WorkerRuntimeError(Exception):
+    """A ``RuntimeError`` raised inside a generator worker, passed on under another type.
+
+    superqt's generator workers take a ``RuntimeError`` for a sign that the worker object was
+    deleted and end silently, without ``errored`` or ``finished``; torch raises
+    ``RuntimeError`` for most failures (out of memory, bad shapes), which would leave a dock
+    busy for ever.
+    """
+
+
+def _runtime_errors_passed_on(function: Callable) -> Callable:
+    """Wrap a generator function so a ``RuntimeError`` leaves it as :class:`WorkerRuntimeError`."""
+
+    @functools.wraps(function)
+    def generator(*args, **kwargs):
+        try:
+            return (yield from function(*args, **kwargs))
+        except RuntimeError as exc:
+            raise WorkerRuntimeError(f"{type(exc).__name__}: {exc}") from exc
+
+    return generator
+
+
 def start_worker(function: Callable, *args: Any, **connect: Callable):
     """Start ``function(*args)`` in a napari thread worker and return the worker.
 
     ``connect`` maps signal names (``returned``, ``yielded``, ``errored``, ``finished``) to
-    handlers, which run in the GUI thread.
+    handlers, which run in the GUI thread. Every failure reaches ``errored`` and then
+    ``finished`` (see :class:`WorkerRuntimeError`).
     """
     from napari.qt.threading import create_worker
 
+    if inspect.isgeneratorfunction(function):
+        function = _runtime_errors_passed_on(function)
     worker = create_worker(function, *args, _connect=connect, _start_thread=False)
     worker.start()
     return worker
@@ -72,6 +100,7 @@ class ModelDock(Container):
         )
         self.worker = None
         self._steps: list[Callable[[], Any]] = []
+        self._step_timer = None
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         preload_model_stack()
@@ -113,7 +142,11 @@ class ModelDock(Container):
         self._run_steps()
 
     def _run_steps(self) -> None:
-        """Run the next queued step and come back on the next event-loop turn; end when none."""
+        """Run the next queued step and come back on the next event-loop turn; end when none.
+
+        The timer belongs to the dock's Qt widget, so it dies with the dock (a closed viewer
+        runs no further step).
+        """
         from qtpy.QtCore import QTimer
 
         if not self._steps:
@@ -122,10 +155,14 @@ class ModelDock(Container):
         step = self._steps.pop(0)
         try:
             step()
-        except Exception as exc:  # e.g. the viewer was closed meanwhile
+        except Exception as exc:  # a step the viewer refused
             self._steps.clear()
             self._on_error(exc)
-        QTimer.singleShot(0, self._run_steps)
+        if self._step_timer is None:
+            self._step_timer = QTimer(self.native)
+            self._step_timer.setSingleShot(True)
+            self._step_timer.timeout.connect(self._run_steps)
+        self._step_timer.start(0)
 
     def _drop_steps(self) -> None:
         """Forget the queued steps (a cancelled run shows nothing)."""

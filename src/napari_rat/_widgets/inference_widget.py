@@ -8,6 +8,7 @@ The widget only gathers choices; the work is :func:`napari_rat.inference.predict
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
@@ -28,7 +29,7 @@ def _prediction_job(checkpoint, device, layer, region, step, level, view_box, ti
 
     model = load_model_for_inference(checkpoint, device=resolve_device(device))
     source = layer_input(layer, model.spatial_dims, region, step, level, view_box)
-    check_result_memory(math.prod(source.image.shape[1:]))
+    check_result_memory(source.image.shape[1:], _ways_out(layer, region, level))
     options = PredictOptions(tile=(tile,) * model.spatial_dims, levels=levels, device=device)
     result = yield from predict(
         model, source.image, source.spacing, source.translation, options=options
@@ -47,11 +48,15 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def check_result_memory(pixels: int, available: int | None = None) -> None:
-    """Refuse, before any work, a run whose results would not fit in the free memory.
+def check_result_memory(
+    shape: Sequence[int], ways_out: Sequence[str] = (), available: int | None = None
+) -> None:
+    """Refuse, before predicting, a run whose results would not fit in the free memory.
 
     The dock keeps its results in memory to show them; running out of it would kill the
-    viewer with the user's unsaved layers. ``available``: free bytes (default: the system's
+    viewer with the user's unsaved layers. ``shape``: the spatial shape of the input;
+    ``ways_out``: what the user can choose instead in the dock (writing to disk from the
+    command line is always offered); ``available``: free bytes (default: the system's
     available memory, when ``psutil`` can tell).
     """
     if available is None:
@@ -60,28 +65,44 @@ def check_result_memory(pixels: int, available: int | None = None) -> None:
         except ImportError:
             return
         available = psutil.virtual_memory().available
-    need = pixels * RESULT_BYTES_PER_PIXEL
+    count = math.prod(shape)
+    need = count * RESULT_BYTES_PER_PIXEL
     if need > available:
+        unit = "pixels" if len(shape) <= 2 else "voxels"
+        ways = [
+            *ways_out,
+            "write the results to disk with `napari-rat predict IMAGE.zarr --into-labels NAME`",
+        ]
         raise ValueError(
-            f"the region has {pixels:,} pixels; its results need about {_gb(need)} of memory "
-            f"and {_gb(available)} is free. Choose 'current view' or a coarser level, or write "
-            "the results to disk with `napari-rat predict IMAGE.zarr --into-labels NAME`"
+            f"the region ({' x '.join(map(str, shape))}) has {count:,} {unit}; its results "
+            f"need about {_gb(need)} of memory and {_gb(available)} is free. Instead, "
+            + "; or ".join(ways)
         )
+
+
+def _ways_out(layer, region: str, level: int) -> list[str]:
+    """What the dock offers for a smaller run: the view, a coarser level."""
+    ways = [] if region == "view" else ["choose 'current view' and zoom in"]
+    levels = len(layer.data) if getattr(layer, "multiscale", False) else 1
+    if level + 1 < levels:
+        ways.append(f"choose a coarser level (up to {levels - 1})")
+    return ways
 
 
 def result_arrays(result, source: LayerInput) -> dict[str, np.ndarray]:
     """The result layers' data (foreground probability, instance labels), shaped like the layer.
 
     Built in the worker: on a large image this is whole-image array work the GUI thread
-    should not do. Instance labels become ``uint16`` when they fit (below 65535, leaving room
-    for a label the user paints): napari then shows them as they are, where wider labels are
-    hashed into a texture on every refresh (~0.1 s per 1536^2 refresh on 2 CPU cores).
+    should not do. Instance labels become ``uint16`` when they fit (below 65535; labels the
+    user paints later can go up to 65535): napari then shows them as they are, where wider
+    labels are hashed into a texture on every refresh (~0.1 s per 1536^2 refresh on 2 CPU
+    cores).
     """
     arrays = {"foreground": source.to_layer_shape(1.0 - np.asarray(result.probabilities[0]))}
     if result.labels is not None:
         labels = np.asarray(result.labels)
         if labels.size and 0 <= labels.min() and labels.max() < np.iinfo(np.uint16).max:
-            labels = labels.astype(np.uint16)
+            labels = labels.astype(np.uint16, copy=False)
         arrays["instances"] = source.to_layer_shape(labels)
     return arrays
 
@@ -187,7 +208,7 @@ class InferenceWidget(ModelDock):
     def _on_progress(self, p):
         from napari.utils import progress
 
-        if self.worker is None:  # a late event after the worker finished
+        if self.worker is None:  # a late event after the run ended
             return
         self.progress.max = p.total
         self.progress.value = p.done
@@ -220,6 +241,8 @@ class InferenceWidget(ModelDock):
         if self.worker is not None and self.worker.abort_requested:
             self._drop_steps()
             self._set_status("cancelled: no layer added")
+        # The model is done: what is left (adding the layers) is not cancelled halfway.
+        self.cancel_button.enabled = False
         super()._on_finished()
 
     def _end_run(self):

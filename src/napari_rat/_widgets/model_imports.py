@@ -14,11 +14,13 @@ runs without it (triton only serves ``torch.compile``, which napari-rat does not
 **Preloading.** Importing torch and torchvision holds the GIL for up to ~0.5 s at a time (their
 libraries load inside the import; measured on 2 CPU cores), which froze the viewer during the
 first Run. The docks start these imports in a background thread when they open, so a Run finds
-them done.
+them done. The same thread does the one-time work of napari's first Labels layer (see
+:func:`_warm_first_labels_layer`), which otherwise fell into the GUI thread with the results.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import threading
 
@@ -57,12 +59,14 @@ def _warm_first_labels_layer() -> None:
     thread, a later one 0.27-0.30 s. All three are pure Python/numpy, safe in a thread, and
     hold the GIL only in short steps.
     """
+    for module in ("pandas", "skimage.color.colorconv", "skimage.exposure"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # not installed: napari will not use it either
+            pass
     try:
-        import pandas  # noqa: F401
-        import skimage.color.colorconv  # noqa: F401
-        import skimage.exposure  # noqa: F401
         from vispy.visuals.line.dash_atlas import DashAtlas
-    except ImportError:  # napari (and with it vispy, scikit-image) is not installed
+    except ImportError:  # no napari, no vispy
         return
     DashAtlas()
 

@@ -166,7 +166,7 @@ def _row(name, shape, runs) -> dict[str, Any]:
         "shape": "x".join(map(str, shape)),
         "seconds": seconds,
         "px_per_s": px / seconds if seconds else None,
-        "peak": max(r.peak_bytes or 0 for r in runs),
+        "peak": max((r.peak_bytes for r in runs if r.peak_bytes is not None), default=None),
         "error": failed[0].error if failed else None,
         "runs": len(runs),
     }
@@ -233,6 +233,8 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                         **common,
                     )
                     shutil.rmtree(store, ignore_errors=True)
+                    if turn == repeat - 1 or res.error:  # the image's last run
+                        shutil.rmtree(image, ignore_errors=True)
                 else:
                     res = measure("napari_rat.bench.predict:case_bare", shape=list(shape), **common)
                 runs.setdefault((case, shape), []).append(res)
@@ -324,7 +326,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         help="run every case this many times, interleaved; report the fastest time and the "
-        "highest peak memory (times on a shared machine are noisy, memory is not)",
+        "highest peak memory (times on a shared machine are noisy, memory is not); the "
+        "images stay on disk until their last run",
     )
     p.add_argument("--output", help="also write the table here")
     p.set_defaults(func=_main)
