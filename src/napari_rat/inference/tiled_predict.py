@@ -33,6 +33,7 @@ from napari_rat.inference.chunked_labels import (
     grow_labels_chunked,
     label_chunked,
 )
+from napari_rat.inference.heap import release_freed_memory
 from napari_rat.inference.instances import min_instance_pixels
 from napari_rat.inference.normalization import IntensityStats, image_statistics
 from napari_rat.inference.tiling import tile_grid
@@ -272,6 +273,8 @@ def predict(
                 p = p[(slice(None), *t.crop)].cpu().numpy()
                 probs[(slice(None), *t.core)] = p
                 semantic[t.core] = np.argmax(p[: len(class_names)], axis=0).astype(np.uint8)
+                del data, x, p
+                release_freed_memory()  # what the forward freed: else the peak grows with the run
                 yield Progress("tiles", t.index + 1, len(tiles))
         labels, n_instances = None, 0
         if options.instances:
