@@ -16,7 +16,11 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_rat.config import ExperimentConfig
-from napari_rat.inference.instances import instances_from_logits
+from napari_rat.inference.instances import (
+    drop_small_instances,
+    instances_from_logits,
+    relabel_sequential,
+)
 from napari_rat.train.metrics import ap_from_counts, instance_counts
 from napari_rat.train.precision import autocast_dtype
 from napari_rat.train.tiled_predict import predict_logits, rescale_image, resize_logits
@@ -83,14 +87,11 @@ def predict_region_logits(
     return resize_logits(logits, image.shape[1:])
 
 
-def _instances(logits: np.ndarray, spacing, config: ExperimentConfig, min_size: float):
+def _instances(logits: np.ndarray, spacing, config: ExperimentConfig) -> np.ndarray:
+    """The head's instances, before any minimum-size filter."""
     head = config.model.head
     return instances_from_logits(
-        logits,
-        len(head.class_names),
-        boundary=head.boundary,
-        spacing=list(spacing),
-        min_instance_size=min_size,
+        logits, len(head.class_names), boundary=head.boundary, spacing=list(spacing)
     )
 
 
@@ -124,11 +125,16 @@ def evaluate_regions(
     else:
         pixel = float(np.prod(regions[0].spacing))
         candidates = [n * pixel for n in MIN_INSTANCE_PIXELS]
+    # The instances once per region; each candidate size only filters them (as
+    # ``instances_from_probabilities`` does last).
+    unfiltered = [_instances(lg, r.spacing, config) for r, lg in zip(regions, logits, strict=True)]
     scored = []
     for size in candidates:
         score = RegionScore()
-        for region, lg in zip(regions, logits, strict=True):
-            score.add(_instances(lg, region.spacing, config, size), region.labels)
+        for region, labels in zip(regions, unfiltered, strict=True):
+            if size > 0:
+                labels = relabel_sequential(drop_small_instances(labels, size, region.spacing))
+            score.add(labels, region.labels)
         scored.append({**score.metrics(), "min_instance_size": size})
     return max(scored, key=lambda m: m["score"])  # the first (smallest size) of equal scores
 
