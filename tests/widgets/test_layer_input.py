@@ -51,5 +51,5 @@ def test_instance_labels_are_uint16_when_they_fit(top, dtype):
     assert arrays["instances"].shape == (1, 20, 24)
     np.testing.assert_array_equal(arrays["instances"][0], labels)
     np.testing.assert_allclose(arrays["foreground"][0], 0.75)
-    kinds = [(kind, kw["name"]) for kind, _, kw in result_layers(source, arrays, "vol")]
+    kinds = [(kind, kw["name"]) for _, kw, kind in result_layers(source, arrays, "vol")]
     assert kinds == [("image", "vol foreground (RAT)"), ("labels", "vol instances (RAT)")]

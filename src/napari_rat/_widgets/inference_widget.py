@@ -107,31 +107,23 @@ def result_arrays(result, source: LayerInput) -> dict[str, np.ndarray]:
     return arrays
 
 
-def result_layers(
-    source: LayerInput, arrays: dict[str, np.ndarray], name: str
-) -> list[tuple[str, np.ndarray, dict]]:
-    """``(kind, data, keyword arguments)`` of the result layers, placed like the source.
+def result_layers(source: LayerInput, arrays: dict[str, np.ndarray], name: str) -> list[tuple]:
+    """The result layers as napari layer-data tuples ``(data, meta, layer_type)``.
 
     Placement comes from ``source`` (cut from the layer by the run) and ``name`` is the
     layer's name when Run was pressed, not a lookup in the layer list, so renaming or removing
     the source layer during a run neither fails nor misplaces the results.
     """
     meta = source.placement()
-    layers = [
-        (
-            "image",
-            arrays["foreground"],
-            {
-                "name": f"{name} foreground (RAT)",
-                "colormap": "magma",
-                "blending": "additive",
-                "contrast_limits": (0.0, 1.0),
-                **meta,
-            },
-        )
-    ]
+    foreground = {
+        "name": f"{name} foreground (RAT)",
+        "colormap": "magma",
+        "blending": "additive",
+        "contrast_limits": (0.0, 1.0),
+    }
+    layers = [(arrays["foreground"], {**foreground, **meta}, "image")]
     if "instances" in arrays:
-        layers.append(("labels", arrays["instances"], {"name": f"{name} instances (RAT)", **meta}))
+        layers.append((arrays["instances"], {"name": f"{name} instances (RAT)", **meta}, "labels"))
     return layers
 
 
@@ -226,13 +218,15 @@ class InferenceWidget(ModelDock):
     def _on_result(self, value, source_name: str):
         result, source, arrays = value
         steps = [
-            partial(self._add_layer, kind, data, kwargs)
-            for kind, data, kwargs in result_layers(source, arrays, source_name)
+            partial(self._add_layer, layer_data)
+            for layer_data in result_layers(source, arrays, source_name)
         ]
         self._then(*steps, partial(self._set_status, f"done: {result.num_instances} instances"))
 
-    def _add_layer(self, kind: str, data, kwargs: dict):
-        return getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+    def _add_layer(self, layer_data: tuple):
+        from napari.layers import Layer
+
+        return self.viewer.add_layer(Layer.create(*layer_data))
 
     def _on_finished(self):
         if self._napari_progress is not None:
