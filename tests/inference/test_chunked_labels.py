@@ -7,6 +7,7 @@ from scipy import ndimage as ndi
 from napari_rat.inference.chunked_labels import (
     drop_small_chunked,
     grow_labels_chunked,
+    instances_chunked,
     label_chunked,
 )
 from napari_rat.inference.instances import drop_small_instances
@@ -59,3 +60,68 @@ def test_dropping_small_labels_chunked_equals_whole_image(shape):
     assert set(np.unique(out)) == set(range(kept + 1))
     pairs = set(zip(out[out > 0].tolist(), expected[out > 0].tolist(), strict=True))
     assert len(pairs) == kept
+
+
+def _same_partition(a, b):
+    """The same instances, whatever their numbers."""
+    assert ((a > 0) == (b > 0)).all()
+    pairs = set(zip(a[a > 0].tolist(), b[b > 0].tolist(), strict=True))
+    assert len(pairs) == len(np.unique(a[a > 0])) == len(np.unique(b[b > 0]))
+
+
+def _run(steps):
+    seen = []
+    while True:
+        try:
+            seen.append(next(steps))
+        except StopIteration as stop:
+            return stop.value, seen
+
+
+@pytest.mark.parametrize(("shape", "spacing"), [((120, 90), None), ((16, 40, 36), (3.0, 1.0, 1.0))])
+@pytest.mark.parametrize("min_pixels", [0.0, 20.0])
+def test_the_instance_algorithm_does_not_depend_on_the_chunks(shape, spacing, min_pixels):
+    rng = np.random.default_rng(7)
+    fg = ndi.gaussian_filter(rng.random(shape), 2) > 0.52
+    # Cores: the foreground eroded (split in places), and some objects with no core at all
+    # (predicted all boundary).
+    cores = ndi.binary_erosion(fg)
+    objects, n_objects = ndi.label(fg)
+    coreless = np.isin(objects, np.arange(1, n_objects + 1, 3))
+    cores &= ~coreless
+    assert coreless.any() and cores.any()
+    results = []
+    for chunk in ([16] * len(shape), list(shape)):
+        out = np.zeros(shape, np.int32)
+        n, seen = _run(
+            instances_chunked(
+                lambda s: fg[s],
+                lambda s: cores[s],
+                np.zeros(shape, np.int32),
+                out,
+                shape,
+                chunk,
+                radius=3,
+                spacing=spacing,
+                min_pixels=min_pixels,
+            )
+        )
+        assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+        assert set(np.unique(out)) == set(range(n + 1))
+        results.append(out)
+    _same_partition(*results)
+    out = results[0]
+    if min_pixels == 0:
+        # No foreground pixel is lost: a coreless object out of the seeds' reach is one
+        # instance of its own (one nearer may be partly grown into by a neighbour).
+        assert ((out > 0) == fg).all()
+        reach = 3 * min(spacing or (1.0,))
+        far = ndi.distance_transform_edt(~cores, sampling=spacing) > reach
+        alone = [k for k in np.unique(objects[coreless]) if far[objects == k].all()]
+        assert alone
+        for k in alone:
+            (value,) = np.unique(out[objects == k])
+            assert ((out == value) == (objects == k)).all()
+    else:
+        assert np.bincount(out.ravel())[1:].min() >= min_pixels
+        assert ((out > 0) & ~fg).sum() == 0

@@ -243,6 +243,36 @@ def test_tiled_agrees_with_untiled_on_the_starter_model(levels, spacing):
     assert abs(whole.num_instances - tiled.num_instances) <= max(2, whole.num_instances // 10)
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (1.5, 0.75)])
+def test_engine_instances_are_those_training_scores(spacing):
+    """The engine's chunked instances equal what validation and evaluation compute from the
+    same probabilities in memory (one algorithm), including the minimum size."""
+    from napari_rat.inference.instances import instances_from_probabilities
+    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.sample_data import nuclei_2d
+
+    model = load_model_for_inference("starter")
+    img = nuclei_2d()[0][:120, 300:420].astype(np.float32)[None]
+    size = 12.0
+    result = run_prediction(
+        predict(
+            model,
+            img,
+            spacing,
+            options=PredictOptions(tile=(40, 40), halo=(16, 16), min_instance_size=size),
+        )
+    )
+    probs = np.asarray(result.probabilities)
+    expected = instances_from_probabilities(
+        1.0 - probs[0], probs[-1], spacing=spacing, min_instance_size=size
+    )
+    labels = np.asarray(result.labels)
+    assert result.num_instances == expected.max() > 5
+    assert ((labels > 0) == (expected > 0)).all()
+    pairs = set(zip(labels[labels > 0].tolist(), expected[labels > 0].tolist(), strict=True))
+    assert len(pairs) == result.num_instances
+
+
 def test_tiled_agrees_with_untiled_in_3d_anisotropic(tmp_path):
     """A small 3D model, trained here for a minute on generated anisotropic nuclei, gives the
     same foreground tiled (with halos, one or two levels) as in one whole-volume forward."""

@@ -1,16 +1,22 @@
 """Instance labels over images larger than memory, one chunk at a time.
 
-:func:`label_chunked` finds connected components chunk by chunk, then merges components that
-touch across chunk faces with a union-find over the labels, and renumbers them consecutively.
-:func:`grow_labels_chunked` grows seed labels into a foreground mask (each foreground pixel takes
-the nearest seed within ``radius``), reading each chunk with a halo of ``radius``.
-:func:`drop_small_chunked` removes labels smaller than a pixel count and renumbers the rest.
-Memory is bounded by the chunk size (plus one label-sized lookup table), never by the image.
+:func:`instances_chunked` is the one instance algorithm of the package (the engine runs it over
+zarr chunks; :func:`napari_rat.inference.instances.instances_from_probabilities`, used by
+training's validation and evaluation, runs it over a NumPy array as a single chunk), built from:
+
+- :func:`label_chunked`: connected components chunk by chunk, merged where they touch across
+  chunk faces (a union-find over the labels), renumbered consecutively;
+- :func:`grow_labels_chunked`: seed labels grown into a foreground mask (each foreground pixel
+  takes the nearest seed within ``radius``), each chunk read with a halo of ``radius``;
+- :func:`drop_small_chunked`: labels smaller than a pixel count removed, the rest renumbered.
+
+Memory is bounded by the chunk size (plus one label-sized lookup table), never by the image;
+the result does not depend on the chunk size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -168,3 +174,70 @@ def drop_small_chunked(
     for tile in tile_grid(shape, chunk, [0] * len(shape)):
         labels[tile.core] = lut[np.asarray(labels[tile.core])]
     return int(keep.sum())
+
+
+def instances_chunked(
+    read_foreground: ReadMask,
+    read_cores: ReadMask,
+    scratch,
+    out,
+    shape: Sequence[int],
+    chunk: Sequence[int],
+    *,
+    radius: int,
+    spacing: Sequence[float] | None = None,
+    min_pixels: float = 0.0,
+) -> Generator[tuple[int, int], None, int]:
+    """Instance labels from a foreground mask and its cores (foreground minus boundary).
+
+    1. the cores' connected components (face connectivity) are the seeds;
+    2. the seeds grow into the foreground: each foreground pixel takes the nearest seed within
+       ``radius`` pixels (of the finest axis, measured in physical units with ``spacing``);
+    3. foreground no seed reached (e.g. an object predicted all boundary) becomes instances of
+       its own, one per connected piece: no foreground pixel is lost;
+    4. instances smaller than ``min_pixels`` pixels become background; the rest are ``1..n``.
+
+    A generator: yields ``(passes done, passes)`` after each pass over the image (a caller can
+    stop between them) and returns the instance count. ``scratch`` and ``out`` are writable
+    integer arrays of ``shape`` (zarr or NumPy); ``out`` receives the labels.
+    """
+    passes = 4
+    seeds = label_chunked(read_cores, scratch, shape, chunk)
+    yield 1, passes
+    foreground_pixels = [0]
+
+    def counted_foreground(sl):
+        mask = np.asarray(read_foreground(sl))
+        foreground_pixels[0] += int(np.count_nonzero(mask))
+        return mask
+
+    sizes = grow_labels_chunked(
+        scratch, counted_foreground, out, shape, chunk, radius=radius, spacing=spacing
+    )
+    yield 2, passes
+    count = seeds
+    if foreground_pixels[0] > int(sizes[1:].sum()):
+        count, sizes = _add_unreached(read_foreground, scratch, out, shape, chunk, seeds, sizes)
+    yield 3, passes
+    if min_pixels > 0:
+        count = drop_small_chunked(out, sizes, shape, chunk, min_pixels)
+    yield 4, passes
+    return count
+
+
+def _add_unreached(read_foreground, scratch, out, shape, chunk, first, sizes):
+    """Label the foreground that ``out`` leaves at 0 as new instances numbered after ``first``."""
+    extra = label_chunked(
+        lambda sl: np.asarray(read_foreground(sl)) & (np.asarray(out[sl]) == 0),
+        scratch,
+        shape,
+        chunk,
+    )
+    sizes = np.pad(sizes, (0, max(first + extra + 1 - len(sizes), 0)))
+    for tile in tile_grid(shape, chunk, [0] * len(shape)):
+        new = np.asarray(scratch[tile.core]).astype(np.int64, copy=False)
+        if not new.any():
+            continue
+        sizes[first + 1 : first + extra + 1] += np.bincount(new.ravel(), minlength=extra + 1)[1:]
+        out[tile.core] = np.where(new > 0, new + first, np.asarray(out[tile.core]))
+    return first + extra, sizes

@@ -1,15 +1,18 @@
 """Instance labels from the segmentation head's outputs, and the boundary targets it learns.
 
 The head predicts per pixel one logit per semantic class (background first) and one boundary
-logit. Instances are derived in three steps, shared by training (validation metrics) and
-inference:
+logit. Instances come from one algorithm, shared by inference (the engine runs it chunk by
+chunk over zarr) and training (validation and evaluation run it here, on a NumPy array), so
+the validation scores measure what the plugin delivers
+(:func:`napari_rat.inference.chunked_labels.instances_chunked`):
 
 1. *cores* = foreground minus boundary, where foreground is ``P(class != background) > 0.5``
-   and boundary is ``sigmoid(boundary logit) > 0.5``;
-2. the cores' connected components (face connectivity, so a one-pixel boundary line separates);
-3. each component grows back into the foreground it lies in (every foreground pixel takes the
-   label of the nearest core of its own foreground component, nearest in physical units);
-   a foreground component without any core becomes one instance of its own;
+   and boundary is ``sigmoid(boundary logit) > 0.5``; their connected components (face
+   connectivity, so a one-pixel boundary line separates) are the seeds;
+2. the seeds grow back into the foreground: each foreground pixel takes the nearest seed within
+   :data:`BOUNDARY_RADIUS` pixels (nearest in physical units);
+3. foreground that no seed reached (an object predicted all boundary, say) becomes instances
+   of its own: no foreground pixel is lost;
 4. instances smaller than ``min_instance_size`` (physical area in 2D, volume in 3D) are dropped
    to background. Training picks this size on the validation split (it removes the slivers a
    region's edge cuts off and specks of noise) and stores it in the checkpoint's head config.
@@ -25,7 +28,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
+
+from napari_rat.inference.chunked_labels import instances_chunked
+
+#: How far (in pixels of the finest axis) seeds grow back into the foreground: wider than the
+#: boundary band the head learns (the inner contours of two touching instances).
+BOUNDARY_RADIUS = 3
 
 
 def boundary_from_instances(labels: np.ndarray) -> np.ndarray:
@@ -68,11 +76,13 @@ def instances_from_probabilities(
     *,
     threshold: float = 0.5,
     boundary_threshold: float = 0.5,
-    min_size: int = 0,
     spacing: Sequence[float] | None = None,
     min_instance_size: float = 0.0,
+    radius: int = BOUNDARY_RADIUS,
 ) -> np.ndarray:
     """Instance labels from a foreground probability map and a boundary probability map.
+
+    The engine's algorithm (see the module docstring), on an in-memory array.
 
     Parameters
     ----------
@@ -82,13 +92,13 @@ def instances_from_probabilities(
         ``P(boundary)`` per pixel, or ``None`` for plain connected components of the foreground.
     threshold, boundary_threshold
         Probabilities above which a pixel is foreground / boundary.
-    min_size
-        Cores smaller than this many pixels are dropped (their pixels join a neighbour).
     spacing
         Physical pixel size, so that growing back uses physical distances (anisotropic data).
     min_instance_size
         Final instances smaller than this physical area (2D) or volume (3D), in units of
         ``spacing`` squared or cubed, become background.
+    radius
+        How far seeds grow back, in pixels of the finest axis.
 
     Returns
     -------
@@ -96,45 +106,27 @@ def instances_from_probabilities(
     """
     fg = np.asarray(foreground)
     fg = fg if fg.dtype == bool else fg > threshold
-    if not fg.any():
-        return np.zeros(fg.shape, dtype=np.int32)
-    face = ndi.generate_binary_structure(fg.ndim, 1)
-    if boundary is None:
-        out, _ = ndi.label(fg, structure=face)
-        out = out.astype(np.int32)
-    else:
+    cores = fg
+    if boundary is not None:
         bd = np.asarray(boundary)
-        bd = bd if bd.dtype == bool else bd > boundary_threshold
-        out = _split_and_grow(fg, bd, face, min_size, spacing)
-    if min_instance_size > 0:
-        out = relabel_sequential(drop_small_instances(out, min_instance_size, spacing))
-    return out
-
-
-def _split_and_grow(fg, bd, face, min_size: int, spacing) -> np.ndarray:
-    """Steps 1-3: cores (foreground minus boundary), their components, grown back."""
-    cores, n = ndi.label(fg & ~bd, structure=face)
-    if min_size > 0 and n:
-        sizes = np.bincount(cores.ravel())
-        small = sizes < min_size
-        small[0] = False
-        cores[small[cores]] = 0
-        cores, n = ndi.label(cores > 0, structure=face)
-    # Foreground components decide which cores a pixel may join.
-    components, _ = ndi.label(fg, structure=ndi.generate_binary_structure(fg.ndim, fg.ndim))
+        cores = fg & ~(bd if bd.dtype == bool else bd > boundary_threshold)
     out = np.zeros(fg.shape, dtype=np.int32)
-    if n:
-        _, indices = ndi.distance_transform_edt(cores == 0, sampling=spacing, return_indices=True)
-        nearest = cores[tuple(indices)]
-        nearest_component = components[tuple(indices)]
-        joins = fg & (nearest_component == components)
-        out[joins] = nearest[joins]
-    # Foreground components that hold no core become one instance each.
-    orphan = fg & (out == 0)
-    if orphan.any():
-        extra, _ = ndi.label(orphan, structure=face)
-        out[orphan] = extra[orphan] + n
-    return relabel_sequential(out)
+    if not fg.any():
+        return out
+    steps = instances_chunked(
+        lambda sl: fg[sl],
+        lambda sl: cores[sl],
+        np.zeros(fg.shape, dtype=np.int32),
+        out,
+        fg.shape,
+        fg.shape,
+        radius=radius,
+        spacing=spacing,
+        min_pixels=min_instance_pixels(min_instance_size, spacing, fg.ndim),
+    )
+    for _ in steps:
+        pass
+    return out
 
 
 def min_instance_pixels(
@@ -170,7 +162,6 @@ def instances_from_logits(
     boundary: bool = True,
     threshold: float = 0.5,
     boundary_threshold: float = 0.5,
-    min_size: int = 0,
     spacing: Sequence[float] | None = None,
     min_instance_size: float = 0.0,
 ) -> np.ndarray:
@@ -191,7 +182,6 @@ def instances_from_logits(
         bd,
         threshold=threshold,
         boundary_threshold=boundary_threshold,
-        min_size=min_size,
         spacing=spacing,
         min_instance_size=min_instance_size,
     )

@@ -15,7 +15,6 @@ and the prediction resampled back.
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 import threading
@@ -28,13 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_rat.inference.chunked_labels import (
-    drop_small_chunked,
-    grow_labels_chunked,
-    label_chunked,
-)
+from napari_rat.inference.chunked_labels import instances_chunked
 from napari_rat.inference.heap import release_freed_memory
-from napari_rat.inference.instances import min_instance_pixels
+from napari_rat.inference.instances import BOUNDARY_RADIUS, min_instance_pixels
 from napari_rat.inference.normalization import IntensityStats, image_statistics
 from napari_rat.inference.tiling import tile_grid
 
@@ -60,9 +55,9 @@ class PredictOptions:
 
     ``tile``/``halo`` are in pixels of the input (defaults: 256/32 in 2D, 64/12 in 3D);
     ``levels`` is the number of pyramid levels fed to the model; ``boundary_radius`` is how far
-    (in pixels) instance seeds grow back into the foreground; instances smaller than
-    ``min_instance_size`` (physical area or volume; ``None``: the checkpoint's head setting,
-    chosen on validation during training, else 0) are dropped.
+    (in pixels of the finest axis) instance seeds grow back into the foreground; instances
+    smaller than ``min_instance_size`` (physical area or volume; ``None``: the checkpoint's head
+    setting, chosen on validation during training, else 0) are dropped.
     """
 
     tile: tuple[int, ...] | None = None
@@ -72,7 +67,7 @@ class PredictOptions:
     precision: Precision = "auto"
     resample_to_training_spacing: bool = False
     instances: bool = True
-    boundary_radius: int = 3
+    boundary_radius: int = BOUNDARY_RADIUS
     threshold: float = 0.5
     min_instance_size: float | None = None
 
@@ -283,7 +278,7 @@ def predict(
                 min_size = info.model_config.head.min_instance_size
             min_pixels = min_instance_pixels(min_size or 0.0, spacing, dims)
             labels, n_instances = yield from _instances(
-                probs, root, shape, chunks, boundary, options, cancel, min_pixels
+                probs, root, shape, chunks, boundary, options, cancel, spacing, min_pixels
             )
         result = Prediction(
             probs,
@@ -323,38 +318,43 @@ def predict(
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _instances(probs, root, shape, chunks, boundary, options, cancel, min_pixels=0.0):
+def _instances(probs, root, shape, chunks, boundary, options, cancel, spacing, min_pixels):
+    """The package's instance algorithm over the probability chunks (see ``instances``)."""
     thr = options.threshold
 
     def foreground(sl):
         return (1.0 - np.asarray(probs[(slice(0, 1), *sl)])[0]) > thr
 
-    def interior(sl):
+    def cores(sl):
         fg = foreground(sl)
         if boundary:
-            fg &= np.asarray(probs[(slice(-1, None), *sl)])[0] < thr
+            fg &= np.asarray(probs[(slice(-1, None), *sl)])[0] <= thr
         return fg
 
-    seeds = _new_array(root, "seeds", shape, chunks, np.int32)
+    scratch = _new_array(root, "seeds", shape, chunks, np.int32)
     labels = _new_array(root, "labels", shape, chunks, np.int32)
-    total = 2 * math.prod(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True)) + 1
-    done = [0]
-
-    def tick(i, n):
-        done[0] = i
-
-    n = label_chunked(interior, seeds, shape, chunks, progress=tick)
-    yield Progress("instances", done[0], total)
-    if cancel is not None and cancel.is_set():
-        raise PredictionCancelled("prediction cancelled")
-    sizes = grow_labels_chunked(
-        seeds, foreground, labels, shape, chunks, radius=options.boundary_radius
+    steps = instances_chunked(
+        foreground,
+        cores,
+        scratch,
+        labels,
+        shape,
+        chunks,
+        radius=options.boundary_radius,
+        spacing=spacing,
+        min_pixels=min_pixels,
     )
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            n = stop.value
+            break
+        yield Progress("instances", done, total)
+        if done < total and cancel is not None and cancel.is_set():
+            raise PredictionCancelled("prediction cancelled")
     if root is not None:
         del root["seeds"]
-    if min_pixels > 0:
-        n = drop_small_chunked(labels, sizes, shape, chunks, min_pixels)
-    yield Progress("instances", total, total)
     return labels, n
 
 
