@@ -1,7 +1,5 @@
 """The attention dock widget in a real napari viewer (xvfb)."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -47,7 +45,8 @@ def test_click_shows_attention_and_grouping_aligned(make_napari_viewer, qtbot, c
     widget.image_layer.value = "img"
     widget.window.value = 32
     world = layer.data_to_world((40, 30))
-    widget._on_click(viewer, SimpleNamespace(type="mouse_press", position=tuple(world)))
+    widget.point.value = ", ".join(map(str, world))
+    widget.show_point()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert "over 2 blocks" in widget.status.value, widget.status.value
     for block in (0, 1):
@@ -74,6 +73,92 @@ def test_click_shows_attention_and_grouping_aligned(make_napari_viewer, qtbot, c
     widget.show_point()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert len(viewer.layers) == n_layers
+
+
+def _mouse(viewer, press, release=None):
+    """Press the left button at canvas pixel ``press`` (x, y) and release it at ``release``,
+    moving there first: real vispy events through napari's mouse handling."""
+    from vispy.app.canvas import MouseEvent
+
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    canvas.events.mouse_press(pos=press, modifiers=(), button=1)
+    if release is not None:
+        canvas.events.mouse_move(
+            pos=release,
+            modifiers=(),
+            button=1,
+            press_event=MouseEvent(pos=press, type="mouse_press", button=1),
+        )
+    canvas.events.mouse_release(pos=release or press, modifiers=(), button=1)
+
+
+def _centre(viewer):
+    height, width = viewer.window._qt_viewer.canvas.size
+    return (width / 2, height / 2)
+
+
+def test_a_click_on_the_canvas_shows_its_attention_a_drag_does_not(
+    make_napari_viewer, qtbot, checkpoints
+):
+    viewer = make_napari_viewer(show=True)
+    img, _ = synthetic_nuclei((80, 70), (0.5, 0.5), seed=0)
+    layer = viewer.add_image(img, name="img", scale=(0.5, 0.5), translate=(100.0, 50.0))
+    widget = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model.use_checkpoint(checkpoints[0])
+    widget.image_layer.value = "img"
+    widget.window.value = 32
+    target = layer.data_to_world((40, 30))
+    viewer.camera.center = tuple(target)
+    # A drag (panning) shows nothing.
+    x, y = _centre(viewer)
+    _mouse(viewer, (x, y), (x + 40, y + 25))
+    assert widget.worker is None and "attention block 0" not in viewer.layers
+    viewer.camera.center = tuple(target)
+    # A click at the centre of the canvas: the point there.
+    _mouse(viewer, _centre(viewer))
+    assert widget.worker is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert "over 2 blocks" in widget.status.value, widget.status.value
+    clicked = [float(v) for v in widget.point.value.split(",")]
+    np.testing.assert_allclose(clicked, target, atol=layer.scale[0])
+    att = viewer.layers["attention block 0"]
+    centre = np.asarray(att.world_to_data(target))
+    np.testing.assert_allclose(centre, (16, 16), atol=1)
+    # A click while painting labels is the labels layer's.
+    labels = viewer.add_labels(np.zeros((80, 70), np.uint8), scale=(0.5, 0.5))
+    labels.mode = "paint"
+    status = widget.status.value
+    _mouse(viewer, _centre(viewer))
+    assert widget.worker is None and widget.status.value == status
+
+
+def test_a_3d_click_picks_the_brightest_voxel_on_its_ray(make_napari_viewer, qtbot, checkpoints):
+    viewer = make_napari_viewer(show=True)
+    rng = np.random.default_rng(0)
+    volume = rng.random((8, 40, 40)).astype(np.float32)
+    volume[5, 22, 17] = 10.0
+    layer = viewer.add_image(volume, name="vol", scale=(2.0, 0.5, 0.5), translate=(4.0, 0, 0))
+    widget = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model.use_checkpoint(checkpoints[1])
+    widget.image_layer.value = "vol"
+    widget.window.value = 16
+    viewer.dims.ndisplay = 3
+    target = np.asarray(layer.data_to_world((5, 22, 17)))
+    viewer.camera.angles = (0, 20, 80)  # an oblique view: the ray crosses z, y and x
+    # The view centred 3 units in front of the bright voxel, on the ray through it.
+    viewer.camera.center = tuple(target - 3.0 * np.asarray(viewer.camera.view_direction))
+    _mouse(viewer, _centre(viewer))
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert "over 2 blocks" in widget.status.value, widget.status.value
+    picked = [float(v) for v in widget.point.value.split(",")]
+    np.testing.assert_allclose(picked, target)
+    assert viewer.layers["attention block 0"].data.ndim == 3
+    # A ray that misses the volume computes nothing and says so.
+    viewer.camera.center = tuple(target + (0.0, 500.0, 500.0))
+    _mouse(viewer, _centre(viewer))
+    assert widget.worker is None and "missed" in widget.status.value
 
 
 def test_3d_volume_point(make_napari_viewer, qtbot, checkpoints):

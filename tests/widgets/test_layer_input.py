@@ -53,3 +53,22 @@ def test_instance_labels_are_uint16_when_they_fit(top, dtype):
     np.testing.assert_allclose(arrays["foreground"][0], 0.75)
     kinds = [(kind, kw["name"]) for _, kw, kind in result_layers(source, arrays, "vol")]
     assert kinds == [("image", "vol foreground (RAT)"), ("labels", "vol instances (RAT)")]
+
+
+@pytest.mark.parametrize("multiscale", [False, True])
+def test_a_3d_click_points_at_the_brightest_voxel_on_its_ray(multiscale):
+    from napari_rat._widgets.layer_input import brightest_on_ray
+
+    rng = np.random.default_rng(0)
+    volume = rng.random((16, 32, 32)).astype(np.float32)
+    volume[11, 20:22, 8:10] = 5.0  # one bright 2x2 column, at every level a single voxel
+    volume[3, 4, 30] = 9.0  # brighter, but off the ray
+    data = [volume, volume.reshape(8, 2, 16, 2, 16, 2).mean((1, 3, 5))] if multiscale else volume
+    layer = napari.layers.Image(data, multiscale=multiscale, scale=(2.0, 0.5, 0.5))
+    # A ray along z through the column (level-0 data coordinates, as napari gives them).
+    point = brightest_on_ray(layer, (-0.5, 20.2, 8.2), (15.5, 20.2, 8.2))
+    expected = (11.0, 20.5, 8.5) if multiscale else (11.0, 20.0, 8.0)
+    np.testing.assert_allclose(point, expected, atol=0.51 if multiscale else 0)
+    # An oblique ray crossing the column.
+    point = brightest_on_ray(layer, (3.0, 20.2, 0.2), (15.0, 20.2, 12.2))
+    assert abs(point[0] - 11) <= 1 and abs(point[2] - 8.2) <= 1

@@ -16,12 +16,20 @@ import numpy as np
 from magicgui.widgets import ComboBox, LineEdit, PushButton, SpinBox
 
 from napari_rat._widgets.dock_base import ModelDock
-from napari_rat._widgets.layer_input import layer_input
+from napari_rat._widgets.layer_input import brightest_on_ray, layer_input
 from napari_rat._widgets.model_imports import keep_triton_out
 
+#: How far (screen pixels) the mouse may move between press and release for a click; further
+#: is a drag (panning, rotating), which shows nothing.
+CLICK_SLOP_PX = 4
 
-def attention_job(checkpoint, device, layer, data_point, step, window):
-    """Worker: the maps for ``data_point`` (level-0 data pixels of ``layer``)."""
+
+def attention_job(checkpoint, device, layer, data_point, window, ray=None):
+    """Worker: the maps for ``data_point`` (level-0 data pixels of ``layer``).
+
+    With ``ray`` (a 3D click: where the view ray enters and leaves the layer), the point is
+    the brightest voxel on it instead (:func:`brightest_on_ray`).
+    """
     keep_triton_out()
     import torch
 
@@ -29,6 +37,9 @@ def attention_job(checkpoint, device, layer, data_point, step, window):
     from napari_rat.inference.model_loading import load_model_for_inference
     from napari_rat.model.attention_maps import native_grouping, point_attention
 
+    if ray is not None:
+        data_point = brightest_on_ray(layer, *ray)
+    step = [int(round(v)) for v in data_point]
     device = resolve_device(device)
     model = load_model_for_inference(checkpoint, device=device)
     dims = model.spatial_dims
@@ -46,7 +57,7 @@ def attention_job(checkpoint, device, layer, data_point, step, window):
     point = world - origin  # physical position inside the window
     maps = point_attention(model, x, [source.spacing], point)
     groups = native_grouping(model, x, [source.spacing])
-    return source, maps, groups
+    return source, maps, groups, np.asarray(layer.data_to_world(data_point))
 
 
 class AttentionWidget(ModelDock):
@@ -69,13 +80,47 @@ class AttentionWidget(ModelDock):
         self.viewer.mouse_drag_callbacks.append(self._on_click)
 
     def _on_click(self, viewer, event):
+        """A click (press and release without dragging) on the canvas shows its attention.
+
+        A drag pans or rotates the view, and a click that paints or adds points (the active
+        layer in a mode other than pan/zoom) is the layer's: neither computes anything. In a
+        3D view the click's ray picks the brightest voxel it crosses.
+        """
         if self.pick.value == "off" or event.type != "mouse_press":
             return
-        self.point.value = ", ".join(f"{v:.3f}" for v in event.position)
-        self.show_point()
+        active = viewer.layers.selection.active
+        if getattr(active, "mode", "pan_zoom") not in ("pan_zoom", "transform"):
+            return
+        press = np.asarray(event.pos, float)
+        position = tuple(event.position)
+        view_direction = getattr(event, "view_direction", None)
+        dims_displayed = list(getattr(event, "dims_displayed", []))
+        yield
+        while event.type == "mouse_move":
+            if np.abs(np.asarray(event.pos, float) - press).max() > CLICK_SLOP_PX:
+                return  # a drag
+            yield
+        ray = None
+        if len(dims_displayed) == 3 and view_direction is not None:
+            layer = self.chosen_layer()
+            if layer is None:
+                return
+            start, end = layer.get_ray_intersections(
+                position, view_direction, dims_displayed, world=True
+            )
+            if start is None:
+                self._set_status("the click missed the image", error=True)
+                return
+            ray = (start, end)
+        self.point.value = ", ".join(f"{v:.3f}" for v in position)
+        self.show_point(ray=ray)
 
-    def show_point(self):
-        """Compute the maps for the point in the ``point`` field (world coordinates)."""
+    def show_point(self, ray=None):
+        """Compute the maps for the point in the ``point`` field (world coordinates).
+
+        ``ray``: ``(start, end)`` of a 3D click's view ray in the layer's data coordinates; the
+        point is then the brightest voxel on it, and the field shows it once found.
+        """
         if self.worker is not None:
             self._set_status("busy: wait for the current maps", error=True)
             return
@@ -94,10 +139,11 @@ class AttentionWidget(ModelDock):
             )
             return
         data_point = np.asarray(layer.world_to_data(world), float)
-        if np.any(data_point < -0.5) or np.any(data_point > np.asarray(layer.data.shape) - 0.5):
+        if ray is None and (
+            np.any(data_point < -0.5) or np.any(data_point > np.asarray(layer.data.shape) - 0.5)
+        ):
             self._set_status("the point is outside the image", error=True)
             return
-        step = [int(round(v)) for v in data_point]
         self._set_status("computing attention…")
         self._start(
             attention_job,
@@ -105,8 +151,8 @@ class AttentionWidget(ModelDock):
             self.device.value,
             layer,
             data_point,
-            step,
             self.window.value,
+            ray,
             returned=self._on_result,
         )
 
@@ -123,7 +169,8 @@ class AttentionWidget(ModelDock):
         return self.viewer.add_labels(data, name=name, **meta)
 
     def _on_result(self, value):
-        source, maps, groups = value
+        source, maps, groups, world = value
+        self.point.value = ", ".join(f"{v:.3f}" for v in world)
         meta = source.placement()
         steps = []
         for block, (att, grp) in enumerate(zip(maps, groups, strict=True)):

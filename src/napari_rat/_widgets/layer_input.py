@@ -130,3 +130,39 @@ def layer_input(
             if hasattr(layer, attr)
         ),
     )
+
+
+#: Largest box (in voxels) :func:`brightest_on_ray` reads at once; a longer ray through a bigger
+#: box is read point by point.
+RAY_BOX_VOXELS = 16 * 2**20
+
+
+def brightest_on_ray(layer, start: Sequence[float], end: Sequence[float]) -> np.ndarray:
+    """The point of a view ray where the layer is brightest: what a 3D click points at.
+
+    ``start``/``end``: where the ray enters and leaves the layer (level-0 data coordinates, as
+    napari's ``Layer.get_ray_intersections`` gives them). napari renders volumes as maximum
+    intensity projections, so the voxel the user sees under the cursor is the brightest one on
+    the ray. A multiscale layer is read at its coarsest level (the one napari renders in 3D).
+    Returns level-0 data coordinates (the centre of the chosen voxel).
+    """
+    multiscale = getattr(layer, "multiscale", False)
+    level = len(layer.data) - 1 if multiscale else 0
+    data = layer.data[level] if multiscale else layer.data
+    factors = _level_factors(layer, level)
+    # Level-k voxel i is centred at level-0 coordinate i * f + (f - 1) / 2 (napari's layout).
+    a = (np.asarray(start, float) - (factors - 1) / 2) / factors
+    b = (np.asarray(end, float) - (factors - 1) / 2) / factors
+    shape = np.asarray(data.shape[-layer.ndim :])
+    count = int(np.ceil(np.abs(b - a).max())) + 1
+    points = a + np.linspace(0.0, 1.0, count)[:, None] * (b - a)
+    voxels = np.clip(np.floor(points + 0.5), 0, shape - 1).astype(int)
+    voxels = voxels[np.r_[True, np.any(np.diff(voxels, axis=0) != 0, axis=1)]]
+    lo, hi = voxels.min(axis=0), voxels.max(axis=0) + 1
+    if np.prod(hi - lo) <= RAY_BOX_VOXELS:
+        box = np.asarray(data[tuple(slice(i, j) for i, j in zip(lo, hi, strict=True))])
+        values = box[tuple((voxels - lo).T)]
+    else:
+        values = np.array([np.asarray(data[tuple(v)]) for v in voxels])
+    best = voxels[int(np.argmax(values))]
+    return best * factors + (factors - 1) / 2
