@@ -76,7 +76,6 @@ def predict_logits(
     out = None
     norm = np.zeros(shape, dtype=np.float32)
     shapes = level_shapes(tile, scales)
-    spacings = [tuple(float(s) * sc for s in spacing) for sc in scales]
     # Levels of a tile share its physical box; their spacing follows from their pixel count.
     spacings = [
         tuple(t * s / n for t, s, n in zip(tile, spacing, sh, strict=True)) for sh in shapes
