@@ -38,13 +38,10 @@ def test_measurement_during_a_tiny_run_of_the_dock(make_napari_viewer):
         # Every tick and probe time falls inside the measurement.
         assert res.start <= min(res.tick_at) and res.start <= min(res.probe_at)
     idle = result["idle"]
-    assert 0.45 < idle.seconds < 5 and len(idle.lateness_ms) >= 2
-    # How many ticks fit depends on the machine (a software-GL redraw per probe can take 100+
-    # ms), but the ticks account for the time: each interval is tick_ms + its lateness, give or
-    # take the early ticks (lateness floored at 0).
-    ms = 1000 * (idle.tick_at[-1] - idle.start)
-    claimed = sum(idle.tick_ms + late for late in idle.lateness_ms)
-    assert ms - 1 <= claimed <= ms + idle.tick_ms * len(idle.lateness_ms) + 1
+    # How many ticks fit in the 0.5 s depends on the machine (a software-GL redraw per probe
+    # can take 100+ ms), but the timer kept firing and the baseline lasted as long as asked.
+    assert len(idle.lateness_ms) >= 2 and np.all(np.diff(idle.tick_at) > 0)
+    assert 0.5 <= idle.tick_at[-1] - idle.start and 0.5 <= idle.seconds < 5
     # The phases tile the run, in order.
     assert [name for name, _, _ in result["phases"]] == list(PHASES)
     bounds = [b for _, a, b in result["phases"]]

@@ -46,7 +46,7 @@ def test_click_shows_attention_and_grouping_aligned(make_napari_viewer, qtbot, c
     widget.window.value = 32
     world = layer.data_to_world((40, 30))
     widget.point.value = ", ".join(map(str, world))
-    widget.show_point()
+    widget.show_button.native.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert "over 2 blocks" in widget.status.value, widget.status.value
     for block in (0, 1):
@@ -75,21 +75,21 @@ def test_click_shows_attention_and_grouping_aligned(make_napari_viewer, qtbot, c
     assert len(viewer.layers) == n_layers
 
 
-def _mouse(viewer, press, release=None):
-    """Press the left button at canvas pixel ``press`` (x, y) and release it at ``release``,
-    moving there first: real vispy events through napari's mouse handling."""
+def _mouse(viewer, press, release=None, button=1):
+    """Press ``button`` (1: left) at canvas pixel ``press`` (x, y) and release it at
+    ``release``, moving there first: real vispy events through napari's mouse handling."""
     from vispy.app.canvas import MouseEvent
 
     canvas = viewer.window._qt_viewer.canvas._scene_canvas
-    canvas.events.mouse_press(pos=press, modifiers=(), button=1)
+    canvas.events.mouse_press(pos=press, modifiers=(), button=button)
     if release is not None:
         canvas.events.mouse_move(
             pos=release,
             modifiers=(),
-            button=1,
-            press_event=MouseEvent(pos=press, type="mouse_press", button=1),
+            button=button,
+            press_event=MouseEvent(pos=press, type="mouse_press", button=button),
         )
-    canvas.events.mouse_release(pos=release or press, modifiers=(), button=1)
+    canvas.events.mouse_release(pos=release or press, modifiers=(), button=button)
 
 
 def _centre(viewer):
@@ -115,6 +115,9 @@ def test_a_click_on_the_canvas_shows_its_attention_a_drag_does_not(
     _mouse(viewer, (x, y), (x + 40, y + 25))
     assert widget.worker is None and "attention block 0" not in viewer.layers
     viewer.camera.center = tuple(target)
+    # Nor does a right click.
+    _mouse(viewer, _centre(viewer), button=2)
+    assert widget.worker is None and "attention block 0" not in viewer.layers
     # A click at the centre of the canvas: the point there.
     _mouse(viewer, _centre(viewer))
     assert widget.worker is not None
@@ -159,6 +162,39 @@ def test_a_3d_click_picks_the_brightest_voxel_on_its_ray(make_napari_viewer, qtb
     viewer.camera.center = tuple(target + (0.0, 500.0, 500.0))
     _mouse(viewer, _centre(viewer))
     assert widget.worker is None and "missed" in widget.status.value
+
+
+def test_a_3d_click_in_a_4d_viewer_picks_in_the_current_time_point(
+    make_napari_viewer, qtbot, checkpoints
+):
+    viewer = make_napari_viewer(show=True)
+    rng = np.random.default_rng(1)
+    movie = rng.random((4, 8, 40, 40)).astype(np.float32)
+    movie[2, 5, 22, 17] = 10.0  # bright at t = 2 only
+    movie[1, 2, 22, 17] = 20.0  # brighter on the same ray, at another time point
+    placement = {"scale": (2.0, 0.5, 0.5), "translate": (4.0, 0.0, 0.0)}
+    layer = viewer.add_image(
+        movie, name="movie", scale=(5.0, *placement["scale"]), translate=(100.0, 4.0, 0.0, 0.0)
+    )
+    # A 3D layer too: fewer axes than the viewer.
+    vol = viewer.add_image(movie[2], name="vol", **placement)
+    widget = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model.use_checkpoint(checkpoints[1])
+    widget.window.value = 16
+    viewer.dims.ndisplay = 3
+    viewer.dims.set_current_step(0, 2)
+    target = np.asarray(layer.data_to_world((2, 5, 22, 17)))
+    viewer.camera.angles = (0, 20, 80)
+    viewer.camera.center = tuple(target[1:] - 3.0 * np.asarray(viewer.camera.view_direction))
+    for name, expected in (("movie", target), ("vol", target)):
+        widget.image_layer.value = name
+        _mouse(viewer, _centre(viewer))
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+        assert "over 2 blocks" in widget.status.value, (name, widget.status.value)
+        picked = [float(v) for v in widget.point.value.split(",")]
+        np.testing.assert_allclose(picked, expected, atol=1e-3, err_msg=name)
+    assert vol.ndim == 3
 
 
 def test_3d_volume_point(make_napari_viewer, qtbot, checkpoints):

@@ -60,6 +60,36 @@ def attention_job(checkpoint, device, layer, data_point, window, ray=None):
     return source, maps, groups, np.asarray(layer.data_to_world(data_point))
 
 
+def click_ray(layer, position, view_direction, dims_displayed):
+    """Where a 3D view's click ray enters and leaves ``layer``, in its data coordinates.
+
+    ``position``, ``view_direction`` and ``dims_displayed`` are the mouse event's (world, the
+    viewer's axes). Returns ``(start, end)`` over all the layer's axes (the hidden ones at the
+    viewer's current point), ``(None, None)`` when the ray misses the layer, or ``None`` when
+    fewer than 3 of the layer's axes are shown (a 2D layer in a 3D view: a plain click).
+    """
+    from napari.layers.utils.layer_utils import dims_displayed_world_to_layer
+
+    position = np.asarray(position, float)
+    shown = dims_displayed_world_to_layer(
+        list(dims_displayed), ndim_world=len(position), ndim_layer=layer.ndim
+    )
+    if len(shown) != 3:
+        return None
+    # The layer's own world axes (the last ones); napari keeps the hidden axes of the ray in
+    # world coordinates, so they are set to the data coordinates of the clicked point.
+    mine = position[-layer.ndim :]
+    direction = np.asarray(view_direction, float)[-layer.ndim :]
+    start, end = layer.get_ray_intersections(mine, direction, shown, world=True)
+    if start is None:
+        return None, None
+    point = np.asarray(layer.world_to_data(mine), float)
+    hidden = [axis for axis in range(layer.ndim) if axis not in shown]
+    start, end = np.asarray(start, float), np.asarray(end, float)
+    start[hidden] = end[hidden] = point[hidden]
+    return start, end
+
+
 class AttentionWidget(ModelDock):
     """Per-block attention of a clicked point, and each block's native grouping."""
 
@@ -76,7 +106,7 @@ class AttentionWidget(ModelDock):
             actions=[self.pick, self.point, self.show_button],
             status="click a point in the viewer",
         )
-        self.show_button.clicked.connect(self.show_point)
+        self.show_button.clicked.connect(lambda: self.show_point())
         self.viewer.mouse_drag_callbacks.append(self._on_click)
 
     def _on_click(self, viewer, event):
@@ -86,8 +116,10 @@ class AttentionWidget(ModelDock):
         layer in a mode other than pan/zoom) is the layer's: neither computes anything. In a
         3D view the click's ray picks the brightest voxel it crosses.
         """
-        if self.pick.value == "off" or event.type != "mouse_press":
+        if self.pick.value == "off" or event.type != "mouse_press" or event.button != 1:
             return
+        if event.modifiers:
+            return  # e.g. space-drag panning over a labels layer, or napari's own shortcuts
         active = viewer.layers.selection.active
         if getattr(active, "mode", "pan_zoom") not in ("pan_zoom", "transform"):
             return
@@ -105,17 +137,14 @@ class AttentionWidget(ModelDock):
             layer = self.chosen_layer()
             if layer is None:
                 return
-            start, end = layer.get_ray_intersections(
-                position, view_direction, dims_displayed, world=True
-            )
-            if start is None:
+            ray = click_ray(layer, position, view_direction, dims_displayed)
+            if ray is not None and ray[0] is None:
                 self._set_status("the click missed the image", error=True)
                 return
-            ray = (start, end)
         self.point.value = ", ".join(f"{v:.3f}" for v in position)
         self.show_point(ray=ray)
 
-    def show_point(self, ray=None):
+    def show_point(self, *, ray=None):
         """Compute the maps for the point in the ``point`` field (world coordinates).
 
         ``ray``: ``(start, end)`` of a 3D click's view ray in the layer's data coordinates; the
@@ -170,7 +199,10 @@ class AttentionWidget(ModelDock):
 
     def _on_result(self, value):
         source, maps, groups, world = value
-        self.point.value = ", ".join(f"{v:.3f}" for v in world)
+        # The point the maps are for (a 3D click's picked voxel), on the viewer's axes.
+        point = [float(v) for v in self.point.value.replace(",", " ").split()]
+        point[len(point) - len(world) :] = world
+        self.point.value = ", ".join(f"{v:.3f}" for v in point)
         meta = source.placement()
         steps = []
         for block, (att, grp) in enumerate(zip(maps, groups, strict=True)):

@@ -137,17 +137,20 @@ def layer_input(
 RAY_BOX_VOXELS = 16 * 2**20
 
 
-def brightest_on_ray(layer, start: Sequence[float], end: Sequence[float]) -> np.ndarray:
+def brightest_on_ray(
+    layer, start: Sequence[float], end: Sequence[float], level: int | None = None
+) -> np.ndarray:
     """The point of a view ray where the layer is brightest: what a 3D click points at.
 
     ``start``/``end``: where the ray enters and leaves the layer (level-0 data coordinates, as
     napari's ``Layer.get_ray_intersections`` gives them). napari renders volumes as maximum
     intensity projections, so the voxel the user sees under the cursor is the brightest one on
-    the ray. A multiscale layer is read at its coarsest level (the one napari renders in 3D).
+    the ray. A multiscale layer is read at ``level`` (default: ``layer.data_level``, the level
+    napari renders).
     Returns level-0 data coordinates (the centre of the chosen voxel).
     """
     multiscale = getattr(layer, "multiscale", False)
-    level = len(layer.data) - 1 if multiscale else 0
+    level = (layer.data_level if level is None else level) if multiscale else 0
     data = layer.data[level] if multiscale else layer.data
     factors = _level_factors(layer, level)
     # Level-k voxel i is centred at level-0 coordinate i * f + (f - 1) / 2 (napari's layout).
