@@ -190,6 +190,9 @@ def instances_chunked(
 ) -> Generator[tuple[int, int], None, int]:
     """Instance labels from a foreground mask and its cores (foreground minus boundary).
 
+    The cores must lie inside the foreground (every seed then keeps at least itself, and the
+    labels stay consecutive).
+
     1. the cores' connected components (face connectivity) are the seeds;
     2. the seeds grow into the foreground: each foreground pixel takes the nearest seed within
        ``radius`` pixels (of the finest axis, measured in physical units with ``spacing``);
