@@ -30,7 +30,7 @@ def test_measurement_during_a_tiny_run_of_the_dock(make_napari_viewer):
     result = measure_widget_inference(viewer, image, idle_s=0.5, tile=64, tail_s=0.3)
     assert result["status"].startswith("done"), result["status"]
     assert result["layers"] == ["nuclei foreground (RAT)", "nuclei instances (RAT)"]
-    for name in ("idle", "dock opened", "inference"):
+    for name in ("idle", "dock opened", "inference", "napari floor"):
         res = result[name]
         assert res.seconds > 0
         for series in ("lateness_ms", "response_ms", "redraw_ms"):
@@ -49,8 +49,11 @@ def test_measurement_during_a_tiny_run_of_the_dock(make_napari_viewer):
     busy = result["inference"]
     total = sum(busy.summary(between=(a, b))["lateness_ms"]["n"] for _, a, b in result["phases"])
     assert total == len(busy.lateness_ms)
+    # napari's floor: 64^2 copies of the result layers, added and removed again.
+    assert [lyr.name for lyr in viewer.layers] == ["nuclei", *result["layers"]]
     report = format_report(result)
     assert "| inference |" in report and "target" in report and "| tiles |" in report
+    assert "| napari floor |" in report and "napari's floor" in report
 
 
 @pytest.mark.slow
