@@ -35,15 +35,21 @@ def checkpoints(tmp_path_factory):
     )
 
 
-def test_click_shows_attention_and_grouping_aligned(make_napari_viewer, qtbot, checkpoints):
-    viewer = make_napari_viewer()
+def _dock_on_nuclei(viewer, checkpoint):
+    """An 80x70 nuclei image placed off the origin, and the attention dock set up on it."""
     img, _ = synthetic_nuclei((80, 70), (0.5, 0.5), seed=0)
     layer = viewer.add_image(img, name="img", scale=(0.5, 0.5), translate=(100.0, 50.0))
     widget = AttentionWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.model.use_checkpoint(checkpoints[0])
+    widget.model.use_checkpoint(checkpoint)
     widget.image_layer.value = "img"
     widget.window.value = 32
+    return layer, widget
+
+
+def test_click_shows_attention_and_grouping_aligned(make_napari_viewer, qtbot, checkpoints):
+    viewer = make_napari_viewer()
+    layer, widget = _dock_on_nuclei(viewer, checkpoints[0])
     world = layer.data_to_world((40, 30))
     widget.point.value = ", ".join(map(str, world))
     widget.show_button.native.click()
@@ -101,13 +107,7 @@ def test_a_click_on_the_canvas_shows_its_attention_a_drag_does_not(
     make_napari_viewer, qtbot, checkpoints
 ):
     viewer = make_napari_viewer(show=True)
-    img, _ = synthetic_nuclei((80, 70), (0.5, 0.5), seed=0)
-    layer = viewer.add_image(img, name="img", scale=(0.5, 0.5), translate=(100.0, 50.0))
-    widget = AttentionWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.model.use_checkpoint(checkpoints[0])
-    widget.image_layer.value = "img"
-    widget.window.value = 32
+    layer, widget = _dock_on_nuclei(viewer, checkpoints[0])
     target = layer.data_to_world((40, 30))
     viewer.camera.center = tuple(target)
     # A drag (panning) shows nothing.
