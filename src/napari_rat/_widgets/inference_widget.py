@@ -185,11 +185,34 @@ class InferenceWidget(ModelDock):
         )
 
     def _view_box(self, layer) -> np.ndarray:
-        corners = np.asarray(layer.corner_pixels, float)
-        if getattr(layer, "multiscale", False):
-            factors = np.asarray(layer.downsample_factors[layer.data_level])
-            corners = corners * factors
-        return corners
+        """What the canvas shows of ``layer``: a ``(2, ndim)`` box in level-0 data pixels.
+
+        In a 2D view, the displayed axes span the canvas (camera centre, zoom and canvas size:
+        the world rectangle on screen, mapped through the layer's transform); every other
+        axis, and every axis of a 3D view, spans the whole layer (a 3D model on a 2D view of a
+        volume gets the view's box through the whole stack). ``layer.corner_pixels`` is not
+        used: napari widens it to whole chunks (a NumPy pyramid level is one chunk).
+        """
+        shape = np.asarray(layer.level_shapes[0] if layer.multiscale else layer.data.shape)
+        box = np.stack([np.zeros(layer.ndim), shape - 1.0])
+        displayed = list(self.viewer.dims.displayed)
+        if len(displayed) != 2:
+            return box
+        height, width = self.viewer.canvas.size
+        half = np.array([height, width], float) / self.viewer.camera.zoom / 2
+        centre = np.asarray(self.viewer.camera.center, float)[-2:]
+        point = np.asarray(self.viewer.dims.point, float)
+        corners = []
+        for dy in (-1, 1):
+            for dx in (-1, 1):
+                world = point.copy()
+                world[displayed] = centre + np.array([dy, dx]) * half
+                corners.append(np.asarray(layer.world_to_data(world), float))
+        corners = np.asarray(corners)
+        offset = len(point) - layer.ndim
+        for axis in (d - offset for d in displayed if d >= offset):
+            box[:, axis] = corners[:, axis].min(), corners[:, axis].max()
+        return box
 
     def cancel(self):
         """Ask the worker to stop after the current tile; nothing partial is added."""

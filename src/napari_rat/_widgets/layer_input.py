@@ -93,7 +93,9 @@ def layer_input(
     data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
     factors = _level_factors(layer, level)
     scale = np.asarray(layer.scale, float) * factors
-    translate = np.asarray(layer.translate, float)
+    # napari centres level-k pixel i on level-0 pixel i * f + (f - 1) / 2 (the block it
+    # averages): the level's origin is half a block minus half a pixel from level 0's.
+    translate = np.asarray(layer.translate, float) + (factors - 1) / 2 * np.asarray(layer.scale)
     step = list(current_step) if current_step is not None else [0] * ndim
     spatial = list(range(ndim - model_dims, ndim))
     index: list = []
@@ -102,7 +104,7 @@ def layer_input(
     for axis in range(ndim):
         n = data.shape[axis]
         if axis not in spatial:
-            i = int(np.clip(round(step[axis] / factors[axis]), 0, n - 1))
+            i = int(np.clip(step[axis] // factors[axis], 0, n - 1))  # the block holding it
             index.append(slice(i, i + 1))
             out_translate[axis] = translate[axis] + i * scale[axis]
             sliced.append(axis)
