@@ -72,6 +72,33 @@ def test_selected_region_keeps_world_position(image_3d):
     np.testing.assert_array_equal(np.asarray(gfp.data[0]), level1.data[1, 2:6, 8:24].compute())
 
 
+def test_a_region_of_several_levels_keeps_the_levels_nested(image_3d):
+    """Cropping a region out of several levels widens it to whole voxels of the coarsest, so
+    each coarse voxel still covers its block of the finest (as napari draws a multiscale
+    layer): world positions from the metadata and from napari agree at every level."""
+    full = open_pyramid(image_3d)
+    pyramid = full.select(region={"y": (5, 27), "x": (3, 21)})
+    (gfp,) = _layers(pyramid_layer_data(pyramid, channels=[1]))
+    finest = pyramid.levels[0]
+    assert finest.shape[2] > 22 and finest.shape[3] > 18  # the region, widened
+    for k, level in enumerate(pyramid.levels):
+        f = np.round(np.divide(level.scale, finest.scale)).astype(int)[1:]
+        # napari: level-k voxel 0 is centred on the finest crop's block (f - 1) / 2.
+        drawn = gfp.data_to_world((f - 1) / 2)
+        np.testing.assert_allclose(drawn, level.translation[1:], err_msg=f"level {k}")
+        # and it holds what the full pyramid holds there.
+        world = np.asarray(level.translation[1:])
+        index = np.round((world - full.levels[k].translation[1:]) / level.scale[1:]).astype(int)
+        np.testing.assert_array_equal(
+            np.asarray(level.data[1, :2, :2, :2]),
+            np.asarray(
+                full.levels[k].data[
+                    1, index[0] : index[0] + 2, index[1] : index[1] + 2, index[2] : index[2] + 2
+                ]
+            ),
+        )
+
+
 def test_writer_contribution_saves_labels_layer(image_3d):
     from napari.layers import Labels
 

@@ -165,7 +165,10 @@ class Pyramid:
         region
             ``{axis_name: (start, stop)}`` in **level-0 voxels**. Each kept level is cropped to
             the voxels that cover the same world region, and its translation moves so the
-            crop stays where it was. Axes not named are kept whole.
+            crop stays where it was. Axes not named are kept whole. With several levels kept,
+            the crop widens to whole voxels of the coarsest one, so that voxel ``i`` of each
+            cropped level still covers voxels ``i * f`` to ``(i + 1) * f - 1`` of the finest
+            (how napari, and any pyramid reader, relates the levels of a multiscale image).
 
         Returns
         -------
@@ -180,7 +183,7 @@ class Pyramid:
             unknown = set(region) - set(self.axis_names)
             if unknown:
                 raise ValueError(f"unknown axes in region: {sorted(unknown)}")
-            kept = [_crop_level(lv, self.levels[0], self.axis_names, region) for lv in kept]
+            kept = _crop_levels(kept, self.levels[0], self.axis_names, region)
         labels = {}
         for name, lab in self.labels.items():
             lab_levels = [i for i in chosen if i < len(lab.levels)] or [len(lab.levels) - 1]
@@ -206,6 +209,53 @@ class Pyramid:
         if self.labels:
             lines.append("labels: " + ", ".join(self.labels))
         return "\n".join(lines)
+
+
+def _crop_levels(
+    levels: Sequence[PyramidLevel],
+    base: PyramidLevel,
+    names: Sequence[str],
+    region: Mapping[str, tuple[int, int]],
+) -> list[PyramidLevel]:
+    """Crop ``levels`` (finest first) to ``region``, block-aligned across the levels.
+
+    The finest level is cropped to cover the region; the crop then widens along the region's
+    axes to multiples of each coarser level's integer factor, and each coarser level keeps
+    exactly the voxels over it. Levels whose scales are not integer multiples of the finest
+    one's are cropped each on its own.
+    """
+    finest = _crop_level(levels[0], base, names, region)
+    if len(levels) == 1:
+        return [finest]
+    ratios = [np.asarray(lv.scale) / np.asarray(levels[0].scale) for lv in levels]
+    factors = [np.round(r).astype(int) for r in ratios]
+    nested = all(
+        np.allclose(r, f, rtol=1e-3) and (f >= 1).all()
+        for r, f in zip(ratios, factors, strict=True)
+    )
+    if not nested:
+        return [finest] + [_crop_level(lv, base, names, region) for lv in levels[1:]]
+    block = np.max(factors, axis=0)
+    origin = np.asarray(levels[0].translation)
+    start = np.round((np.asarray(finest.translation) - origin) / levels[0].scale).astype(int)
+    stop = start + np.asarray(finest.shape)
+    for axis, name in enumerate(names):
+        if name in region:
+            start[axis] -= start[axis] % block[axis]
+            stop[axis] = min(-(-stop[axis] // block[axis]) * block[axis], levels[0].shape[axis])
+    out = []
+    for level, f in zip(levels, factors, strict=True):
+        slices, translation = [], list(level.translation)
+        for axis, name in enumerate(names):
+            if name not in region:
+                slices.append(slice(0, level.shape[axis]))
+                continue
+            lo = int(start[axis] // f[axis])
+            hi = min(int(-(-stop[axis] // f[axis])), level.shape[axis])
+            slices.append(slice(lo, hi))
+            translation[axis] = level.translation[axis] + lo * level.scale[axis]
+        out.append(replace(level, data=level.data[tuple(slices)], translation=tuple(translation)))
+    return out
 
 
 def _crop_level(
