@@ -114,3 +114,59 @@ def test_predict_errors_are_one_line(files, tmp_path, capsys):
     args = ["predict", str(src), "--checkpoint", str(ckpt), "--output", str(out)]
     assert main([*args, "--min-size", "-1"]) == 2
     assert "--min-size -1.0 is negative" in capsys.readouterr().err and not out.exists()
+
+
+def _voxel_at(level, world):
+    """Index of the voxel of ``level`` (scale/translation metadata) whose extent holds each
+    world position (voxel j spans translation + (j -/+ 0.5) * scale)."""
+    return np.floor((world - level.translation[-1]) / level.scale[-1] + 0.5).astype(int)
+
+
+def test_labels_from_a_coarser_level_region_land_where_they_were_predicted(files):
+    """--level 1 --region: the labels written into the image at level 0 are, voxel by voxel,
+    those of the prediction's own OME-Zarr at the same world position."""
+    tmp, ckpt, img = files
+    src = write_image(
+        tmp / "coarse.zarr", img, axes="yx", scale=(0.5, 0.5), translation=(3.0, -7.0), levels=3
+    )
+    out = tmp / "coarse-out.zarr"
+    common = ["--checkpoint", str(ckpt), "--tile", "32", "--level", "1", "--region", "x=5:50"]
+    args = ["predict", str(src), *common, "--output", str(out), "--into-labels", "rat"]
+    assert main(args) == 0
+    predicted = open_pyramid(out).labels["instances"].levels[0]
+    pred = np.asarray(predicted.data)
+    written = open_pyramid(src).labels["rat"].levels[0]
+    lab = np.asarray(written.data)
+    assert pred.max() > 0
+    x_world = written.translation[1] + np.arange(lab.shape[1]) * written.scale[1]
+    j = np.floor((x_world - predicted.translation[1]) / predicted.scale[1] + 0.5).astype(int)
+    inside = (j >= 0) & (j < pred.shape[1])
+    # Rows: level-0 row y sits in level-1 row y // 2 (the whole y axis was predicted).
+    expected = pred[np.arange(lab.shape[0]) // 2][:, j[inside]]
+    np.testing.assert_array_equal(lab[:, inside], expected)
+    assert not lab[:, ~inside].any()
+    # No scratch folder is left next to the input.
+    assert not list(tmp.glob(".napari-rat-predict-*"))
+
+
+def test_unwritable_targets_are_refused_before_predicting(files, tmp_path, capsys):
+    tmp, ckpt, img = files
+    src = write_image(tmp_path / "i.zarr", img, axes="yx", scale=(0.5, 0.5))
+    taken = tmp_path / "taken.zarr"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    cases = [
+        (["--output", str(taken)], "already exists"),
+        (["--output", str(tmp_path / "no" / "o.zarr")], "is not a folder"),
+        (["--into-labels", "a/b"], "invalid label name"),
+        (["--output", str(tmp_path / "o.zarr"), "--into-labels", "x:y"], "invalid label name"),
+        (["--into-labels", "rat", "--levels", "0"], "1 or more"),
+    ]
+    for extra, message in cases:
+        assert main(["predict", str(src), "--checkpoint", str(ckpt), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+    # Nothing was written or half-written: the output of the combined case does not exist.
+    assert not (tmp_path / "o.zarr").exists()
+    assert (taken / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.zarr", "taken.zarr"]

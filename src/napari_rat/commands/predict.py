@@ -30,7 +30,40 @@ def load_model(checkpoint: str, device: str = "cpu", attention: str | None = Non
         raise CommandError(str(exc)) from None
 
 
+def _check_targets(args, pyramid) -> None:
+    """Refuse, before predicting, results that could not be written where asked."""
+    from pathlib import Path
+
+    from napari_rat.cli import CommandError
+    from napari_rat.inference.sources import check_labels_target
+
+    if args.output is not None:
+        out = Path(args.output).expanduser()
+        if out.exists():
+            raise CommandError(f"{out} already exists; choose another --output or remove it")
+        if not out.parent.is_dir():
+            raise CommandError(
+                f"{out.parent} is not a folder; create it or choose another --output"
+            )
+    if args.into_labels is not None:
+        try:
+            check_labels_target(pyramid, args.into_labels, overwrite=args.overwrite)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+
+
+def _scratch_folder(args):
+    """Where the prediction is built (on the destination's file system), removed at the end."""
+    import tempfile
+    from pathlib import Path
+
+    near = Path(args.output).expanduser().parent if args.output else Path(args.input).parent
+    return Path(tempfile.mkdtemp(prefix=".napari-rat-predict-", dir=near))
+
+
 def _run(args: argparse.Namespace) -> int:
+    import shutil
+
     from napari_rat.cli import CommandError
     from napari_rat.commands._progress import ProgressBar
     from napari_rat.inference import PredictOptions, predict, resolve_device, run_prediction
@@ -45,6 +78,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError("say where results go: --output OUT.zarr or --into-labels NAME")
     if args.min_size is not None and args.min_size < 0:
         raise CommandError(f"--min-size {args.min_size} is negative; give 0 or a positive size")
+    if args.levels is not None and args.levels < 1:
+        raise CommandError(f"--levels {args.levels}: give 1 or more pyramid levels")
     try:
         device = resolve_device(args.device)
         pyramid = open_pyramid(args.input)
@@ -56,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     except (OmeZarrError, ValueError) as exc:
         raise CommandError(str(exc)) from None
+    _check_targets(args, pyramid)
     model = load_model(args.checkpoint, str(device), args.attention)
     dims = model.spatial_dims
     tile = tuple(args.tile) * (dims if len(args.tile) == 1 else 1) if args.tile else None
@@ -63,40 +99,63 @@ def _run(args: argparse.Namespace) -> int:
     options = PredictOptions(
         tile=tile,
         halo=halo,
-        levels=args.levels,
+        levels=args.levels if args.levels is not None else trained_levels(model),
         device=str(device),
         precision=args.precision,
         resample_to_training_spacing=args.resample,
         min_instance_size=args.min_size,
     )
+    scratch = _scratch_folder(args)
     bar = ProgressBar()
     try:
-        result = run_prediction(
-            predict(model, source.image, source.spacing, source.translation, options=options),
-            lambda p: bar(p.done, p.total, p.stage),
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        try:
+            result = run_prediction(
+                predict(
+                    model,
+                    source.image,
+                    source.spacing,
+                    source.translation,
+                    options=options,
+                    store=scratch / "prediction.zarr",
+                ),
+                lambda p: bar(p.done, p.total, p.stage),
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        except (RuntimeError, MemoryError) as exc:
+            raise CommandError(
+                f"the prediction failed: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
+                "try a smaller --tile, --device cpu, or a --region"
+            ) from None
+        finally:
+            bar.close()
+        try:
+            if args.output:
+                path = write_prediction(
+                    result,
+                    args.output,
+                    source.axis_names,
+                    source.units,
+                    ngff_version=pyramid.ngff_version,
+                )
+                print(f"wrote {path} ({result.num_instances} instances)")
+            if args.into_labels:
+                path = write_prediction_into_labels(
+                    result, source, pyramid, args.into_labels, overwrite=args.overwrite
+                )
+                print(f"wrote {path} ({result.num_instances} instances)")
+        except (OmeZarrError, ValueError, FileExistsError, PermissionError) as exc:
+            raise CommandError(str(exc)) from None
     finally:
-        bar.close()
-    try:
-        if args.output:
-            path = write_prediction(
-                result,
-                args.output,
-                source.axis_names,
-                source.units,
-                ngff_version=pyramid.ngff_version,
-            )
-            print(f"wrote {path} ({result.num_instances} instances)")
-        if args.into_labels:
-            path = write_prediction_into_labels(
-                result, source, pyramid, args.into_labels, overwrite=args.overwrite
-            )
-            print(f"wrote {path} ({result.num_instances} instances)")
-    except (OmeZarrError, ValueError, FileExistsError, PermissionError) as exc:
-        raise CommandError(str(exc)) from None
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def trained_levels(model) -> int:
+    """How many pyramid levels the checkpoint's model was trained with (its ``scales``)."""
+    info = getattr(model, "checkpoint_info", None)
+    scales = (info.extra or {}).get("scales") if info is not None else None
+    return len(scales) if scales else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -109,9 +168,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", metavar="OUT.zarr", help="write probabilities + labels here")
     p.add_argument("--into-labels", metavar="NAME", help="write labels into IN.zarr/labels/NAME")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing label image")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing label image (--into-labels)"
+    )
     p.add_argument("--level", type=int, default=0, help="pyramid level to predict on")
-    p.add_argument("--levels", type=int, default=1, help="pyramid levels fed to the model")
+    p.add_argument(
+        "--levels",
+        type=int,
+        help="pyramid levels fed to the model (default: as many as it was trained with)",
+    )
     p.add_argument("--channel", type=int, nargs="+", help="channel indices (default: all)")
     p.add_argument(
         "--region",

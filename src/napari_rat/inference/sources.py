@@ -142,6 +142,26 @@ def _chunks(prediction: Prediction) -> tuple[int, ...]:
     return tuple(chunks) if chunks else tuple(min(256, n) for n in labels.shape)
 
 
+def check_labels_target(pyramid, name: str, overwrite: bool = False) -> None:
+    """Refuse, before anything is computed, labels that :func:`write_prediction_into_labels`
+    could not write into ``pyramid`` as ``labels/<name>``."""
+    from napari_rat.io.label_writer import _NAME_FORBIDDEN
+
+    if "://" in str(pyramid.uri) and not str(pyramid.uri).startswith(("/", ".")):
+        raise ValueError(f"{pyramid.uri} is remote; write labels into a local copy instead")
+    if not name or name.startswith(".") or _NAME_FORBIDDEN & set(name):
+        raise ValueError(f"invalid label name {name!r}: use a plain folder name")
+    extra = [a.name for a in pyramid.axes if a.type not in ("space", "channel")]
+    if extra:
+        raise ValueError(
+            f"{pyramid.uri} has non-spatial axes {extra}; write labels with napari_rat.io instead"
+        )
+    if name in pyramid.labels and not overwrite:
+        raise ValueError(
+            f"{pyramid.uri} already has labels/{name}; choose another name or pass --overwrite"
+        )
+
+
 def write_prediction_into_labels(
     prediction: Prediction,
     source: PredictionInput,
@@ -161,8 +181,7 @@ def write_prediction_into_labels(
 
     if prediction.labels is None:
         raise ValueError("the prediction has no instance labels (instances were turned off)")
-    if not str(pyramid.uri).startswith(("/", ".")) and "://" in str(pyramid.uri):
-        raise ValueError(f"{pyramid.uri} is remote; write labels into a local copy instead")
+    check_labels_target(pyramid, name, overwrite=True)  # an existing name: write_labels says
     spatial = pyramid.spatial_axes
     level0 = pyramid.levels[0]
     full = [level0.shape[i] for i in spatial]
@@ -173,20 +192,22 @@ def write_prediction_into_labels(
     for axis, f in enumerate(factors):
         if f > 1:
             lab = da.repeat(lab, f, axis=axis)
-    region = source.region or {}
-    starts = [region.get(pyramid.axis_names[i], (0, 0))[0] for i in spatial]
+    # Where the prediction's first voxel lies on the level-0 grid: a voxel of a level f times
+    # coarser covers level-0 voxels s..s+f-1 and is centred on their middle. (A region cut from
+    # a coarser level starts on that level's voxels, not at the region's level-0 start.)
+    starts = [
+        round((t - level0.translation[i]) / level0.scale[i] - (f - 1) / 2)
+        for t, i, f in zip(prediction.translation, spatial, factors, strict=True)
+    ]
     pads = []
     for axis in range(len(spatial)):
-        size = min(lab.shape[axis], full[axis] - starts[axis])
-        lab = lab[(slice(None),) * axis + (slice(0, size),)]
-        pads.append((starts[axis], full[axis] - starts[axis] - size))
+        skip = max(0, -starts[axis])  # below level 0's first voxel: cut off
+        start = max(0, starts[axis])
+        size = max(0, min(lab.shape[axis] - skip, full[axis] - start))
+        lab = lab[(slice(None),) * axis + (slice(skip, skip + size),)]
+        pads.append((start, full[axis] - start - size))
     if any(p != (0, 0) for p in pads):
         lab = da.pad(lab, pads, mode="constant", constant_values=0)
-    extra = [a.name for a in pyramid.axes if a.type not in ("space", "channel")]
-    if extra:
-        raise ValueError(
-            f"{pyramid.uri} has non-spatial axes {extra}; write labels with napari_rat.io instead"
-        )
     if pyramid.channel_axis is not None:
         lab = lab[None]
     return write_labels(
