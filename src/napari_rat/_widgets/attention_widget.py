@@ -35,6 +35,7 @@ def attention_job(checkpoint, device, layer, data_point, window, ray=None):
 
     from napari_rat.inference import image_statistics, resolve_device
     from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.inference.units import to_model_units
     from napari_rat.model.attention_maps import native_grouping, point_attention
 
     if ray is not None:
@@ -54,9 +55,15 @@ def attention_job(checkpoint, device, layer, data_point, window, ray=None):
     x = torch.from_numpy(stats.apply(np.asarray(source.image, np.float32)))[None].to(device)
     origin = np.asarray(source.translation)
     world = np.asarray(layer.data_to_world(data_point))[-dims:]
-    point = world - origin  # physical position inside the window
-    maps = point_attention(model, x, [source.spacing], point)
-    groups = native_grouping(model, x, [source.spacing])
+    # Physical position inside the window, and the spacing, in the model's unit.
+    units = dict(source.layer_meta).get("units")
+    to_model = np.asarray(
+        to_model_units(units[-dims:] if units else None, info.units if info else None, dims)
+    )
+    point = (world - origin) * to_model
+    spacing = tuple(np.asarray(source.spacing) * to_model)
+    maps = point_attention(model, x, [spacing], point)
+    groups = native_grouping(model, x, [spacing])
     return source, maps, groups, np.asarray(layer.data_to_world(data_point))
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from magicgui.widgets import ComboBox, Container, Label, Widget
+from qtpy.QtCore import QObject, Qt, Signal
 
 from napari_rat._widgets.model_choice import ModelChoice
 from napari_rat._widgets.model_imports import preload_model_stack
@@ -77,6 +78,12 @@ def start_worker(function: Callable, *args: Any, **connect: Callable):
     return worker
 
 
+class _NextTurn(QObject):
+    """Its ``posted`` signal, connected with a queued connection, goes through the event queue."""
+
+    posted = Signal()
+
+
 class ModelDock(Container):
     """A dock that runs a model on an image layer: the choices and the plumbing it shares.
 
@@ -100,7 +107,7 @@ class ModelDock(Container):
         )
         self.worker = None
         self._steps: list[Callable[[], Any]] = []
-        self._step_timer = None
+        self._turns = None
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         preload_model_stack()
@@ -144,11 +151,11 @@ class ModelDock(Container):
     def _run_steps(self) -> None:
         """Run the next queued step and come back on the next event-loop turn; end when none.
 
-        The timer belongs to the dock's Qt widget, so it dies with the dock (a closed viewer
-        runs no further step).
+        The next step is a posted event (a queued signal): Qt delivers it after the events
+        posted before it (those the step itself caused included) and after a pass over the
+        window system's input and paint, never inside the same pass. The poster belongs to the
+        dock's Qt widget, so it dies with the dock (a closed viewer runs no further step).
         """
-        from qtpy.QtCore import QTimer
-
         if not self._steps:
             self._end_run()
             return
@@ -158,11 +165,10 @@ class ModelDock(Container):
         except Exception as exc:  # a step the viewer refused
             self._steps.clear()
             self._on_error(exc)
-        if self._step_timer is None:
-            self._step_timer = QTimer(self.native)
-            self._step_timer.setSingleShot(True)
-            self._step_timer.timeout.connect(self._run_steps)
-        self._step_timer.start(0)
+        if self._turns is None:
+            self._turns = _NextTurn(self.native)
+            self._turns.posted.connect(self._run_steps, Qt.ConnectionType.QueuedConnection)
+        self._turns.posted.emit()
 
     def _drop_steps(self) -> None:
         """Forget the queued steps (a cancelled run shows nothing)."""

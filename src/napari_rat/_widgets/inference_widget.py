@@ -31,8 +31,14 @@ def _prediction_job(checkpoint, device, layer, region, step, level, view_box, ti
     source = layer_input(layer, model.spatial_dims, region, step, level, view_box)
     check_result_memory(source.image.shape[1:], _ways_out(layer, region, level))
     options = PredictOptions(tile=(tile,) * model.spatial_dims, levels=levels, device=device)
+    units = dict(source.layer_meta).get("units")
     result = yield from predict(
-        model, source.image, source.spacing, source.translation, options=options
+        model,
+        source.image,
+        source.spacing,
+        source.translation,
+        options=options,
+        units=units[-model.spatial_dims :] if units else None,
     )
     return result, source, result_arrays(result, source)
 

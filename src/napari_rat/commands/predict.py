@@ -117,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
                     source.translation,
                     options=options,
                     store=scratch / "prediction.zarr",
+                    units=source.units,
                 ),
                 lambda p: bar(p.done, p.total, p.stage),
             )

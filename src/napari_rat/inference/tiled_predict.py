@@ -15,6 +15,7 @@ and the prediction resampled back.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import threading
@@ -32,8 +33,14 @@ from napari_rat.inference.heap import release_freed_memory
 from napari_rat.inference.instances import BOUNDARY_RADIUS, min_instance_pixels
 from napari_rat.inference.normalization import IntensityStats, image_statistics
 from napari_rat.inference.tiling import tile_grid
+from napari_rat.inference.units import to_model_units
 
 Precision = Literal["auto", "fp32", "bf16"]
+
+
+#: Most a tile may grow (in pixels) when resampled to the training spacing: far beyond it, the
+#: image's units or spacing are wrong rather than the image really that coarse.
+MAX_RESAMPLE_GROWTH = 64.0
 
 
 class PredictionCancelled(Exception):
@@ -170,6 +177,7 @@ def predict(
     stats: IntensityStats | None = None,
     store: str | Path | None = None,
     cancel: threading.Event | None = None,
+    units: Sequence[str | None] | str | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """Predict over a whole image or volume, tile by tile.
 
@@ -191,6 +199,10 @@ def predict(
         complete); ``None`` keeps the results in memory.
     cancel
         Set it to stop between tiles.
+    units
+        The length unit of ``spacing`` (one, or one per spatial axis). The model is given the
+        spacing in its checkpoint's unit (:mod:`~napari_rat.inference.units`); ``None`` (or
+        ``pixel``) means the model's own unit. The results keep the image's unit.
 
     Yields
     ------
@@ -231,6 +243,17 @@ def predict(
     normalization = dict(info.normalization) if info else {}
     stats = stats or image_statistics(image, normalization)
     training_spacing = info.training_spacing if info else None
+    to_model = to_model_units(units, info.units if info else None, dims)
+    model_spacing = tuple(s * f for s, f in zip(spacing, to_model, strict=True))
+    if options.resample_to_training_spacing and training_spacing is not None:
+        growth = math.prod(m / t for m, t in zip(model_spacing, training_spacing, strict=True))
+        if growth > MAX_RESAMPLE_GROWTH:
+            unit = info.units if info else "the model's unit"
+            raise ValueError(
+                f"resampling to the training spacing {tuple(training_spacing)} ({unit}) would "
+                f"make every tile {growth:,.0f} times larger (spacing {model_spacing} in {unit}); "
+                "check the image's units, or predict without resampling"
+            )
     factors = _level_factors(spacing, options.levels)
     boundary = bool(getattr(model, "boundary", False))
     class_names = list(getattr(model, "class_names", []))
@@ -263,7 +286,7 @@ def predict(
                 x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(device)
                 with autocast_for(device, options.precision):
                     p = _tile_probabilities(
-                        model, x, spacing, options, factors, training_spacing, boundary
+                        model, x, model_spacing, options, factors, training_spacing, boundary
                     )
                 p = p[(slice(None), *t.crop)].cpu().numpy()
                 probs[(slice(None), *t.core)] = p
@@ -273,10 +296,11 @@ def predict(
                 yield Progress("tiles", t.index + 1, len(tiles))
         labels, n_instances = None, 0
         if options.instances:
-            min_size = options.min_instance_size
-            if min_size is None and info is not None:
-                min_size = info.model_config.head.min_instance_size
-            min_pixels = min_instance_pixels(min_size or 0.0, spacing, dims)
+            # The option is in the image's unit, the checkpoint's setting in the model's.
+            min_pixels = min_instance_pixels(options.min_instance_size or 0.0, spacing, dims)
+            if options.min_instance_size is None and info is not None:
+                size = info.model_config.head.min_instance_size or 0.0
+                min_pixels = min_instance_pixels(size, model_spacing, dims)
             labels, n_instances = yield from _instances(
                 probs, root, shape, chunks, boundary, options, cancel, spacing, min_pixels
             )

@@ -1,0 +1,70 @@
+"""Physical length units: the image's spacing expressed in the model's units.
+
+A checkpoint records the units of its training spacing (``micrometer`` by default); an OME-Zarr
+image or a napari layer records its own per axis. RAT's position encoding (RoSE), resampling to
+the training spacing and the minimum instance size all compare the two spacings, so they must
+be in the same unit: :func:`to_model_units` gives the per-axis factors. Names follow OME-NGFF
+(``nanometer``, ``micrometer``, ...), with the usual abbreviations (``nm``, ``um``, ``µm``).
+Axes without a length unit (none given, or napari's ``pixel``) are taken to be in the model's
+unit, as before units were compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+_PREFIXES = {
+    "yocto": 1e-24, "zepto": 1e-21, "atto": 1e-18, "femto": 1e-15, "pico": 1e-12, "nano": 1e-9,
+    "micro": 1e-6, "milli": 1e-3, "centi": 1e-2, "deci": 1e-1, "": 1.0, "deca": 1e1,
+    "hecto": 1e2, "kilo": 1e3, "mega": 1e6, "giga": 1e9, "tera": 1e12, "peta": 1e15,
+    "exa": 1e18, "zetta": 1e21, "yotta": 1e24,
+}  # fmt: skip
+_OTHER = {
+    "angstrom": 1e-10,
+    "inch": 0.0254,
+    "foot": 0.3048,
+    "yard": 0.9144,
+    "mile": 1609.344,
+    "parsec": 3.0856775814913673e16,
+    "nm": 1e-9,
+    "um": 1e-6,
+    "µm": 1e-6,
+    "μm": 1e-6,
+    "mm": 1e-3,
+    "cm": 1e-2,
+    "m": 1.0,
+    "km": 1e3,
+}
+_NO_UNIT = {"", "pixel", "pixels", "px", "none", "dimensionless"}
+
+
+def meters(unit: str | None) -> float | None:
+    """Metres per ``unit`` (``None`` for no length unit); an unknown name is a ``ValueError``."""
+    name = "" if unit is None else str(unit).strip()
+    if name.lower() in _NO_UNIT:
+        return None
+    if name in _OTHER or name.lower() in _OTHER:
+        return _OTHER.get(name, _OTHER.get(name.lower()))
+    lowered = name.lower()
+    for suffix in ("meters", "meter", "metres", "metre"):
+        if lowered.endswith(suffix) and lowered[: -len(suffix)] in _PREFIXES:
+            return _PREFIXES[lowered[: -len(suffix)]]
+    raise ValueError(
+        f"unknown length unit {unit!r}; use an OME-NGFF unit such as 'micrometer' or 'nanometer'"
+    )
+
+
+def to_model_units(
+    units: Sequence[str | None] | str | None, model_unit: str | None, ndim: int
+) -> tuple[float, ...]:
+    """Per-axis factors that turn a spacing in ``units`` into the model's unit."""
+    if units is None or isinstance(units, str):
+        units = [units] * ndim
+    if len(units) != ndim:
+        raise ValueError(f"{len(units)} units for {ndim} spatial axes")
+    target = meters(model_unit)
+    factors = []
+    for unit in units:
+        source = meters(unit)
+        factors.append(1.0 if source is None or target is None else source / target)
+    return tuple(factors)

@@ -1,0 +1,50 @@
+"""Length units: the image's spacing reaches the model in the checkpoint's unit."""
+
+import numpy as np
+import pytest
+
+from napari_rat.inference import PredictOptions, predict, run_prediction
+from napari_rat.inference.units import meters, to_model_units
+
+
+def test_unit_names_and_factors():
+    assert meters("micrometer") == meters("um") == meters("µm") == pytest.approx(1e-6)
+    assert meters("nanometer") == pytest.approx(1e-9) and meters("angstrom") == 1e-10
+    assert meters(None) is None and meters("pixel") is None
+    assert to_model_units(["nanometer", "micrometer"], "micrometer", 2) == pytest.approx(
+        (1e-3, 1.0)
+    )
+    assert to_model_units("millimeter", "micrometer", 3) == pytest.approx((1e3,) * 3)
+    assert to_model_units(None, "micrometer", 2) == (1.0, 1.0)  # no unit: the model's
+    with pytest.raises(ValueError, match="unknown length unit 'furlong'"):
+        to_model_units("furlong", "micrometer", 2)
+
+
+@pytest.mark.parametrize("resample", [False, True])
+def test_the_same_image_in_nanometres_gives_the_same_result(resample):
+    """The starter model (trained in micrometres) on one image given in um and in nm: the same
+    probabilities and the same instances (minimum size included), placed in the image's unit."""
+    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.sample_data import nuclei_2d
+
+    model = load_model_for_inference("starter")
+    img = nuclei_2d()[0][:96, 300:396].astype(np.float32)[None]
+    options = PredictOptions(tile=(48, 48), halo=(16, 16), resample_to_training_spacing=resample)
+    um = run_prediction(predict(model, img, (1.25, 1.25), options=options, units="micrometer"))
+    nm = run_prediction(
+        predict(model, img, (1250.0, 1250.0), (0.0, 0.0), options=options, units="nanometer")
+    )
+    np.testing.assert_allclose(nm.probabilities, um.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(nm.labels, um.labels)
+    assert nm.num_instances == um.num_instances > 3
+    assert nm.spacing == (1250.0, 1250.0)
+    # Without its unit the same numbers mean 1250 um pixels: a different result, or, when
+    # resampling to the training spacing, a refusal naming the units (not 40 GB tiles).
+    if resample:
+        with pytest.raises(ValueError, match="check the image's units"):
+            run_prediction(predict(model, img, (1250.0, 1250.0), options=options))
+    else:
+        lost = run_prediction(predict(model, img, (1250.0, 1250.0), options=options))
+        assert not np.array_equal(lost.labels, um.labels)
+    with pytest.raises(ValueError, match="unknown length unit"):
+        run_prediction(predict(model, img, (1.0, 1.0), options=options, units="furlong"))
