@@ -28,3 +28,24 @@ def test_headless_demo_segments_scores_and_screenshots(tmp_path, capsys):
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:4] == b"\x89PNG"
     assert {"rat", "ground_truth"} <= set(summary["layers"])
     assert "labels written" in capsys.readouterr().out
+
+
+def test_samples_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A sample whose writing fails leaves nothing behind, and the next run writes it whole."""
+    from napari_rat.commands import demo
+
+    calls = []
+
+    def failing_labels(*args, **kwargs):
+        calls.append(args[0])
+        raise KeyboardInterrupt  # the user pressed Ctrl-C between the image and its labels
+
+    monkeypatch.setattr("napari_rat.io.write_labels", failing_labels)
+    with pytest.raises(KeyboardInterrupt):
+        demo.prepare_samples(tmp_path)
+    assert calls and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    samples = demo.prepare_samples(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nuclei_2d.zarr", "volume_3d.zarr"]
+    for path in samples.values():
+        assert "ground_truth" in open_pyramid(path).labels

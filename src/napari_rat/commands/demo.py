@@ -1,10 +1,12 @@
 """``napari-rat demo``: the main job on bundled and generated sample data.
 
-``napari-rat demo`` opens napari with the sample images (placed by their physical spacing) and
-the plugin's docks. ``napari-rat demo --headless`` runs the same pipeline without a screen:
-it writes the samples as OME-Zarr, segments the real nuclei image with the starter model, writes
-the result into the image as NGFF labels, scores it against the ground truth, then opens the
-viewer on a virtual X server (Xvfb) and saves a screenshot. Everything lands in ``--output``.
+``napari-rat demo`` opens napari on the real nuclei image (with its ground truth) and the
+plugin's docks, the generated anisotropic 3D volume ready to open in the loader dock. Both are
+written as OME-Zarr first, each built aside and moved into place complete. ``napari-rat demo
+--headless`` runs the same pipeline without a screen: it segments the real nuclei image with the
+starter model, writes the result into the image as NGFF labels, scores it against the ground
+truth, then opens the viewer on a virtual X server (Xvfb) and saves a screenshot (no X server:
+exit status 1). Everything lands in ``--output``.
 """
 
 from __future__ import annotations
@@ -34,23 +36,23 @@ def prepare_samples(output: Path) -> dict[str, Path]:
     from napari_rat.synthetic import synthetic_nuclei
 
     output.mkdir(parents=True, exist_ok=True)
-    nuclei = output / "nuclei_2d.zarr"
-    if not nuclei.exists():
+
+    def nuclei(path: Path) -> None:
         image, truth = nuclei_2d()
         write_image(
-            nuclei,
+            path,
             image,
             axes="yx",
             scale=NUCLEI_SPACING,
             levels=3,
             name="BBBC038 nuclei (StarDist sample)",
         )
-        write_labels(nuclei, truth.astype(np.int32), "ground_truth")
-    volume = output / "volume_3d.zarr"
-    if not volume.exists():
+        write_labels(path, truth.astype(np.int32), "ground_truth")
+
+    def volume(path: Path) -> None:
         image, labels = synthetic_nuclei((24, 128, 128), VOLUME_SPACING, radius=3.0, seed=0)
         write_image(
-            volume,
+            path,
             image,
             axes="zyx",
             scale=VOLUME_SPACING,
@@ -58,8 +60,28 @@ def prepare_samples(output: Path) -> dict[str, Path]:
             levels=3,
             name="synthetic nuclei",
         )
-        write_labels(volume, labels, "ground_truth")
-    return {"nuclei_2d": nuclei, "volume_3d": volume}
+        write_labels(path, labels, "ground_truth")
+
+    return {
+        "nuclei_2d": _complete(output / "nuclei_2d.zarr", nuclei),
+        "volume_3d": _complete(output / "volume_3d.zarr", volume),
+    }
+
+
+def _complete(path: Path, build) -> Path:
+    """``path``, built by ``build`` in a scratch folder beside it and moved into place when
+    complete (an interrupted run leaves no half-written sample for the next to trip on)."""
+    import tempfile
+
+    if path.exists():
+        return path
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        build(scratch / path.name)
+        (scratch / path.name).rename(path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path
 
 
 def segment_nuclei(sample: Path, checkpoint: str, device: str = "auto") -> dict:
@@ -141,7 +163,9 @@ def build_viewer(samples: dict[str, Path], show: bool):
 
     viewer = napari.Viewer(title="napari-rat demo", show=show)
     viewer.open(str(samples["nuclei_2d"]), plugin="napari-rat")
-    viewer.window.add_dock_widget(OmeZarrLoaderWidget(viewer), name="OME-Zarr loader", area="right")
+    loader = OmeZarrLoaderWidget(viewer)
+    loader.path_edit.setText(str(samples["volume_3d"]))  # Inspect, then Open: the 3D sample
+    viewer.window.add_dock_widget(loader, name="OME-Zarr loader", area="right")
     viewer.window.add_dock_widget(InferenceWidget(viewer), name="RAT inference", area="right")
     viewer.window.add_dock_widget(AttentionWidget(viewer), name="RAT attention", area="right")
     viewer.reset_view()
@@ -185,10 +209,11 @@ def _run(args: argparse.Namespace) -> int:
             summary["layers"] = [layer.name for layer in viewer.layers]
             viewer.close()
             print(f"screenshot: {shot}")
-        else:
-            print("no X server (install xvfb) - screenshot skipped", file=sys.stderr)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"summary: {output / 'summary.json'}")
+    if "screenshot" not in summary:
+        print("no X server for the screenshot: install xvfb (setup.sh does)", file=sys.stderr)
+        return 1
     return 0
 
 
