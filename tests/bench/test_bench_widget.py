@@ -3,6 +3,7 @@
 Only the structure of the figures is checked (benchmarks are commands, not timed assertions).
 """
 
+import signal
 import subprocess
 import sys
 
@@ -61,26 +62,15 @@ def test_bench_command_in_a_fresh_process_survives_the_dock_loading_the_model(tm
     # A fresh interpreter loads the model only when the dock runs, after the canvas has drawn:
     # the order in which triton (with torch's CUDA wheels) crashed Mesa's OpenGL.
     out = tmp_path / "report.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "napari_rat.cli",
-            "bench",
-            "widget",
-            "--size",
-            "64",
-            "--idle-seconds",
-            "0.3",
-            "--tile",
-            "64",
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    command = [sys.executable, "-X", "faulthandler", "-m", "napari_rat.cli", "bench", "widget"]
+    command += ["--size", "64", "--idle-seconds", "0.3", "--tile", "64", "--output", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        _, stderr = proc.communicate()
+        pytest.fail(f"bench widget hung for 300 s; its threads:\n{stderr[-6000:]}")
+    assert proc.returncode == 0, stderr[-2000:]
     report = out.read_text()
     assert "dock status: done" in report and "| dock opened |" in report
