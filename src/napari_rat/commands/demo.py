@@ -89,8 +89,12 @@ def segment_nuclei(sample: Path, checkpoint: str, device: str = "auto") -> dict:
     import numpy as np
 
     from napari_rat.commands.predict import load_model
-    from napari_rat.inference import PredictOptions, predict, resolve_device, run_prediction
-    from napari_rat.inference.sources import input_from_pyramid, write_prediction_into_labels
+    from napari_rat.inference import PredictOptions, resolve_device, run_prediction
+    from napari_rat.inference.sources import (
+        input_from_pyramid,
+        predict_input,
+        write_prediction_into_labels,
+    )
     from napari_rat.io import open_pyramid
     from napari_rat.train.metrics import segmentation_metrics
 
@@ -98,15 +102,7 @@ def segment_nuclei(sample: Path, checkpoint: str, device: str = "auto") -> dict:
     source = input_from_pyramid(pyramid, level=0)
     model = load_model(checkpoint, str(resolve_device(device)))  # dense runs as local
     start = time.perf_counter()
-    result = run_prediction(
-        predict(
-            model,
-            source.image,
-            source.spacing,
-            source.translation,
-            options=PredictOptions(device=device),
-        )
-    )
+    result = run_prediction(predict_input(model, source, options=PredictOptions(device=device)))
     seconds = time.perf_counter() - start
     write_prediction_into_labels(result, source, pyramid, "rat", overwrite=True)
     truth = np.asarray(pyramid.labels["ground_truth"].levels[0].data)

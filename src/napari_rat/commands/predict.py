@@ -66,9 +66,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from napari_rat.cli import CommandError
     from napari_rat.commands._progress import ProgressBar
-    from napari_rat.inference import PredictOptions, predict, resolve_device, run_prediction
+    from napari_rat.inference import PredictOptions, resolve_device, run_prediction
     from napari_rat.inference.sources import (
         input_from_pyramid,
+        predict_input,
         write_prediction,
         write_prediction_into_labels,
     )
@@ -110,15 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         try:
             result = run_prediction(
-                predict(
-                    model,
-                    source.image,
-                    source.spacing,
-                    source.translation,
-                    options=options,
-                    store=scratch / "prediction.zarr",
-                    units=source.units,
-                ),
+                predict_input(model, source, options=options, store=scratch / "prediction.zarr"),
                 lambda p: bar(p.done, p.total, p.stage),
             )
         except ValueError as exc:

@@ -142,6 +142,16 @@ def _chunks(prediction: Prediction) -> tuple[int, ...]:
     return tuple(chunks) if chunks else tuple(min(256, n) for n in labels.shape)
 
 
+def predict_input(model, source: PredictionInput, **kwargs):
+    """:func:`~napari_rat.inference.predict` on ``source``: its image, spacing, origin and
+    units; ``kwargs`` go to ``predict`` (``options``, ``store``, ``cancel``, ``stats``)."""
+    from napari_rat.inference.tiled_predict import predict
+
+    return predict(
+        model, source.image, source.spacing, source.translation, units=source.units, **kwargs
+    )
+
+
 def check_labels_target(pyramid, name: str, overwrite: bool = False) -> None:
     """Refuse, before anything is computed, labels that :func:`write_prediction_into_labels`
     could not write into ``pyramid`` as ``labels/<name>``."""
