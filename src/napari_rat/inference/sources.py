@@ -154,22 +154,15 @@ def predict_input(model, source: PredictionInput, **kwargs):
 
 def check_labels_target(pyramid, name: str, overwrite: bool = False) -> None:
     """Refuse, before anything is computed, labels that :func:`write_prediction_into_labels`
-    could not write into ``pyramid`` as ``labels/<name>``."""
-    from napari_rat.io.label_writer import _NAME_FORBIDDEN
+    could not write into ``pyramid`` as ``labels/<name>`` (``ValueError``)."""
+    from napari_rat.io.label_writer import check_labels_target as check_writable
 
-    if "://" in str(pyramid.uri) and not str(pyramid.uri).startswith(("/", ".")):
-        raise ValueError(f"{pyramid.uri} is remote; write labels into a local copy instead")
-    if not name or name.startswith(".") or _NAME_FORBIDDEN & set(name):
-        raise ValueError(f"invalid label name {name!r}: use a plain folder name")
     extra = [a.name for a in pyramid.axes if a.type not in ("space", "channel")]
     if extra:
         raise ValueError(
             f"{pyramid.uri} has non-spatial axes {extra}; write labels with napari_rat.io instead"
         )
-    if name in pyramid.labels and not overwrite:
-        raise ValueError(
-            f"{pyramid.uri} already has labels/{name}; choose another name or pass --overwrite"
-        )
+    check_writable(pyramid.uri, name, overwrite)  # an OmeZarrError is a ValueError
 
 
 def write_prediction_into_labels(
@@ -191,7 +184,7 @@ def write_prediction_into_labels(
 
     if prediction.labels is None:
         raise ValueError("the prediction has no instance labels (instances were turned off)")
-    check_labels_target(pyramid, name, overwrite=True)  # an existing name: write_labels says
+    check_labels_target(pyramid, name, overwrite)
     spatial = pyramid.spatial_axes
     level0 = pyramid.levels[0]
     full = [level0.shape[i] for i in spatial]

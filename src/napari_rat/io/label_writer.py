@@ -87,6 +87,21 @@ def _update_labels_list(labels_dir: Path, version: str, name: str) -> None:
     _replace_json(attrs_file, doc)
 
 
+def check_labels_target(image: str | os.PathLike[str], name: str, overwrite: bool = False) -> None:
+    """Refuse a ``labels/<name>`` that :func:`write_labels` could not write into ``image``
+    (remote, an invalid name, or an existing label image without ``overwrite``), before any
+    work is done; :class:`OmeZarrError` names the problem and the fix."""
+    if is_remote(str(image)):
+        raise OmeZarrError(str(image), "writing to remote stores is not supported", "copy it")
+    if not name or name.startswith(".") or _NAME_FORBIDDEN & set(name):
+        raise OmeZarrError(str(image), f"invalid label name {name!r}", "use a plain folder name")
+    dest = Path(image).expanduser().absolute() / "labels" / name
+    if dest.exists() and not overwrite:
+        raise OmeZarrError(
+            str(dest), "a label image of this name already exists", "pass overwrite=True"
+        )
+
+
 def write_labels(
     image: str | os.PathLike[str],
     labels: np.ndarray | da.Array,
@@ -126,10 +141,7 @@ def write_labels(
     import zarr
     from zarr.storage import LocalStore
 
-    if is_remote(str(image)):
-        raise OmeZarrError(str(image), "writing to remote stores is not supported", "copy it")
-    if not name or name.startswith(".") or _NAME_FORBIDDEN & set(name):
-        raise OmeZarrError(str(image), f"invalid label name {name!r}", "use a plain folder name")
+    check_labels_target(image, name, overwrite)
     pyramid = open_pyramid(image)
     image_dir = Path(image).expanduser().absolute()
     if pyramid.image_label is not None:
@@ -163,10 +175,6 @@ def write_labels(
 
     labels_dir = image_dir / "labels"
     dest = labels_dir / name
-    if dest.exists() and not overwrite:
-        raise OmeZarrError(
-            str(dest), "a label image of this name already exists", "pass overwrite=True"
-        )
     # Without a labels group, stage the whole group so it appears at once, complete.
     new_group = not labels_dir.exists()
     staging = staging_dir(labels_dir if new_group else dest)
