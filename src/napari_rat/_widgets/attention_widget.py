@@ -56,10 +56,7 @@ def attention_job(checkpoint, device, layer, data_point, window, ray=None):
     origin = np.asarray(source.translation)
     world = np.asarray(layer.data_to_world(data_point))[-dims:]
     # Physical position inside the window, and the spacing, in the model's unit.
-    units = dict(source.layer_meta).get("units")
-    to_model = np.asarray(
-        to_model_units(units[-dims:] if units else None, info.units if info else None, dims)
-    )
+    to_model = np.asarray(to_model_units(source.units, info.units if info else None, dims))
     point = (world - origin) * to_model
     spacing = tuple(np.asarray(source.spacing) * to_model)
     maps = point_attention(model, x, [spacing], point)

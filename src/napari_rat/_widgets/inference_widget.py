@@ -24,22 +24,15 @@ REGIONS = {"whole image": "whole", "current view": "view", "current slice": "sli
 def _prediction_job(checkpoint, device, layer, region, step, level, view_box, tile, levels):
     """Generator run in the worker: load the model, cut the input, predict."""
     keep_triton_out()
-    from napari_rat.inference import PredictOptions, predict, resolve_device
+    from napari_rat.inference import PredictOptions, resolve_device
     from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.inference.sources import predict_input
 
     model = load_model_for_inference(checkpoint, device=resolve_device(device))
     source = layer_input(layer, model.spatial_dims, region, step, level, view_box)
     check_result_memory(source.image.shape[1:], _ways_out(layer, region, level))
     options = PredictOptions(tile=(tile,) * model.spatial_dims, levels=levels, device=device)
-    units = dict(source.layer_meta).get("units")
-    result = yield from predict(
-        model,
-        source.image,
-        source.spacing,
-        source.translation,
-        options=options,
-        units=units[-model.spatial_dims :] if units else None,
-    )
+    result = yield from predict_input(model, source, options=options)
     return result, source, result_arrays(result, source)
 
 

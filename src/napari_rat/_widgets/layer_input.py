@@ -30,6 +30,12 @@ class LayerInput:
     level: int
     layer_meta: tuple[tuple[str, tuple], ...] = ()
 
+    @property
+    def units(self) -> tuple[str, ...] | None:
+        """The length units of the model input's axes (the layer's last ones), if it has any."""
+        units = dict(self.layer_meta).get("units")
+        return tuple(units[-len(self.spacing) :]) if units else None
+
     def placement(self) -> dict:
         """``scale``/``translate`` of the result plus the source layer's units and axis labels.
 

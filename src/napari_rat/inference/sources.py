@@ -143,8 +143,9 @@ def _chunks(prediction: Prediction) -> tuple[int, ...]:
 
 
 def predict_input(model, source: PredictionInput, **kwargs):
-    """:func:`~napari_rat.inference.predict` on ``source``: its image, spacing, origin and
-    units; ``kwargs`` go to ``predict`` (``options``, ``store``, ``cancel``, ``stats``)."""
+    """:func:`~napari_rat.inference.predict` on ``source`` (a :class:`PredictionInput`, or the
+    docks' ``LayerInput``): its image, spacing, origin and units; ``kwargs`` go to ``predict``
+    (``options``, ``store``, ``cancel``, ``stats``)."""
     from napari_rat.inference.tiled_predict import predict
 
     return predict(
