@@ -105,6 +105,23 @@ def test_progress_counts_tiles_and_levels_feed_the_model(model2d):
     assert result.labels.shape == (70, 50)
 
 
+def test_levels_default_to_those_the_checkpoint_was_trained_with(model2d, tmp_path):
+    from napari_rat.model import load_checkpoint, save_checkpoint
+
+    path = save_checkpoint(
+        model2d, tmp_path / "m.safetensors", ModelConfig(**SMALL), extra={"scales": [1, 2]}
+    )
+    model = load_checkpoint(path)
+    img, _ = synthetic_nuclei((40, 40), (1.0, 1.0), seed=5)
+    options = PredictOptions(tile=(32, 32), instances=False)
+    fed = run_prediction(predict(model, img[None], (1.0, 1.0), options=options))
+    assert fed.extra["levels"] == [(1, 1), (2, 2)]
+    plain = run_prediction(predict(model2d, img[None], (1.0, 1.0), options=options))
+    assert plain.extra["levels"] == [(1, 1)]  # no checkpoint: one level
+    with pytest.raises(ValueError, match="levels must be 1 or more"):
+        run_prediction(predict(model, img[None], (1.0, 1.0), options=PredictOptions(levels=0)))
+
+
 def test_3d_anisotropic_levels_do_not_halve_coarse_z():
     torch.manual_seed(0)
     model = build_model(

@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     options = PredictOptions(
         tile=tile,
         halo=halo,
-        levels=args.levels if args.levels is not None else trained_levels(model),
+        levels=args.levels,
         device=str(device),
         precision=args.precision,
         resample_to_training_spacing=args.resample,
@@ -143,13 +143,6 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
-
-
-def trained_levels(model) -> int:
-    """How many pyramid levels the checkpoint's model was trained with (its ``scales``)."""
-    info = getattr(model, "checkpoint_info", None)
-    scales = (info.extra or {}).get("scales") if info is not None else None
-    return len(scales) if scales else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

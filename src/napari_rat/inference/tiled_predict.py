@@ -61,7 +61,8 @@ class PredictOptions:
     """How to predict.
 
     ``tile``/``halo`` are in pixels of the input (defaults: 256/32 in 2D, 64/12 in 3D);
-    ``levels`` is the number of pyramid levels fed to the model; ``boundary_radius`` is how far
+    ``levels`` is the number of pyramid levels fed to the model (``None``: as many as the
+    checkpoint was trained with, its ``scales``, else 1); ``boundary_radius`` is how far
     (in pixels of the finest axis) instance seeds grow back into the foreground; instances
     smaller than ``min_instance_size`` (physical area or volume; ``None``: the checkpoint's head
     setting, chosen on validation during training, else 0) are dropped.
@@ -69,7 +70,7 @@ class PredictOptions:
 
     tile: tuple[int, ...] | None = None
     halo: tuple[int, ...] | None = None
-    levels: int = 1
+    levels: int | None = None
     device: str = "auto"
     precision: Precision = "auto"
     resample_to_training_spacing: bool = False
@@ -254,7 +255,12 @@ def predict(
                 f"make every tile {growth:,.0f} times larger (spacing {model_spacing} in {unit}); "
                 "check the image's units, or predict without resampling"
             )
-    factors = _level_factors(spacing, options.levels)
+    levels = options.levels
+    if levels is None:
+        levels = len((info.extra or {}).get("scales") or [1]) if info is not None else 1
+    if levels < 1:
+        raise ValueError(f"levels must be 1 or more, got {levels}")
+    factors = _level_factors(spacing, levels)
     boundary = bool(getattr(model, "boundary", False))
     class_names = list(getattr(model, "class_names", []))
     channel_names = [*class_names, *(["boundary"] if boundary else [])]
