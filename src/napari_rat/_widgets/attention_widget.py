@@ -35,7 +35,7 @@ def attention_job(checkpoint, device, layer, data_point, window, ray=None):
 
     from napari_rat.inference import image_statistics, resolve_device
     from napari_rat.inference.model_loading import load_model_for_inference
-    from napari_rat.inference.units import to_model_units
+    from napari_rat.io.units import to_model_units
     from napari_rat.model.attention_maps import native_grouping, point_attention
 
     if ray is not None:

@@ -33,7 +33,7 @@ from napari_rat.inference.heap import release_freed_memory
 from napari_rat.inference.instances import BOUNDARY_RADIUS, min_instance_pixels
 from napari_rat.inference.normalization import IntensityStats, image_statistics
 from napari_rat.inference.tiling import tile_grid
-from napari_rat.inference.units import to_model_units
+from napari_rat.io.units import to_model_units
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -202,7 +202,7 @@ def predict(
         Set it to stop between tiles.
     units
         The length unit of ``spacing`` (one, or one per spatial axis). The model is given the
-        spacing in its checkpoint's unit (:mod:`~napari_rat.inference.units`); ``None`` (or
+        spacing in its checkpoint's unit (:mod:`~napari_rat.io.units`); ``None`` (or
         ``pixel``) means the model's own unit. The results keep the image's unit.
 
     Yields

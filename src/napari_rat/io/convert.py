@@ -19,21 +19,10 @@ import numpy as np
 from napari_rat.io.errors import OmeZarrError
 from napari_rat.io.ome_zarr_writer import ProgressCallback, write_image
 from napari_rat.io.pyramid import Channel
+from napari_rat.io.units import meters, ngff_unit
 
 __all__ = ["SourceImage", "convert", "open_source"]
 
-# OME-XML unit symbols -> NGFF (UDUNITS-2) names, and their size in micrometres.
-_UNITS = {
-    "pm": ("picometer", 1e-6),
-    "Å": ("angstrom", 1e-4),
-    "nm": ("nanometer", 1e-3),
-    "µm": ("micrometer", 1.0),
-    "um": ("micrometer", 1.0),
-    "micron": ("micrometer", 1.0),
-    "mm": ("millimeter", 1e3),
-    "cm": ("centimeter", 1e4),
-    "m": ("meter", 1e6),
-}
 _SLAB_BYTES = 64 * 1024**2
 
 
@@ -61,20 +50,19 @@ def _ome_physical(xml: str) -> tuple[dict[str, float], str | None, list[str]]:
     if pixels is None:
         return {}, None, []
     sizes: dict[str, float] = {}
-    x_unit = pixels.get("PhysicalSizeXUnit", "µm")
-    base = _UNITS.get(x_unit, ("micrometer", 1.0))
+    base = ngff_unit(pixels.get("PhysicalSizeXUnit", "µm")) or "micrometer"
     for ax in "XYZ":
         value = pixels.get(f"PhysicalSize{ax}")
         if value is None:
             continue
-        unit = _UNITS.get(pixels.get(f"PhysicalSize{ax}Unit", "µm"), base)
+        unit = ngff_unit(pixels.get(f"PhysicalSize{ax}Unit", "µm")) or base
         # Express every axis in X's unit so spacings compare (z in nm, x in µm happens).
-        sizes[ax.lower()] = float(value) * unit[1] / base[1]
+        sizes[ax.lower()] = float(value) * meters(unit) / meters(base)
     names = [
         ch.get("Name") or f"channel {i}"
         for i, ch in enumerate(el for el in pixels if el.tag.endswith("}Channel"))
     ]
-    return sizes, base[0] if sizes else None, names
+    return sizes, base if sizes else None, names
 
 
 def _ngff_axes(tiff_axes: str) -> str:
@@ -125,7 +113,7 @@ def _open_tiff(path: Path) -> SourceImage:
                 spacing_of["x"] = spacing_of["y"] = res.value[1] / res.value[0]
             if "spacing" in ij:
                 spacing_of["z"] = float(ij["spacing"])
-            unit = _UNITS.get(str(ij.get("unit", "")).replace("\\u00B5", "µ"), (None,))[0]
+            unit = ngff_unit(str(ij.get("unit", "")).replace("\\u00B5", "µ"))
         data, axes = _to_ngff_order(data, axes)
         spatial = [a for a in axes if a in "zyx"]
         spacing = None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_rat.inference import PredictOptions, predict, run_prediction
-from napari_rat.inference.units import meters, to_model_units
+from napari_rat.io.units import meters, ngff_unit, to_model_units
 
 
 def test_unit_names_and_factors():
@@ -18,6 +18,21 @@ def test_unit_names_and_factors():
     assert to_model_units(None, "micrometer", 2) == (1.0, 1.0)  # no unit: the model's
     with pytest.raises(ValueError, match="unknown length unit 'furlong'"):
         to_model_units("furlong", "micrometer", 2)
+
+
+def test_symbols_become_ngff_names_and_the_converter_uses_them():
+    from napari_rat.io.convert import _ome_physical
+
+    assert ngff_unit("µm") == ngff_unit("micron") == ngff_unit("Micrometer") == "micrometer"
+    assert ngff_unit("Å") == "angstrom" and ngff_unit("nm") == "nanometer"
+    assert ngff_unit("pixel") is None and ngff_unit("furlong") is None
+    xml = (
+        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image><Pixels '
+        'PhysicalSizeX="0.25" PhysicalSizeXUnit="µm" PhysicalSizeY="0.25" '
+        'PhysicalSizeZ="500" PhysicalSizeZUnit="nm"/></Image></OME>'
+    )
+    sizes, unit, _ = _ome_physical(xml)
+    assert unit == "micrometer" and sizes == pytest.approx({"x": 0.25, "y": 0.25, "z": 0.5})
 
 
 @pytest.mark.parametrize("resample", [False, True])

@@ -1,4 +1,8 @@
-"""Physical length units: the image's spacing expressed in the model's units.
+"""Physical length units: names, sizes, and an image's spacing in a model's unit.
+
+The one unit table of the package: :func:`ngff_unit` turns the symbols microscopy files use
+(``µm``, ``nm``, ``Å``) into OME-NGFF names (the converter), :func:`meters` gives a unit's size,
+and :func:`to_model_units` the factors that express an image's spacing in a checkpoint's unit.
 
 A checkpoint records the units of its training spacing (``micrometer`` by default); an OME-Zarr
 image or a napari layer records its own per axis. RAT's position encoding (RoSE), resampling to
@@ -26,29 +30,45 @@ _OTHER = {
     "yard": 0.9144,
     "mile": 1609.344,
     "parsec": 3.0856775814913673e16,
-    "nm": 1e-9,
-    "um": 1e-6,
-    "µm": 1e-6,
-    "μm": 1e-6,
-    "mm": 1e-3,
-    "cm": 1e-2,
-    "m": 1.0,
-    "km": 1e3,
+}
+#: Symbols (OME-XML, ImageJ, everyday) and their OME-NGFF names.
+_SYMBOLS = {
+    "pm": "picometer",
+    "Å": "angstrom",
+    "nm": "nanometer",
+    "µm": "micrometer",
+    "μm": "micrometer",
+    "um": "micrometer",
+    "micron": "micrometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "km": "kilometer",
 }
 _NO_UNIT = {"", "pixel", "pixels", "px", "none", "dimensionless"}
+
+
+def ngff_unit(unit: str | None) -> str | None:
+    """The OME-NGFF name of ``unit`` (a name or a symbol); ``None`` for no or an unknown unit."""
+    name = "" if unit is None else str(unit).strip()
+    name = _SYMBOLS.get(name, name).lower()
+    try:
+        return name if meters(name) is not None else None
+    except ValueError:
+        return None
 
 
 def meters(unit: str | None) -> float | None:
     """Metres per ``unit`` (``None`` for no length unit); an unknown name is a ``ValueError``."""
     name = "" if unit is None else str(unit).strip()
-    if name.lower() in _NO_UNIT:
+    name = _SYMBOLS.get(name, name).lower()
+    if name in _NO_UNIT:
         return None
-    if name in _OTHER or name.lower() in _OTHER:
-        return _OTHER.get(name, _OTHER.get(name.lower()))
-    lowered = name.lower()
+    if name in _OTHER:
+        return _OTHER[name]
     for suffix in ("meters", "meter", "metres", "metre"):
-        if lowered.endswith(suffix) and lowered[: -len(suffix)] in _PREFIXES:
-            return _PREFIXES[lowered[: -len(suffix)]]
+        if name.endswith(suffix) and name[: -len(suffix)] in _PREFIXES:
+            return _PREFIXES[name[: -len(suffix)]]
     raise ValueError(
         f"unknown length unit {unit!r}; use an OME-NGFF unit such as 'micrometer' or 'nanometer'"
     )
