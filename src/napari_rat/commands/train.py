@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``train`` and ``run``."""
+def add_training_arguments(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
+    """Options shared by ``train``, ``run`` and ``submit`` (which always uses Ray: no
+    ``--backend``)."""
     parser.add_argument("--config", required=True, metavar="C", help="experiment YAML")
-    parser.add_argument(
-        "--backend", choices=["local", "deepspeed", "ray"], help="default: training.backend"
-    )
+    if backend:
+        parser.add_argument(
+            "--backend", choices=["local", "deepspeed", "ray"], help="default: training.backend"
+        )
     parser.add_argument("--num-workers", type=int, metavar="N", help="Ray workers / processes")
     parser.add_argument("--num-gpus", type=float, metavar="N", help="GPUs per Ray worker")
     parser.add_argument(
@@ -68,46 +70,24 @@ def _check_data(config) -> None:
 
 
 def run_training(config, args: argparse.Namespace):
-    """Train with the chosen backend; returns the path of the best single-file checkpoint."""
-    from pathlib import Path
-
+    """:func:`napari_rat.train.run.run_training` with the command's options; its errors as
+    one-line command errors."""
     from napari_rat.cli import CommandError
     from napari_rat.train.data_sources import DatasetError
+    from napari_rat.train.ray_backend import RunExistsError
+    from napari_rat.train.run import VersionMismatchError
+    from napari_rat.train.run import run_training as run
 
-    backend = config.training.backend
     try:
-        if backend == "ray":
-            from napari_rat.train.ray_backend import RunExistsError, train_with_ray
-
-            try:
-                return train_with_ray(
-                    config,
-                    num_workers=args.num_workers,
-                    num_gpus=args.num_gpus,
-                    init_from=args.init_from,
-                    resume=args.resume,
-                )
-            except RunExistsError as exc:
-                raise CommandError(str(exc)) from None
-        if backend == "deepspeed" and (args.num_workers or 1) > 1:
-            from napari_rat.train.launch import train_multiprocess
-
-            return train_multiprocess(
-                config, args.num_workers, resume=args.resume, init_from=args.init_from
-            )
-        from napari_rat.train.loop import train
-
-        last = train(
+        return run(
             config,
-            callback=lambda e: print(e, flush=True),
-            backend=backend,
+            num_workers=args.num_workers,
+            num_gpus=args.num_gpus,
             resume=args.resume,
             init_from=args.init_from,
+            log=lambda line: print(line, flush=True),
         )
-        return Path(last.path) if last.path else None
-    except DatasetError as exc:
-        raise CommandError(str(exc)) from None
-    except ImportError as exc:
+    except (DatasetError, ImportError, RunExistsError, VersionMismatchError) as exc:
         raise CommandError(str(exc)) from None
 
 

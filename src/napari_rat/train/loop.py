@@ -59,6 +59,51 @@ class TrainEvent:
         return f"{self.kind}: {self.message or self.path or ''}".rstrip(": ")
 
 
+#: Marks the machine-readable event lines in a training log (see :func:`event_line`).
+EVENT_MARKER = "napari-rat-event "
+_LINE_KINDS = ("progress", "validation", "checkpoint", "finished")
+
+
+def event_line(event: TrainEvent) -> str | None:
+    """One log line holding ``event`` as JSON, for the kinds a watcher plots or reports.
+
+    A cluster client finds these lines in a job's log (:func:`parse_event_line`), so metrics
+    stream without a shared disk. ``None`` for the other kinds.
+    """
+    if event.kind not in _LINE_KINDS:
+        return None
+    body = {
+        "kind": event.kind,
+        "step": event.step,
+        "total_steps": event.total_steps,
+        "epoch": event.epoch,
+        "metrics": {k: float(v) for k, v in event.metrics.items()},
+    }
+    if event.path:
+        body["path"] = event.path
+    return EVENT_MARKER + json.dumps(body, sort_keys=True)
+
+
+def parse_event_line(line: str) -> TrainEvent | None:
+    """The event of a line written by :func:`event_line`, wherever it sits in the line (Ray
+    prefixes worker output with the worker's name); ``None`` for any other line."""
+    at = line.find(EVENT_MARKER)
+    if at < 0:
+        return None
+    try:
+        body = json.loads(line[at + len(EVENT_MARKER) :])
+        return TrainEvent(
+            kind=str(body["kind"]),
+            step=int(body.get("step", 0)),
+            total_steps=int(body.get("total_steps", 0)),
+            epoch=int(body.get("epoch", 0)),
+            metrics={str(k): float(v) for k, v in body.get("metrics", {}).items()},
+            path=body.get("path"),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def run_dir(config: ExperimentConfig) -> Path:
     """``<training.output_dir>/<training.run_name>``."""
     return Path(config.training.output_dir) / config.training.run_name

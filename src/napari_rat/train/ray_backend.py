@@ -36,6 +36,12 @@ STATE_DIR = "state"
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
+#: Set by Ray in the environment of a job's driver process.
+_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+#: The consolidated best checkpoint's name in the run's storage folder (what ``fetch`` reads).
+STORAGE_BEST_NAME = "best.safetensors"
+
+
 class RunExistsError(ValueError):
     """A Ray run of this name already has checkpoints and ``resume`` was not asked for."""
 
@@ -114,7 +120,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
     """The function each Ray Train worker runs."""
     import ray.train
 
-    from napari_rat.train.loop import checkpoint_metadata, train_events
+    from napari_rat.train.loop import checkpoint_metadata, event_line, train_events
 
     ctx = ray.train.get_context()
     dist = DistEnv(
@@ -156,6 +162,9 @@ def _worker(loop_config: dict[str, Any]) -> None:
     ):
         if dist.is_main:
             print(f"[napari-rat rank 0] {event}", flush=True)
+            line = event_line(event)
+            if line is not None:
+                print(line, flush=True)
 
 
 def scaling_config(config: ExperimentConfig, num_workers: int | None, num_gpus: float | None):
@@ -231,7 +240,10 @@ def train_with_ray(
         log(f"resuming {run_storage(config)}" if saved else "no saved run; starting fresh")
     head = None
     own_init = not ray.is_initialized()
-    if own_init and config.cluster.address is None:
+    # A Ray job's driver (``napari-rat submit``) runs on the cluster, which tells it its GCS
+    # address in RAY_ADDRESS; anywhere else RAY_ADDRESS is ignored (it would redirect silently).
+    job_address = os.environ.get("RAY_ADDRESS") if _JOB_ENV in os.environ else None
+    if own_init and config.cluster.address is None and job_address is None:
         log("starting a local Ray head on 127.0.0.1")
         workers = num_workers or config.cluster.num_workers
         head = start_head(
@@ -241,7 +253,8 @@ def train_with_ray(
     try:
         with driver_env(head):
             if own_init:
-                address = head.address if head is not None else config.cluster.address
+                address = head.address if head is not None else job_address
+                address = address or config.cluster.address
                 ray.init(address=address, logging_level="ERROR", log_to_driver=True)
             engine = "deepspeed" if config.deepspeed.enabled else "local"
             trainer = TorchTrainer(
@@ -263,12 +276,30 @@ def train_with_ray(
             with best.as_directory() as folder:
                 out = consolidate(folder, config)
             log(f"consolidated the best checkpoint into {out}")
+            log(f"published it as {publish_best(out, config)}")
             if own_init:
                 ray.shutdown()
             return out
     finally:
         if head is not None:
             head.stop()
+
+
+def publish_best(path: str | os.PathLike, config: ExperimentConfig) -> str:
+    """Copy the consolidated checkpoint into the run's storage (a folder or an ``s3://`` URL),
+    where a client that shares no disk with the job's driver fetches it; returns its URL/path.
+
+    Written under a temporary name, then moved, so a reader never sees a partial file.
+    """
+    import fsspec
+
+    target = f"{run_storage(config)}/{STORAGE_BEST_NAME}"
+    fs, fs_path = fsspec.core.url_to_fs(target)
+    partial = f"{fs_path}.partial"
+    fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
+    fs.put_file(str(path), partial)
+    fs.mv(partial, fs_path)
+    return target
 
 
 def _best_checkpoint(result):
