@@ -1,0 +1,118 @@
+"""A training set from what the user has in napari: an image and its (corrected) instance labels
+written as one OME-Zarr with NGFF ``labels/``, and the ``data.source: ome_zarr`` config that
+trains on it.
+
+The image keeps its spacing, units and translation, so a model fine-tuned on it is told the same
+physical sizes it will see at prediction. The set is built in a staging folder and moved into
+place complete: an interrupted export leaves nothing at the destination.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from napari_rat.config import ExperimentConfig
+from napari_rat.io import write_image, write_labels
+from napari_rat.io.ome_zarr_writer import move_into_place, staging_dir
+
+DEFAULT_LABEL_NAME = "training"
+
+
+class TrainingSetError(ValueError):
+    """The image and labels cannot make a training set; the message says what to change."""
+
+
+def export_training_set(
+    dest: str | os.PathLike,
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    axes: str,
+    spacing: Sequence[float],
+    units: str | Sequence[str | None] | None = "micrometer",
+    translation: Sequence[float] | None = None,
+    label_name: str = DEFAULT_LABEL_NAME,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``image`` (axes ``axes``, e.g. ``"yx"``, ``"zyx"`` or ``"cyx"``) and its instance
+    ``labels`` (the image's spatial shape) as a new OME-Zarr at ``dest``.
+
+    Raises
+    ------
+    TrainingSetError
+        Shapes that do not match, labels that are not integers, or no labelled object at all.
+    napari_rat.io.OmeZarrError
+        ``dest`` exists (without ``overwrite``) or cannot be written.
+    """
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if len(axes) != image.ndim:
+        raise TrainingSetError(
+            f"the image has {image.ndim} axes but axes {axes!r} name {len(axes)}"
+        )
+    spatial_shape = tuple(s for s, a in zip(image.shape, axes, strict=True) if a in "zyx")
+    if labels.shape != spatial_shape:
+        raise TrainingSetError(
+            f"the labels' shape {labels.shape} is not the image's spatial shape {spatial_shape}; "
+            "choose the Labels layer painted on this image"
+        )
+    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise TrainingSetError(
+            f"the labels are {labels.dtype}, not instance labels; use a Labels layer"
+        )
+    if not labels.any():
+        raise TrainingSetError(
+            "the labels are empty: paint or correct some objects first (0 is background)"
+        )
+    dest = Path(dest).expanduser().absolute()
+    staging = staging_dir(dest)
+    try:
+        # write_image makes `staging/set.zarr`; the whole staging folder is the unit moved.
+        inner = staging / dest.name
+        write_image(inner, image, axes=axes, scale=spacing, translation=translation, units=units)
+        write_labels(inner, labels.astype(np.uint32, copy=False), label_name)
+        move_into_place(inner, dest, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def training_config_for(
+    base: ExperimentConfig,
+    dataset: str | os.PathLike,
+    *,
+    label_name: str = DEFAULT_LABEL_NAME,
+    units: str | None = None,
+    spatial_shape: Sequence[int] | None = None,
+    val_fraction: float | None = None,
+    run_name: str | None = None,
+) -> ExperimentConfig:
+    """``base`` trained on an exported set: ``data.source: ome_zarr`` on ``dataset``'s
+    ``labels/<label_name>``, the set's own spacing (``data.spacing`` cleared), crops no larger
+    than the image, no held-out part (the user's labels all teach)."""
+    raw = base.model_dump(mode="json")
+    data = raw["data"]
+    data.update(
+        source="ome_zarr",
+        paths=[str(dataset)],
+        label_paths=[],
+        label_name=label_name,
+        spacing=None,
+        holdout_fraction=0.0,
+    )
+    if units:
+        data["units"] = units
+    if val_fraction is not None:
+        data["val_fraction"] = val_fraction
+    if spatial_shape is not None:
+        data["crop_size"] = [
+            min(int(c), int(s)) for c, s in zip(data["crop_size"], spatial_shape, strict=True)
+        ]
+    if run_name:
+        raw["training"]["run_name"] = run_name
+    return type(base).model_validate(raw)
