@@ -138,8 +138,16 @@ def test_submit_watch_stop_resume_fetch(head, tmp_path, monkeypatch, capsys):
     assert main(["stop", first]) == 0
     assert client.wait(first, timeout=60) in ("STOPPED", "SUCCEEDED")
 
-    assert main(["submit", "--config", str(config), "--resume", "--follow"]) == 0
-    resumed = _job_id(capsys.readouterr().out)
+    # `napari-rat train` with a dashboard URL as cluster.address runs as a job there too: the
+    # resume goes that way, with the token from cluster.token_env
+    raw = load_config(config).model_dump()
+    raw["cluster"].update(address=head.dashboard_url, token_env="TEST_CLUSTER_TOKEN")
+    remote = save_config(type(load_config(config)).model_validate(raw), tmp_path / "remote.yaml")
+    monkeypatch.setenv("TEST_CLUSTER_TOKEN", head.token)
+    assert main(["train", "--config", str(remote), "--resume"]) == 0
+    out = capsys.readouterr().out
+    resumed = out.split("submitted ", 1)[1].split()[0]
+    assert (tmp_path / "runs" / "quick" / "quick.safetensors").is_file()  # fetched back
     events = client.events(resumed)
     steps = [e.step for e in events if e.kind == "progress"]
     assert steps and steps[0] > 1, steps  # continued from a checkpoint, not from step 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
@@ -96,9 +97,41 @@ def _train(args: argparse.Namespace) -> int:
 
     config = prepare_config(args)
     start = time.perf_counter()
-    best = run_training(config, args)
+    address = config.cluster.address or ""
+    if config.training.backend == "ray" and address.startswith(("http://", "https://")):
+        best = _train_as_job(config, args)  # a dashboard URL: the cluster runs it as a job
+    else:
+        best = run_training(config, args)
     print(f"done in {time.perf_counter() - start:.1f} s; best checkpoint: {best}")
     return 0
+
+
+def _train_as_job(config, args: argparse.Namespace):
+    """Submit to the cluster at ``cluster.address``, print its log until it ends, and fetch
+    the best checkpoint into ``<training.output_dir>/<run_name>/``."""
+    from napari_rat.cli import CommandError
+    from napari_rat.cluster import ClusterError, connect
+    from napari_rat.cluster.submission import SubmissionError
+
+    try:
+        client = connect(config.cluster.address, token_env=config.cluster.token_env)
+        job = client.submit(
+            config,
+            init_from=args.init_from,
+            resume=args.resume,
+            num_workers=args.num_workers,
+            num_gpus=args.num_gpus,
+        )
+        print(f"submitted {job} to {client.url}", flush=True)
+        for line in client.follow(job):
+            print(line, flush=True)
+        summary = client.job(job)
+        if summary.status != "SUCCEEDED":
+            raise CommandError(f"job {job} {summary.status}: {summary.message}")
+        out = Path(config.training.output_dir) / config.training.run_name
+        return client.fetch(job, out)
+    except (ClusterError, SubmissionError, ImportError) as exc:
+        raise CommandError(str(exc)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

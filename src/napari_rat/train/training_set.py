@@ -70,6 +70,7 @@ def export_training_set(
             "the labels are empty: paint or correct some objects first (0 is background)"
         )
     dest = Path(dest).expanduser().absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(dest)
     try:
         # write_image makes `staging/set.zarr`; the whole staging folder is the unit moved.
@@ -116,3 +117,65 @@ def training_config_for(
     if run_name:
         raw["training"]["run_name"] = run_name
     return type(base).model_validate(raw)
+
+
+def base_config_for_checkpoint(checkpoint: str | os.PathLike) -> ExperimentConfig:
+    """A recipe to fine-tune ``checkpoint`` (a file or ``"starter"``): its stored model config,
+    its training spacing and units, and the schema's defaults for the rest."""
+    from napari_rat.inference.model_loading import checkpoint_path
+    from napari_rat.model import read_checkpoint_info
+
+    path = checkpoint_path(checkpoint)
+    info = read_checkpoint_info(path)
+    model = info.model_config
+    return ExperimentConfig.model_validate(
+        {
+            "name": f"fine-tune {path.stem}",
+            "model": model.model_dump(mode="json"),
+            "data": {
+                "spacing": info.training_spacing,
+                "units": info.units,
+                "crop_size": [64] * model.spatial_dims,
+            },
+        }
+    )
+
+
+def with_training_options(config: ExperimentConfig, **options) -> ExperimentConfig:
+    """``config`` with the options a training form offers, validated together.
+
+    Keys: ``epochs``, ``learning_rate``, ``batch_size``, ``steps_per_epoch``, ``precision``,
+    ``run_name`` (training); ``crop_size`` (data); ``num_workers``, ``gpus_per_worker``
+    (cluster); ``zero_stage``, ``offload_optimizer`` (DeepSpeed, turned on by a stage > 0).
+    ``None`` values keep the config's.
+
+    Raises
+    ------
+    pydantic.ValidationError
+        An option out of range, or options that contradict each other.
+    """
+    sections = {
+        "training": (
+            "epochs",
+            "learning_rate",
+            "batch_size",
+            "steps_per_epoch",
+            "precision",
+            "run_name",
+        ),
+        "data": ("crop_size",),
+        "cluster": ("num_workers", "gpus_per_worker"),
+        "deepspeed": ("zero_stage", "offload_optimizer"),
+    }
+    known = {key for keys in sections.values() for key in keys}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
+    raw = config.model_dump(mode="json")
+    for section, keys in sections.items():
+        for key in keys:
+            if options.get(key) is not None:
+                raw[section][key] = options[key]
+    if options.get("zero_stage") is not None:
+        raw["deepspeed"]["enabled"] = int(options["zero_stage"]) > 0
+    return type(config).model_validate(raw)

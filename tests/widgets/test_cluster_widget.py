@@ -1,0 +1,119 @@
+"""The "Train on cluster" dock in a real viewer, on a real local Ray head it starts itself:
+layers -> training set -> submit -> metrics plotted -> fetch -> the model in the inference dock,
+run on the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("ray")
+
+from napari_rat._widgets.cluster_widget import (  # noqa: E402
+    INIT_STARTER,
+    REMOTE,
+    ClusterTrainingWidget,
+)
+from napari_rat.sample_data import nuclei_2d  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+]
+
+
+@pytest.fixture
+def viewer_with_layers(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, labels = nuclei_2d()
+    viewer.add_image(np.asarray(image)[:96, :128], name="nuclei", scale=(0.5, 0.5),
+                     translate=(3.0, 4.0))  # fmt: skip
+    viewer.add_labels(np.asarray(labels)[:96, :128].astype(np.int32), name="corrected",
+                      scale=(0.5, 0.5), translate=(3.0, 4.0))  # fmt: skip
+    return viewer
+
+
+def _dock(viewer, tmp_path):
+    dock = ClusterTrainingWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Train on cluster")
+    dock.image_layer.value = "nuclei"
+    dock.labels_layer.value = "corrected"
+    dock.export_dir.value = tmp_path / "export"
+    dock.run_name.value = "gui-tune"
+    return dock
+
+
+def test_bad_form_input_is_said_and_nothing_starts(viewer_with_layers, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_RAT_STATE_DIR", str(tmp_path / "state"))
+    dock = _dock(viewer_with_layers, tmp_path)
+    dock.learning_rate.value = "fast"
+    dock.submit_button.native.click()
+    assert "learning rate 'fast' is not a number" in dock.status.value
+    assert dock._busy is None and dock.client is None
+    dock.learning_rate.value = "0.001"
+    dock.cluster.value = REMOTE
+    assert not dock.address.native.isHidden() and not dock.token.native.isHidden()
+    viewer_with_layers.layers.remove("corrected")  # the user removed the Labels layer
+    dock.submit_button.native.click()
+    assert "choose the Labels layer" in dock.status.value
+    assert not (tmp_path / "export").exists()
+
+
+def test_layers_to_a_fetched_model_that_segments(viewer_with_layers, qtbot, tmp_path, monkeypatch):
+    from napari_rat.cluster.local_head import recorded_head
+    from napari_rat.model import load_checkpoint
+
+    monkeypatch.setenv("NAPARI_RAT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)
+    viewer = viewer_with_layers
+    dock = _dock(viewer, tmp_path)
+    assert dock.init_from.value == INIT_STARTER
+    dock.epochs.value = 1
+    dock.workers.value = 2
+    dock.crop_size.value = 48
+    dock.batch_size.value = 2
+    dock.precision.value = "fp32"
+    dock.submit_button.native.click()
+    qtbot.waitUntil(
+        lambda: dock.client is not None or "error" in dock.status.value, timeout=240_000
+    )
+    assert dock.client is not None, dock.status.value
+    head = recorded_head()
+    assert head is not None and dock._started_head is not None  # started on demand
+    job = dock.jobs.value
+
+    def finished():
+        rows = {r[0]: r for r in dock.table.rows()}
+        return job in rows and rows[job][2] in ("SUCCEEDED", "FAILED", "STOPPED")
+
+    qtbot.waitUntil(finished, timeout=480_000)
+    row = {r[0]: r for r in dock.table.rows()}[job]
+    assert row[2] == "SUCCEEDED", dock.log.value[-3000:]
+    assert float(row[4]) > 0  # the latest loss
+    qtbot.waitUntil(lambda: bool(dock.plot.shown[0]), timeout=20_000)
+    assert "napari-rat-event" in dock.log.value
+    exported = tmp_path / "export" / "gui-tune.zarr"
+    assert (exported / "labels" / "training").is_dir()
+
+    dock.fetch_button.native.click()
+    qtbot.waitUntil(lambda: dock.fetched is not None or "error" in dock.status.value,
+                    timeout=60_000)  # fmt: skip
+    assert dock.fetched is not None, dock.status.value
+    tuned = load_checkpoint(dock.fetched)
+    assert tuned.checkpoint_info.model_config.spatial_dims == 2
+    inference = viewer.window.dock_widgets["RAT inference (napari-rat)"]
+    assert str(inference.model.selection()) == str(dock.fetched)
+    inference.image_layer.value = "nuclei"
+    before = len(viewer.layers)
+    inference.run_button.native.click()
+    qtbot.waitUntil(lambda: len(viewer.layers) >= before + 2, timeout=120_000)
+    labels = viewer.layers[-1]
+    assert type(labels).__name__ == "Labels"
+    assert tuple(labels.translate) == (3.0, 4.0) and tuple(labels.scale) == (0.5, 0.5)
+
+    dock.close_cluster()
+    assert recorded_head() is None and not head.alive()
