@@ -48,6 +48,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--num-cpus", type=int, metavar="N", help="CPUs Ray may schedule")
     start.set_defaults(func=_start)
     sub.add_parser("stop", help="stop the local head by its pid").set_defaults(func=_stop)
-    sub.add_parser("status", help="is the local head running, and where").set_defaults(
-        func=_status
-    )
+    sub.add_parser("status", help="is the local head running, and where").set_defaults(func=_status)

@@ -21,8 +21,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         "--token-env",
         default=None,
         metavar="VAR",
-        help="environment variable holding the token (default: cluster.token_env, "
-        "RAY_AUTH_TOKEN)",
+        help="environment variable holding the token (default: cluster.token_env, RAY_AUTH_TOKEN)",
     )
     parser.add_argument("--ca-file", metavar="F", help="CA bundle for an https dashboard")
 
