@@ -155,3 +155,12 @@ def test_a_large_level_is_sampled_not_read_whole(monkeypatch):
     assert w0 == pytest.approx(_window(data[0]), abs=15)
     assert w1 == pytest.approx(_window(data[1]), abs=2)
     assert limits == (0.0, 65535.0)
+
+
+def test_convert_keeps_an_imagej_frame_interval(tmp_path):
+    data = _dim_image_with_a_hot_pixel((3, 4, 32, 32))
+    metadata = {"axes": "TZYX", "spacing": 3.0, "unit": "um", "finterval": 0.5, "tunit": "min"}
+    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, resolution=(2, 2), metadata=metadata)
+    pyramid = open_pyramid(convert(tmp_path / "ij.tif", tmp_path / "ij.zarr", levels=1))
+    assert [a.unit for a in pyramid.axes] == ["minute"] + ["micrometer"] * 3
+    assert pyramid.levels[0].scale == pytest.approx((0.5, 3.0, 0.5, 0.5))
