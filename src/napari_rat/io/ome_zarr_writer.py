@@ -336,7 +336,11 @@ def write_image(
     n_channels = data.shape[c_axis] if c_axis is not None else 1
     if channels and len(channels) != n_channels:
         raise ValueError(f"got {len(channels)} channels for {n_channels} in the data")
-    attrs = image_attributes(ngff_version, multiscale)
+    base = name or dest.name
+    default_names = [base] if c_axis is None else [f"{base} c{c}" for c in range(n_channels)]
+    given = list(channels) if channels else [Channel(n) for n in default_names]
+    # Validated now, before the pixels are written; the windows still missing come after.
+    attrs = image_attributes(ngff_version, multiscale, omero=build_omero(given, ngff_version))
     staging = staging_dir(dest)
     try:
         group = zarr.open_group(
@@ -368,9 +372,6 @@ def write_image(
             down = downsample(prev, step, arrays[i].chunks, method)
             store_lazily(down, arrays[i], progress, f"level {i + 1}/{n}")
         # The contrast window comes from the coarsest level, now cheap to read.
-        base = name or dest.name
-        default_names = [base] if c_axis is None else [f"{base} c{c}" for c in range(n_channels)]
-        given = list(channels) if channels else [Channel(n) for n in default_names]
         windows = contrast_windows(da.from_zarr(arrays[-1]), c_axis)
         filled = []
         for ch, (window, limits) in zip(given, windows, strict=True):
