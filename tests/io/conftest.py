@@ -14,7 +14,17 @@ import numpy as np
 import pytest
 from ome_zarr_helpers import SPACING_3D, TRANSLATION_3D, volume
 
+from napari_rat._widgets.model_imports import keep_triton_out
 from napari_rat.io import Channel, write_image
+
+
+@pytest.fixture
+def make_napari_viewer(make_napari_viewer):
+    """napari's fixture, with triton kept out as the docks keep it: a later test of this
+    folder that imports the model (timm -> torchvision -> triton) after a canvas has drawn
+    would crash the process (triton's LLVM against Mesa's; see model_imports)."""
+    keep_triton_out()
+    return make_napari_viewer
 
 
 @pytest.fixture(params=["0.4", "0.5"])

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from ome_zarr_helpers import SPACING_3D, TRANSLATION_3D, volume
 
-from napari_rat.io import OmeZarrError, open_pyramid, write_labels
+from napari_rat.io import open_pyramid, write_labels
+from napari_rat.io.errors import NapariWriteError
 from napari_rat.io.napari_reader import get_reader, pyramid_layer_data
 from napari_rat.io.napari_writer import write_labels_layer
 
@@ -110,9 +111,9 @@ def test_writer_contribution_saves_labels_layer(image_3d):
     nuclei = open_pyramid(image_3d).labels["nuclei"]
     np.testing.assert_array_equal(nuclei.levels[0].data.compute(), data)
     assert set(nuclei.image_label.colors) == {3}
-    with pytest.raises(OmeZarrError, match="already exists"):
+    with pytest.raises(NapariWriteError, match="already exists.*another name"):
         write_labels_layer(str(image_3d), layer.data, layer._get_state())
-    with pytest.raises(OmeZarrError, match="existing OME-Zarr image"):
+    with pytest.raises(NapariWriteError, match="existing OME-Zarr image"):
         write_labels_layer(str(image_3d.parent / "new.tif"), layer.data, layer._get_state())
 
 

@@ -27,14 +27,17 @@ Writing
 ``write_image(dest, data, axes="zyx", scale, translation, units, levels, ngff_version,
 chunks, channels, method="mean"|"nearest", overwrite=False, progress) -> Path``
     A new multiscale image from a NumPy or dask array, computed chunk by chunk, written aside
-    and moved into place. Pyramids respect anisotropy (z is not halved while coarser).
+    and moved into place. Pyramids respect anisotropy (z is not halved while coarser). Every
+    channel gets an ``omero`` display window (percentiles of the coarsest level unless given),
+    which the napari reader passes on as ``contrast_limits``.
 
 ``write_labels(image, labels, name, colors=None, overwrite=False, progress) -> Path``
     ``image/labels/<name>`` with one level per image level (nearest neighbour onto each
     level's grid, same transforms), ``image-label`` metadata, atomic.
 
 ``convert(src, dest, spacing, units, ngff_version, levels, chunks, ...) -> Path``
-    TIFF / OME-TIFF / ``.npy`` to OME-Zarr, streaming.
+    TIFF / OME-TIFF / ``.npy`` to OME-Zarr, streaming; a time axis keeps the file's
+    increment and unit (OME-XML ``TimeIncrement``/``TimeIncrementUnit``, ImageJ ``finterval``).
 
 Diagnostics
 -----------

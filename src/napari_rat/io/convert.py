@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_rat.io.errors import OmeZarrError
-from napari_rat.io.ome_zarr_writer import ProgressCallback, write_image
+from napari_rat.io.ome_zarr_writer import ProgressCallback, make_axes, write_image
 from napari_rat.io.pyramid import Channel
-from napari_rat.io.units import meters, ngff_unit
+from napari_rat.io.units import meters, ngff_time_unit, ngff_unit
 
 __all__ = ["SourceImage", "convert", "open_source"]
 
@@ -35,6 +35,9 @@ class SourceImage:
     spacing: tuple[float, ...] | None = None
     unit: str | None = None
     channel_names: list[str] = field(default_factory=list)
+    #: Time between time points and its unit (OME-XML ``TimeIncrement``), when the file says.
+    time_increment: float | None = None
+    time_unit: str | None = None
     closers: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
@@ -43,10 +46,29 @@ class SourceImage:
             c.close()
 
 
+def _ome_pixels(xml: str) -> ET.Element | None:
+    root = ET.fromstring(xml)
+    return next((el for el in root.iter() if el.tag.endswith("}Pixels")), None)
+
+
+def _ome_time(xml: str) -> tuple[float | None, str | None]:
+    """``TimeIncrement`` and its NGFF unit (seconds by OME's default), if given and positive."""
+    pixels = _ome_pixels(xml)
+    if pixels is None:
+        return None, None
+    try:
+        increment = float(pixels.get("TimeIncrement", "nan"))
+    except ValueError:
+        return None, None
+    unit = ngff_time_unit(pixels.get("TimeIncrementUnit", "s"))
+    if not increment > 0 or unit is None:
+        return None, None
+    return increment, unit
+
+
 def _ome_physical(xml: str) -> tuple[dict[str, float], str | None, list[str]]:
     """Physical sizes per axis (in the unit returned, that of X), unit, channel names."""
-    root = ET.fromstring(xml)
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels")), None)
+    pixels = _ome_pixels(xml)
     if pixels is None:
         return {}, None, []
     sizes: dict[str, float] = {}
@@ -103,8 +125,10 @@ def _open_tiff(path: Path) -> SourceImage:
         spacing_of: dict[str, float] = {}
         unit = None
         names: list[str] = []
+        increment = time_unit = None
         if tif.ome_metadata:
             spacing_of, unit, names = _ome_physical(tif.ome_metadata)
+            increment, time_unit = _ome_time(tif.ome_metadata)
         elif tif.imagej_metadata:
             ij = tif.imagej_metadata
             page = tif.pages[0]
@@ -114,12 +138,19 @@ def _open_tiff(path: Path) -> SourceImage:
             if "spacing" in ij:
                 spacing_of["z"] = float(ij["spacing"])
             unit = ngff_unit(str(ij.get("unit", "")).replace("\\u00B5", "µ"))
+            if ij.get("finterval"):
+                increment = float(ij["finterval"])
+                time_unit = ngff_time_unit(str(ij.get("tunit", "s")))
+                if time_unit is None:
+                    increment = None
         data, axes = _to_ngff_order(data, axes)
         spatial = [a for a in axes if a in "zyx"]
         spacing = None
         if spacing_of and all(a in spacing_of for a in spatial if a != "z"):
             spacing = tuple(spacing_of.get(a, 1.0) for a in spatial)
-        return SourceImage(data, axes, spacing, unit, names, closers=[store, tif])
+        return SourceImage(
+            data, axes, spacing, unit, names, increment, time_unit, closers=[store, tif]
+        )
     except BaseException:
         tif.close()
         raise
@@ -249,13 +280,26 @@ def convert(
             n = source.data.shape[source.axes.index("c")]
             if len(source.channel_names) == n:
                 channels = [Channel(name=name) for name in source.channel_names]
+        axes = make_axes(source.axes, units or source.unit or "micrometer")
+        scale = spacing if spacing is not None else source.spacing
+        if "t" in source.axes and source.time_increment is not None:
+            # The time axis keeps its increment and unit: then one scale value per axis.
+            spatial = list(scale) if scale is not None else [1.0] * n_spatial
+            full = []
+            for a in axes:
+                if a.type == "time":
+                    full.append(source.time_increment)
+                else:
+                    full.append(float(spatial.pop(0)) if a.type == "space" else 1.0)
+            axes = tuple(replace(a, unit=source.time_unit) if a.type == "time" else a for a in axes)
+            scale = full
         return write_image(
             dest,
             source.data,
-            axes=source.axes,
-            scale=spacing if spacing is not None else source.spacing,
+            axes=axes,
+            scale=scale,
             translation=translation,
-            units=units or source.unit or "micrometer",
+            units=None,
             levels=levels,
             ngff_version=ngff_version,
             chunks=chunks,

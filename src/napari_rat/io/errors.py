@@ -37,3 +37,13 @@ class RemoteAccessError(OmeZarrError):
 class OmeZarrWarning(UserWarning):
     """Metadata that breaks the spec in a way this package can still read (e.g. a label image
     written by another tool without ``dimension_names``)."""
+
+
+class NapariWriteError(OSError):
+    """A save from napari that was refused, with the :class:`OmeZarrError`'s message.
+
+    napari takes a ``ValueError`` raised by a writer to mean "not my format", tries no other
+    writer and only warns that the plugin "is not a valid writer", so the reason would be lost;
+    an ``OSError`` reaches the user (napari's File > Save shows it as an error notification,
+    ``viewer.layers.save`` raises it).
+    """

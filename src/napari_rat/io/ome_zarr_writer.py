@@ -36,13 +36,24 @@ from napari_rat.io.zarr_stores import is_remote
 if TYPE_CHECKING:
     import dask.array as da
 
-__all__ = ["ProgressCallback", "default_chunks", "make_axes", "write_image"]
+__all__ = [
+    "ProgressCallback",
+    "contrast_windows",
+    "default_chunks",
+    "make_axes",
+    "write_image",
+]
 
 #: ``progress(fraction_done, message)``, called from the writing thread.
 ProgressCallback = Callable[[float, str], None]
 
 _READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 _SLAB_BUDGET = 128 * 1024**2
+#: Percentiles of a coarse level's values that make an image's default display window
+#: (``omero``), so napari opens it readable instead of guessing from one slice.
+WINDOW_PERCENTILES = (0.1, 99.9)
+_WINDOW_SAMPLE = 2**22
+_WINDOW_PLANES = 16
 _OVERWRITE_HINT = "pass overwrite=True (napari-rat convert: --overwrite) to replace it"
 
 
@@ -160,6 +171,55 @@ def _slabs(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...
     return out
 
 
+def contrast_windows(
+    level: da.Array, c_axis: int | None
+) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """Per channel, a display window (``WINDOW_PERCENTILES`` of ``level``'s values) and the
+    range it may move in (the type's range for integers, the values' range for floats).
+
+    ``level`` is a coarse level: it is read whole unless a channel has more than
+    ``_WINDOW_SAMPLE`` elements; then a few evenly spaced planes, each strided, are read (so a
+    single-level image of any size costs a bounded read).
+    """
+    n_channels = level.shape[c_axis] if c_axis is not None else 1
+    others = [a for a in range(level.ndim) if a != c_axis]
+    plane, lead = others[-2:], others[:-2]
+    sample = level
+    if level.size / n_channels > _WINDOW_SAMPLE:
+        per_axis = max(1, int(_WINDOW_PLANES ** (1 / max(len(lead), 1))))
+        n_planes = 1
+        for a in lead:
+            picks = np.unique(np.linspace(0, level.shape[a] - 1, per_axis).round().astype(int))
+            sample = sample[(slice(None),) * a + (picks,)]
+            n_planes *= picks.size
+        plane_size = math.prod(level.shape[a] for a in plane)
+        step = max(1, math.ceil(math.sqrt(plane_size * n_planes / _WINDOW_SAMPLE)))
+        strided = tuple(
+            slice(None, None, step) if a in plane else slice(None) for a in range(level.ndim)
+        )
+        sample = sample[strided]
+    sample = np.asarray(sample)
+    if c_axis is not None:
+        sample = np.moveaxis(sample, c_axis, 0)
+    else:
+        sample = sample[np.newaxis]
+    integer = np.issubdtype(sample.dtype, np.integer)
+    out = []
+    for c in range(n_channels):
+        values = sample[c].ravel().astype(np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            values = np.zeros(1)
+        lo, hi = (float(v) for v in np.percentile(values, WINDOW_PERCENTILES))
+        if integer:
+            info = np.iinfo(sample.dtype)
+            limits = (float(info.min), float(info.max))
+        else:
+            limits = (float(values.min()), float(values.max()))
+        out.append(((lo, hi), limits))
+    return out
+
+
 def store_lazily(
     src: da.Array, target: Any, progress: ProgressCallback | None = None, message: str = ""
 ) -> None:
@@ -225,7 +285,9 @@ def write_image(
     name
         Multiscale name.
     channels
-        Channel names, colours and windows (``omero``), one per channel.
+        Channel names, colours and windows (``omero``), one per channel. Channels without a
+        window (and images without ``channels``) get the ``WINDOW_PERCENTILES`` of the
+        coarsest level, so viewers open them with a usable contrast.
     method
         ``"mean"`` for intensity images, ``"nearest"`` for labels and predictions of classes.
     overwrite
@@ -270,25 +332,15 @@ def write_image(
     multiscale = build_multiscale(
         ngff_version, ax, [t[0] for t in transforms], [t[1] for t in transforms], name=name
     )
-    omero = None
-    if channels:
-        c_axis = next((i for i, a in enumerate(ax) if a.type == "channel"), None)
-        n_channels = data.shape[c_axis] if c_axis is not None else 1
-        if len(channels) != n_channels:
-            raise ValueError(f"got {len(channels)} channels for {n_channels} in the data")
-        if np.issubdtype(data.dtype, np.integer):
-            info = np.iinfo(data.dtype)
-            full = (float(info.min), float(info.max))
-        else:
-            full = (0.0, 1.0)
-        # omero needs a window; without one, show the whole range of the type.
-        channels = [
-            replace(ch, limits=ch.limits or ch.window or full, window=ch.window or full)
-            for ch in channels
-        ]
-        omero = build_omero(channels, ngff_version)
-    attrs = image_attributes(ngff_version, multiscale, omero=omero)
-
+    c_axis = next((i for i, a in enumerate(ax) if a.type == "channel"), None)
+    n_channels = data.shape[c_axis] if c_axis is not None else 1
+    if channels and len(channels) != n_channels:
+        raise ValueError(f"got {len(channels)} channels for {n_channels} in the data")
+    base = name or dest.name
+    default_names = [base] if c_axis is None else [f"{base} c{c}" for c in range(n_channels)]
+    given = list(channels) if channels else [Channel(n) for n in default_names]
+    # Validated now, before the pixels are written; the windows still missing come after.
+    attrs = image_attributes(ngff_version, multiscale, omero=build_omero(given, ngff_version))
     staging = staging_dir(dest)
     try:
         group = zarr.open_group(
@@ -319,6 +371,17 @@ def write_image(
             prev = da.from_zarr(arrays[i - 1])
             down = downsample(prev, step, arrays[i].chunks, method)
             store_lazily(down, arrays[i], progress, f"level {i + 1}/{n}")
+        # The contrast window comes from the coarsest level, now cheap to read.
+        windows = contrast_windows(da.from_zarr(arrays[-1]), c_axis)
+        filled = []
+        for ch, (window, limits) in zip(given, windows, strict=True):
+            ch = ch if ch.window else replace(ch, window=window)
+            if ch.limits is None:
+                lo, hi = ch.window
+                ch = replace(ch, limits=(min(lo, limits[0]), max(hi, limits[1])))
+            filled.append(ch)
+        attrs = image_attributes(ngff_version, multiscale, omero=build_omero(filled, ngff_version))
+        group.update_attributes(attrs)
         move_into_place(staging, dest, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

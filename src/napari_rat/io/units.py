@@ -88,3 +88,33 @@ def to_model_units(
         source = meters(unit)
         factors.append(1.0 if source is None or target is None else source / target)
     return tuple(factors)
+
+
+#: Time symbols (OME-XML ``TimeIncrementUnit``, everyday) and their OME-NGFF names.
+_TIME_SYMBOLS = {
+    "s": "second",
+    "sec": "second",
+    "ms": "millisecond",
+    "µs": "microsecond",
+    "μs": "microsecond",
+    "us": "microsecond",
+    "ns": "nanosecond",
+    "ps": "picosecond",
+    "min": "minute",
+    "h": "hour",
+    "hr": "hour",
+    "d": "day",
+}
+_TIME_PREFIXES = ("atto", "femto", "pico", "nano", "micro", "milli", "centi", "deci", "")
+
+
+def ngff_time_unit(unit: str | None) -> str | None:
+    """The OME-NGFF name of a time ``unit`` (``"ms"`` -> ``"millisecond"``); ``None`` when
+    there is none or it is not a time unit NGFF names."""
+    name = "" if unit is None else str(unit).strip()
+    name = _TIME_SYMBOLS.get(name, name).lower()
+    if name in ("minute", "hour", "day"):
+        return name
+    if name.endswith("second") and name[: -len("second")] in _TIME_PREFIXES:
+        return name
+    return None
