@@ -169,9 +169,21 @@ def build_viewer(samples: dict[str, Path], show: bool):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from napari_rat.atomic_files import atomic_path
     from napari_rat.cli import CommandError
 
-    output = Path(args.output)
+    output = Path(args.output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise CommandError(
+            f"--output {output} is a file, not a folder; give a folder (it is created if "
+            "missing) or move the file away"
+        )
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot create the --output folder {output} ({exc.strerror}); choose another --output"
+        ) from None
     samples = prepare_samples(output)
     print(f"sample data in {output}: " + ", ".join(p.name for p in samples.values()))
     if not args.headless:
@@ -205,7 +217,8 @@ def _run(args: argparse.Namespace) -> int:
             summary["layers"] = [layer.name for layer in viewer.layers]
             viewer.close()
             print(f"screenshot: {shot}")
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    with atomic_path(output / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     print(f"summary: {output / 'summary.json'}")
     if "screenshot" not in summary:
         print("no X server for the screenshot: install xvfb (setup.sh does)", file=sys.stderr)
