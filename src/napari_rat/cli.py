@@ -16,17 +16,43 @@ import sys
 from collections.abc import Sequence
 
 from napari_rat import __version__
+from napari_rat.spelling import did_you_mean
 
 
 class CommandError(Exception):
     """A user-facing error: printed as one line (no traceback) and exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that takes options only as spelled in full and names the nearest
+    valid option for one it does not know.
+
+    Prefixes are refused (``allow_abbrev=False``): ``--headles`` must not run as ``--headless``.
+    Subcommand parsers are of this class too (``add_subparsers`` uses the parent's class), and
+    each reports its own unknown arguments, so the message carries the subcommand's usage.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            options = list(self._option_string_actions)
+            named = [
+                arg + did_you_mean(arg.split("=", 1)[0], options) if arg.startswith("-") else arg
+                for arg in extras
+            ]
+            self.error("unrecognized arguments: " + " ".join(named))
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every discovered subcommand."""
     from napari_rat import commands
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="napari-rat",
         description="Resolution Aware Transformer for napari: predict, train, evaluate, "
         "benchmark and convert, headless.",

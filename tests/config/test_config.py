@@ -106,4 +106,27 @@ def test_config_check_command(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("ok")
     assert main(["config", "check", str(good), str(bad)]) == 1
     out = capsys.readouterr().out
-    assert f"{bad}: training.epoch: unknown key 'epoch'" in out
+    assert f"{bad}: training.epoch: unknown key 'epoch' (did you mean 'epochs'?)" in out
+
+
+def test_unknown_keys_name_the_nearest_valid_key_of_their_section(tmp_path):
+    path = _write(
+        tmp_path,
+        {
+            "model": {"head": {"decoder_dim": 8}, "feature_dim": 32},
+            "trainig": {},
+            "data": {"colour": "red"},
+        },
+    )
+    problems = {p.path: p.message for p in check_config_file(path)[0]}
+    assert (
+        problems["model.head.decoder_dim"]
+        == "unknown key 'decoder_dim' (did you mean 'decoder_dims'?)"
+    )
+    assert (
+        problems["model.feature_dim"] == "unknown key 'feature_dim' (did you mean 'feature_dims'?)"
+    )
+    assert problems["trainig"] == "unknown key 'trainig' (did you mean 'training'?)"
+    # Nothing close: the section's keys instead of a guess.
+    assert problems["data.colour"].startswith("unknown key 'colour'; valid keys: ")
+    assert "crop_size" in problems["data.colour"] and "did you mean" not in problems["data.colour"]

@@ -108,6 +108,13 @@ def test_predict_errors_are_one_line(files, tmp_path, capsys):
         == 2
     )
     assert "no such checkpoint" in capsys.readouterr().err
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are my lab notes!\n\n")
+    args = ["predict", str(src), "--checkpoint", str(notes), "--output", str(tmp_path / "o.zarr")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{notes}: not a checkpoint file" in err and "truncated" not in err
+    assert not (tmp_path / "o.zarr").exists()
     assert main(["predict", str(src), "--checkpoint", str(ckpt)]) == 2
     assert "--output" in capsys.readouterr().err
     out = tmp_path / "o.zarr"

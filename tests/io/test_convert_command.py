@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import ome_zarr_models
+import pytest
 from ome_zarr_helpers import volume
 
 from napari_rat.cli import main
@@ -35,3 +36,20 @@ def test_convert_user_errors_are_one_line(tmp_path, capsys):
     assert err[0].startswith("napari-rat convert: error:") and "missing.tif" in err[0]
     assert "3 spatial axes" in err[1]
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_convert_units_are_checked_before_anything_is_written(tmp_path, capsys):
+    """An invalid unit was written into the image and only refused by a later `predict`."""
+    np.save(tmp_path / "in.npy", volume((6, 40, 40)))
+    out = tmp_path / "out.zarr"
+    for unit, hint in [("furlong", "use one of"), ("micrometr", "did you mean 'micrometer'?")]:
+        with pytest.raises(SystemExit) as info:
+            main(["convert", str(tmp_path / "in.npy"), str(out), "--units", unit])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"napari-rat convert: error: argument --units: {unit!r} is not an OME-NGFF" in err
+        assert hint in err and "micrometer" in err and not out.exists()
+    # A symbol is written as its OME-NGFF name, valid for ome-zarr-models and for predict.
+    assert main(["convert", str(tmp_path / "in.npy"), str(out), "--units", "nm", "--quiet"]) == 0
+    ome_zarr_models.open_ome_zarr(out)
+    assert open_pyramid(out).units == ("nanometer",) * 3

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from napari_rat.inference import PredictOptions, predict, run_prediction
-from napari_rat.io.units import meters, ngff_unit, to_model_units
+from napari_rat.io.units import (
+    NGFF_SPACE_UNITS,
+    meters,
+    ngff_space_unit,
+    ngff_unit,
+    to_model_units,
+)
 
 
 def test_unit_names_and_factors():
@@ -33,6 +39,21 @@ def test_symbols_become_ngff_names_and_the_converter_uses_them():
     )
     sizes, unit, _ = _ome_physical(xml)
     assert unit == "micrometer" and sizes == pytest.approx({"x": 0.25, "y": 0.25, "z": 0.5})
+
+
+def test_user_units_are_checked_against_ngffs_list():
+    from ome_zarr.axes import KNOWN_SPATIAL_UNITS  # ome-zarr-py's copy of the spec's list
+
+    assert set(KNOWN_SPATIAL_UNITS) == NGFF_SPACE_UNITS
+    assert ngff_space_unit("µm") == ngff_space_unit("um") == "micrometer"
+    assert ngff_space_unit("parsec") == "parsec" and ngff_space_unit("Å") == "angstrom"
+    with pytest.raises(ValueError, match="'furlong' is not an OME-NGFF length unit; use one of"):
+        ngff_space_unit("furlong")
+    with pytest.raises(ValueError, match="did you mean 'micrometer'"):
+        ngff_space_unit("micrometr")
+    for outside_ngff in ("decameter", "micrometres", "pixel", ""):
+        with pytest.raises(ValueError, match="not an OME-NGFF length unit"):
+            ngff_space_unit(outside_ngff)
 
 
 @pytest.mark.parametrize("resample", [False, True])

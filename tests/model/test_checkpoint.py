@@ -79,8 +79,27 @@ def test_truncated_file(checkpoint, tmp_path):
     for cut in (4, 200, len(data) // 2):
         bad = tmp_path / f"cut{cut}.safetensors"
         bad.write_bytes(data[:cut])
-        with pytest.raises(CheckpointError, match=str(bad.name)):
+        with pytest.raises(CheckpointError, match=str(bad.name)) as info:
             load_checkpoint(bad)
+        assert "truncated" in str(info.value) and "copy" in str(info.value)
+
+
+def test_a_file_that_is_no_checkpoint_at_all_is_called_that(tmp_path):
+    """Text (or any other file) is named as not a checkpoint, not as a truncated one."""
+    for name, content in [
+        ("notes.safetensors", b"these are my lab notes!\n\n"),  # 25 bytes of text
+        ("image.safetensors", b"\x89PNG\r\n\x1a\n" + bytes(64)),
+        ("config.safetensors", b'{"model": {"feature_dims": 32}}'),
+    ]:
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(bad)
+        message = str(info.value)
+        assert f"{bad}: not a checkpoint file" in message
+        assert "truncated" not in message and "header says" not in message
+        assert "'starter'" in message  # and what to give instead
+        assert bad.read_bytes() == content
 
 
 def test_corrupt_header(checkpoint, tmp_path):

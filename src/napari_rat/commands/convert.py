@@ -29,6 +29,16 @@ class _ProgressLine:
             print(file=sys.stderr)
 
 
+def _units(text: str) -> str:
+    """``--units``: an OME-NGFF length unit (or its symbol), checked before anything is read."""
+    from napari_rat.io.units import ngff_space_unit
+
+    try:
+        return ngff_space_unit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run(args: argparse.Namespace) -> int:
     from napari_rat.cli import CommandError
     from napari_rat.io import OmeZarrError, convert
@@ -81,7 +91,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="T",
         help="world position of the first voxel per spatial axis",
     )
-    parser.add_argument("--units", help="spatial unit, e.g. micrometer (default: the file's)")
+    parser.add_argument(
+        "--units",
+        type=_units,
+        help="spatial unit: an OME-NGFF name such as micrometer, or um, nm... (default: the "
+        "file's)",
+    )
     parser.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5", help="OME-NGFF version")
     parser.add_argument("--levels", type=int, help="number of pyramid levels (default: auto)")
     parser.add_argument("--chunks", nargs="+", type=int, metavar="N", help="chunk shape")

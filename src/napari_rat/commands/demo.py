@@ -25,6 +25,10 @@ from pathlib import Path
 NUCLEI_SPACING = (1.0, 1.0)
 VOLUME_SPACING = (2.0, 0.5, 0.5)
 VOLUME_TRANSLATION = (10.0, 5.0, 5.0)
+#: Window size of the headless screenshot (logical pixels; Qt enlarges it to the window's
+#: minimum size if the docks need more) and the virtual screen it fits on.
+SCREENSHOT_WINDOW = (1600, 1150)
+VIRTUAL_SCREEN = (1920, 1200)
 
 
 def prepare_samples(output: Path) -> dict[str, Path]:
@@ -132,7 +136,15 @@ def virtual_display():
         ):
             break
     proc = subprocess.Popen(
-        [xvfb, f":{number}", "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
+        [
+            xvfb,
+            f":{number}",
+            "-screen",
+            "0",
+            "{}x{}x24".format(*VIRTUAL_SCREEN),
+            "-nolisten",
+            "tcp",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -168,10 +180,54 @@ def build_viewer(samples: dict[str, Path], show: bool):
     return viewer
 
 
+def save_screenshot(viewer, path: Path, timeout: float = 10.0) -> Path:
+    """Save a screenshot of the whole window, the whole image in view, every run alike.
+
+    The window gets a fixed size (napari would restore the last session's), and the view is
+    fitted only once the canvas has its final size: the layout resizes the canvas after the
+    window is shown, and a view fitted before that was clipped left and right by however much
+    the canvas then narrowed.
+    """
+    import imageio.v3 as imageio
+    from qtpy.QtWidgets import QApplication
+
+    from napari_rat.atomic_files import atomic_path
+
+    viewer.window.resize(*SCREENSHOT_WINDOW)
+    last, stable_since = None, time.monotonic()
+    deadline = stable_since + timeout
+    while time.monotonic() < deadline:
+        QApplication.processEvents()
+        size, now = tuple(viewer.canvas.size), time.monotonic()
+        if size != last:
+            last, stable_since = size, now
+        elif now - stable_since >= 0.5:
+            break
+        time.sleep(0.02)
+    viewer.reset_view()
+    QApplication.processEvents()
+    image = viewer.screenshot(canvas_only=False, flash=False)
+    with atomic_path(path) as tmp:
+        imageio.imwrite(tmp, image, extension=".png")
+    return path
+
+
 def _run(args: argparse.Namespace) -> int:
+    from napari_rat.atomic_files import atomic_path
     from napari_rat.cli import CommandError
 
-    output = Path(args.output)
+    output = Path(args.output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise CommandError(
+            f"--output {output} is a file, not a folder; give a folder (it is created if "
+            "missing) or move the file away"
+        )
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot create the --output folder {output} ({exc.strerror}); choose another --output"
+        ) from None
     samples = prepare_samples(output)
     print(f"sample data in {output}: " + ", ".join(p.name for p in samples.values()))
     if not args.headless:
@@ -195,17 +251,14 @@ def _run(args: argparse.Namespace) -> int:
     )
     with virtual_display() as have_display:
         if have_display:
-            from qtpy.QtWidgets import QApplication
-
             viewer = build_viewer(samples, show=True)
-            QApplication.processEvents()
-            shot = output / "screenshot.png"
-            viewer.screenshot(str(shot), canvas_only=False)
+            shot = save_screenshot(viewer, output / "screenshot.png")
             summary["screenshot"] = str(shot)
             summary["layers"] = [layer.name for layer in viewer.layers]
             viewer.close()
             print(f"screenshot: {shot}")
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    with atomic_path(output / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     print(f"summary: {output / 'summary.json'}")
     if "screenshot" not in summary:
         print("no X server for the screenshot: install xvfb (setup.sh does)", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from napari_rat.atomic_files import atomic_path
 from napari_rat.config._base import StrictModel
@@ -18,6 +18,7 @@ from napari_rat.config.data import DataConfig
 from napari_rat.config.deepspeed import DeepSpeedConfig
 from napari_rat.config.model import ModelConfig
 from napari_rat.config.training import TrainingConfig
+from napari_rat.spelling import did_you_mean
 
 CONFIG_VERSION = 1
 
@@ -99,12 +100,29 @@ class ConfigFileError(ValueError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys the config section at YAML path ``loc`` accepts (none known: empty)."""
+    section: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        field = section.model_fields.get(str(part))
+        kind = field.annotation if field is not None else None
+        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+            return []
+        section = kind
+    return list(section.model_fields)
+
+
 def _problems_from_validation(file: str, exc: ValidationError) -> list[ConfigProblem]:
     problems = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            message = f"unknown key {err['loc'][-1]!r} (misspelled?)"
+            key = str(err["loc"][-1])
+            valid = _keys_at(err["loc"][:-1])
+            hint = did_you_mean(key, valid) or (
+                f"; valid keys: {', '.join(sorted(valid))}" if valid else " (misspelled?)"
+            )
+            message = f"unknown key {key!r}{hint}"
         else:
             message = err["msg"].removeprefix("Value error, ")
             if "input" in err and err["type"] not in ("missing",):

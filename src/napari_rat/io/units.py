@@ -1,7 +1,8 @@
 """Physical length units: names, sizes, and an image's spacing in a model's unit.
 
 The one unit table of the package: :func:`ngff_unit` turns the symbols microscopy files use
-(``µm``, ``nm``, ``Å``) into OME-NGFF names (the converter), :func:`meters` gives a unit's size,
+(``µm``, ``nm``, ``Å``) into OME-NGFF names (the converter), :func:`ngff_space_unit` validates a
+unit given by the user against OME-NGFF's list, :func:`meters` gives a unit's size,
 and :func:`to_model_units` the factors that express an image's spacing in a checkpoint's unit.
 
 A checkpoint records the units of its training spacing (``micrometer`` by default); an OME-Zarr
@@ -16,6 +17,8 @@ unit, as before units were compared.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from napari_rat.spelling import did_you_mean
 
 _PREFIXES = {
     "yocto": 1e-24, "zepto": 1e-21, "atto": 1e-18, "femto": 1e-15, "pico": 1e-12, "nano": 1e-9,
@@ -46,6 +49,9 @@ _SYMBOLS = {
     "km": "kilometer",
 }
 _NO_UNIT = {"", "pixel", "pixels", "px", "none", "dimensionless"}
+#: The length units OME-NGFF allows on ``space`` axes: every SI prefix of the metre but deca,
+#: and the other units above.
+NGFF_SPACE_UNITS = frozenset({f"{p}meter" for p in _PREFIXES if p != "deca"} | set(_OTHER))
 
 
 def ngff_unit(unit: str | None) -> str | None:
@@ -56,6 +62,24 @@ def ngff_unit(unit: str | None) -> str | None:
         return name if meters(name) is not None else None
     except ValueError:
         return None
+
+
+def ngff_space_unit(unit: str) -> str:
+    """``unit`` (an OME-NGFF name or a usual symbol such as ``um``) as its OME-NGFF name.
+
+    Raises
+    ------
+    ValueError
+        For anything that is not an OME-NGFF length unit, naming the nearest one and the list.
+    """
+    name = ngff_unit(unit)
+    if name in NGFF_SPACE_UNITS:
+        return name
+    choices = sorted(NGFF_SPACE_UNITS | set(_SYMBOLS))
+    raise ValueError(
+        f"{unit!r} is not an OME-NGFF length unit{did_you_mean(str(unit), choices)}; use one of "
+        f"{', '.join(sorted(NGFF_SPACE_UNITS))}, or a symbol ({', '.join(_SYMBOLS)})"
+    )
 
 
 def meters(unit: str | None) -> float | None:

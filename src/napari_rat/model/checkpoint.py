@@ -27,6 +27,8 @@ from napari_rat.config import ModelConfig
 
 FORMAT = "napari-rat-checkpoint"
 FORMAT_VERSION = 1
+#: safetensors refuses headers above 100 MB; a larger "length" means the file is something else.
+_MAX_HEADER_BYTES = 100_000_000
 _VERSIONED = ("napari-rat", "torch", "spatial-grouping-attention", "rotary-spatial-embeddings")
 
 
@@ -130,13 +132,20 @@ def _sniff(path: Path) -> None:
             "napari-rat never unpickles files; load its state_dict yourself with "
             "torch.load(weights_only=True) and write it with napari_rat.model.save_checkpoint"
         )
-    if len(head) < 8:
-        raise CheckpointError(f"{path}: file is empty or truncated ({size} bytes)")
+    if len(head) < 9:
+        raise CheckpointError(f"{path}: file is empty or truncated ({size} bytes); copy it again")
     (header_len,) = struct.unpack("<Q", head[:8])
+    if head[8:9] != b"{" or header_len > _MAX_HEADER_BYTES:
+        # Not a truncated checkpoint: its first bytes are not a safetensors header at all.
+        raise CheckpointError(
+            f"{path}: not a checkpoint file (a napari-rat checkpoint is a .safetensors file; "
+            f"this one starts with {head[:9]!r}); give a checkpoint written by napari-rat "
+            "training or napari_rat.model.save_checkpoint, or 'starter' for the bundled model"
+        )
     if header_len + 8 > size:
         raise CheckpointError(
-            f"{path}: truncated or not a safetensors file (header says {header_len} bytes, file "
-            f"has {size}); copy the checkpoint again"
+            f"{path}: truncated checkpoint (its header says {header_len} bytes, the file has "
+            f"{size}); copy the checkpoint again"
         )
 
 
