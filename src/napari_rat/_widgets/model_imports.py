@@ -72,8 +72,13 @@ def _warm_first_labels_layer() -> None:
 
 
 def preload_model_stack() -> threading.Thread:
-    """Start importing the model stack in a daemon thread (once per process); return it."""
+    """Start importing the model stack in a daemon thread (once per process); return it.
+
+    triton is kept out here, in the caller's thread, before any thread can import torch: a
+    dock's worker started right after the dock opened raced the preload thread to it.
+    """
     global _preload_thread
+    keep_triton_out()
     with _preload_lock:
         if _preload_thread is None:
             _preload_thread = threading.Thread(
