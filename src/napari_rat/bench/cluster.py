@@ -1,0 +1,141 @@
+"""``napari-rat bench cluster``: a training job through the Jobs API against the same training in
+the foreground, measured in one run.
+
+Cases, each in its own process for the foreground one:
+
+- **train (foreground)**: ``napari-rat train --backend ray`` of the config; it starts its own local
+  head, trains and consolidates. Times: to the first metric line on its output, to the end.
+- **submit (Jobs API)**: on a local head started once by the benchmark (its start-up reported on
+  its own), ``napari-rat submit`` of the same config through :mod:`napari_rat.cluster`, polled
+  as the dock and ``napari-rat logs --follow`` poll it. Times from Submit: to the first metric
+  line seen in the job's log, to SUCCEEDED.
+
+Both train the same number of steps with the same workers; the difference is what the Jobs API
+costs (upload, job driver start, log polling) against a head started for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _config(path: str, steps: int, workers: int, out: Path, name: str):
+    from napari_rat.config import load_config, save_config
+
+    config = load_config(path)
+    raw = config.model_dump()
+    raw["training"].update(
+        epochs=1,
+        steps_per_epoch=steps,
+        log_every=1,
+        run_name=name,
+        output_dir=str(out / "runs"),
+        backend="ray",
+    )
+    raw["cluster"].update(num_workers=workers, storage_path=str(out / "ray"))
+    return save_config(type(config).model_validate(raw), out / f"{name}.yaml")
+
+
+def _foreground(config: Path, timeout: float) -> dict:
+    from napari_rat.train.loop import EVENT_MARKER
+
+    start = time.perf_counter()
+    first = None
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-m", "napari_rat.cli", "train", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if first is None and EVENT_MARKER in line:
+            first = time.perf_counter() - start
+    code = proc.wait(timeout=timeout)
+    return {"first_metric_s": first, "done_s": time.perf_counter() - start, "ok": code == 0}
+
+
+def _submitted(config: Path, timeout: float, poll_s: float) -> dict:
+    from napari_rat.cluster import connect
+    from napari_rat.config import load_config
+
+    client = connect()
+    start = time.perf_counter()
+    job = client.submit(load_config(config))
+    submitted = time.perf_counter() - start
+    first = None
+    status = client.job_status(job)
+    while status not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if time.perf_counter() - start > timeout:
+            client.stop(job)
+            break
+        if first is None and client.events(job):
+            first = time.perf_counter() - start
+        time.sleep(poll_s)
+        status = client.job_status(job)
+    if first is None and client.events(job):
+        first = time.perf_counter() - start
+    return {
+        "submit_call_s": submitted,
+        "first_metric_s": first,
+        "done_s": time.perf_counter() - start,
+        "ok": status == "SUCCEEDED",
+    }
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from napari_rat.cluster import start_local_head, stop_local_head
+
+    out = Path(tempfile.mkdtemp(prefix="napari-rat-bench-cluster-"))
+    os.environ["NAPARI_RAT_STATE_DIR"] = str(out / "state")  # a head of the benchmark's own
+    fg = _config(args.config, args.steps, args.workers, out, "bench-foreground")
+    job = _config(args.config, args.steps, args.workers, out, "bench-job")
+    print("train (foreground): running", file=sys.stderr, flush=True)
+    foreground = _foreground(fg, args.timeout)
+    print("submit (Jobs API): starting the local head", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    start_local_head(num_cpus=max(args.workers + 1, 3))
+    head_s = time.perf_counter() - t0
+    try:
+        submitted = _submitted(job, args.timeout, args.poll)
+    finally:
+        stop_local_head()
+
+    def cell(value):
+        return "-" if value is None else f"{value:.1f} s"
+
+    print(f"config {args.config}, {args.steps} steps, {args.workers} workers; poll {args.poll} s")
+    print(f"{'case':<36} {'first metric':>13} {'done':>9} {'ok':>4}")
+    print(
+        f"{'train --backend ray (own head)':<36} {cell(foreground['first_metric_s']):>13} "
+        f"{cell(foreground['done_s']):>9} {str(foreground['ok']):>4}"
+    )
+    print(
+        f"{'submit on a running local head':<36} {cell(submitted['first_metric_s']):>13} "
+        f"{cell(submitted['done_s']):>9} {str(submitted['ok']):>4}"
+    )
+    if foreground["done_s"] and submitted["done_s"]:
+        ratio = submitted["done_s"] / foreground["done_s"]
+        print(
+            f"submit to SUCCEEDED / foreground: {ratio:.2f}x; the local head itself took "
+            f"{head_s:.1f} s to start (once, before Submit)"
+        )
+    return 0 if foreground["ok"] and submitted["ok"] else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cluster", help="a training job through the Jobs API vs train --backend ray, in one run"
+    )
+    parser.add_argument("--config", default="configs/quick.yaml", metavar="C")
+    parser.add_argument("--steps", type=int, default=10, help="optimiser steps")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    parser.add_argument("--poll", type=float, default=1.0, help="seconds between log polls")
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.set_defaults(func=_bench)
