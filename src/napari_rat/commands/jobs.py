@@ -50,7 +50,6 @@ def _cluster_errors():
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from napari_rat.cli import CommandError
     from napari_rat.commands.train import prepare_config
 
     args.backend = "ray"  # prepare_config applies it like train --backend ray
@@ -58,8 +57,20 @@ def _submit(args: argparse.Namespace) -> int:
     address = args.address or config.cluster.address
     args.address = address
     client = client_from_args(args, token_env=config.cluster.token_env)
+    job_id = submit_from_args(client, config, args)
+    print(job_id)
+    if args.follow:
+        return _print_follow(client, job_id)
+    return 0
+
+
+def submit_from_args(client, config, args: argparse.Namespace) -> str:
+    """Submit ``config`` with the training options of ``args`` (``--init-from``, ``--resume``,
+    ``--num-workers``, ``--num-gpus``); refusals become one-line command errors."""
+    from napari_rat.cli import CommandError
+
     try:
-        job_id = client.submit(
+        return client.submit(
             config,
             init_from=args.init_from,
             resume=args.resume,
@@ -68,10 +79,6 @@ def _submit(args: argparse.Namespace) -> int:
         )
     except _cluster_errors() as exc:
         raise CommandError(str(exc)) from None
-    print(job_id)
-    if args.follow:
-        return _print_follow(client, job_id)
-    return 0
 
 
 def _print_follow(client, job_id: str) -> int:

@@ -112,16 +112,11 @@ def _train_as_job(config, args: argparse.Namespace):
     from napari_rat.cli import CommandError
     from napari_rat.cluster import ClusterError, connect
     from napari_rat.cluster.submission import SubmissionError
+    from napari_rat.commands.jobs import submit_from_args
 
     try:
         client = connect(config.cluster.address, token_env=config.cluster.token_env)
-        job = client.submit(
-            config,
-            init_from=args.init_from,
-            resume=args.resume,
-            num_workers=args.num_workers,
-            num_gpus=args.num_gpus,
-        )
+        job = submit_from_args(client, config, args)
         print(f"submitted {job} to {client.url}", flush=True)
         for line in client.follow(job):
             print(line, flush=True)
