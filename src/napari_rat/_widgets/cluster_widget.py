@@ -496,15 +496,17 @@ def _resubmit(client, config, init):
 
 def _poll(client, selected, closing):
     """Worker generator: every few seconds, the jobs and the selected job's log and events."""
-    from napari_rat.train.loop import parse_event_line
+    from napari_rat.train.loop import EVENT_MARKER, parse_event_line
 
     while not closing():
         summaries = client.jobs()
         job = selected()
         text, events = "", []
         if job:
-            text = client.logs(job)
-            events = [e for e in map(parse_event_line, text.splitlines()) if e is not None]
+            lines = client.logs(job).splitlines()
+            events = [e for e in map(parse_event_line, lines) if e is not None]
+            # the machine lines feed the plot and the table; the log shows what people read
+            text = "\n".join(line for line in lines if EVENT_MARKER not in line)
         yield summaries, job, text, events
         deadline = time.monotonic() + POLL_S
         while time.monotonic() < deadline and not closing():
