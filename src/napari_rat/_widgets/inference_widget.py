@@ -127,9 +127,23 @@ def result_layers(source: LayerInput, arrays: dict[str, np.ndarray], name: str) 
 
 
 class InferenceWidget(ModelDock):
-    """Segment an image layer with RAT; the viewer stays responsive while it runs."""
+    """Segment an image layer with RAT; the viewer stays responsive while it runs.
+
+    Progress shows on the dock's own bar, set by the worker's progress events, and on napari's
+    activity bar (a ``napari.utils.progress``), created once per run before the worker starts
+    and brought up to date by a timer, never by a progress event: napari's progress widgets
+    process events while they update, and a progress event handled inside them nested the
+    dock's handlers (a second bar per nesting, layers changed mid-draw: napari crashed).
+    """
+
+    CALLBACKS = (*ModelDock.CALLBACKS, "run", "cancel", "_on_progress", "_sync_progress")
+
+    #: How often (ms) napari's activity bar catches up with the run's progress.
+    PROGRESS_SYNC_MS = 100
 
     def __init__(self, napari_viewer):
+        from qtpy.QtCore import QTimer
+
         self.region = ComboBox(label="region", choices=list(REGIONS), value="whole image")
         self.level = SpinBox(label="level", min=0, max=16, value=0)
         self.tile = SpinBox(label="tile (px)", min=16, max=4096, step=16, value=256)
@@ -143,13 +157,19 @@ class InferenceWidget(ModelDock):
             actions=[self.run_button, self.cancel_button, self.progress],
         )
         self._napari_progress = None
+        self._latest = None  # the run's last Progress, for the activity bar
+        self._syncing = False
+        self._finish_pending = False
+        self._progress_timer = QTimer(self.native)
+        self._progress_timer.setInterval(self.PROGRESS_SYNC_MS)
+        self._progress_timer.timeout.connect(self._sync_progress)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
 
     # ---------------------------------------------------------------- running
     def run(self):
         """Start the prediction in a worker thread (no-op while one is running)."""
-        if self.worker is not None:
+        if self.worker is not None or self._napari_progress is not None:
             return
         layer = self.chosen_layer()
         if layer is None:
@@ -168,6 +188,7 @@ class InferenceWidget(ModelDock):
         self.cancel_button.enabled = True
         self.progress.value = 0
         self._set_status(f"running on {layer.name}…")
+        self._start_progress()
         self._start(
             _prediction_job,
             checkpoint,
@@ -224,23 +245,49 @@ class InferenceWidget(ModelDock):
             self._set_status("cancelling…")
             self.worker.quit()
 
-    def _on_progress(self, p):
+    def _start_progress(self) -> None:
+        """napari's activity bar for this run, made before the worker starts (it processes
+        events while it is made: no progress event may be waiting for it)."""
         from napari.utils import progress
 
+        self._close_progress()
+        self._latest = None
+        self._napari_progress = progress(total=0, desc="napari-rat")
+        self._progress_timer.start()
+
+    def _on_progress(self, p):
+        """A progress event: the dock's bar and status only (nothing here processes events)."""
         if self.worker is None:  # a late event after the run ended
             return
+        self._latest = p
         self.progress.max = p.total
         self.progress.value = p.done
         self._set_status(f"{p.stage}: {p.done}/{p.total}")
-        # Last: napari's progress bar may process events (and so run later handlers).
-        bar = self._napari_progress
-        if bar is None:
-            bar = self._napari_progress = progress(total=p.total, desc="napari-rat")
-        if bar.total != p.total:
-            bar.total = p.total
-            bar.n = 0
-        bar.set_description(f"napari-rat: {p.stage}")
-        bar.update(p.done - bar.n)
+
+    def _sync_progress(self) -> None:
+        """Timer: bring napari's activity bar up to the latest progress (it processes events;
+        a timer is not re-entered, and the flag keeps it so)."""
+        bar, p = self._napari_progress, self._latest
+        if self._syncing or bar is None or p is None:
+            return
+        self._syncing = True
+        try:
+            if bar.total != p.total:
+                bar.total = p.total
+                bar.n = 0
+            bar.set_description(f"napari-rat: {p.stage}")
+            bar.update(p.done - bar.n)
+        finally:
+            self._syncing = False
+        if self._finish_pending:  # the worker finished while the bar processed events
+            self._finish_pending = False
+            self._on_finished()
+
+    def _close_progress(self) -> None:
+        self._progress_timer.stop()
+        bar, self._napari_progress = self._napari_progress, None
+        if bar is not None:
+            bar.close()
 
     def _on_result(self, value, source_name: str):
         result, source, arrays = value
@@ -256,9 +303,11 @@ class InferenceWidget(ModelDock):
         return self.viewer.add_layer(Layer.create(*layer_data))
 
     def _on_finished(self):
-        if self._napari_progress is not None:
-            self._napari_progress.close()
-            self._napari_progress = None
+        if self._syncing:
+            # Inside napari's bar (it processes events): finish once out of it, not nested.
+            self._finish_pending = True
+            return
+        self._close_progress()
         if self.worker is not None and self.worker.abort_requested:
             self._drop_steps()
             self._set_status("cancelled: no layer added")
@@ -267,6 +316,7 @@ class InferenceWidget(ModelDock):
         super()._on_finished()
 
     def _end_run(self):
+        self._close_progress()
         super()._end_run()
         self.run_button.enabled = True
         self.cancel_button.enabled = False
