@@ -51,6 +51,15 @@ class LayerInput:
         return array
 
 
+def check_not_rgb(layer) -> None:
+    """Refuse an RGB(A) layer (``ValueError``): its colour axis is not a model's channel."""
+    if getattr(layer, "rgb", False):
+        raise ValueError(
+            f"layer {layer.name!r} is RGB; convert it to one channel first "
+            "(right-click the layer, Split RGB, and choose one of the three)"
+        )
+
+
 def _level_factors(layer, level: int) -> np.ndarray:
     if not getattr(layer, "multiscale", False):
         return np.ones(layer.ndim)
@@ -84,8 +93,7 @@ def layer_input(
     level
         Multiscale level to read.
     """
-    if getattr(layer, "rgb", False):
-        raise ValueError(f"layer {layer.name!r} is RGB; convert it to one channel first")
+    check_not_rgb(layer)
     ndim = layer.ndim
     if ndim < model_dims:
         raise ValueError(
