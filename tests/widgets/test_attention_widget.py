@@ -255,8 +255,9 @@ def test_maps_update_in_place_through_napari_s_plugin_entry_point(
 ):
     """Opened from the plugin menu, the dock holds a ``PublicOnlyProxy`` of the viewer: every
     click added four new layers ("attention block 0 [1]", ...). And a model with fewer blocks
-    leaves no maps of the previous model's extra blocks behind."""
-    viewer = make_napari_viewer()
+    leaves no maps of the previous model's extra blocks behind, removing them one per
+    event-loop turn in a shown viewer (two in one turn crash napari's next draw)."""
+    viewer = make_napari_viewer(show=True)
     img, _ = synthetic_nuclei((80, 70), (0.5, 0.5), seed=0)
     layer = viewer.add_image(img, name="img", scale=(0.5, 0.5))
     _, widget = viewer.window.add_plugin_dock_widget("napari-rat", "RAT attention maps")

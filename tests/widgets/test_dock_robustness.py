@@ -72,11 +72,11 @@ def test_twenty_random_run_remove_clear_cancel_cycles_in_one_viewer(
     """The crash of issue 11: Run, remove the results, clear the layers, hide, cancel, in any
     order (a fixed seed), runs overlapping the changes; the viewer survives and still works.
 
-    The viewer is not shown: in a shown viewer, removing two of three layers makes vispy's
-    next draw of the third crash inside Mesa (napari 0.9.2, vispy 0.17, llvmpipe) with no
-    dock involved at all, which no dock can prevent.
+    The viewer is shown (drawn with Mesa). The test removes results one per draw: removing
+    two layers in one event-loop turn while others remain makes vispy's next draw crash
+    inside Mesa (napari 0.9.2, vispy 0.17, llvmpipe) with no dock involved at all.
     """
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
     img, _ = synthetic_nuclei((48, 48), seed=5)
     widget = _inference_dock(viewer, dock_checkpoints["2d"], layer_name=None)
 
@@ -96,6 +96,7 @@ def test_twenty_random_run_remove_clear_cancel_cycles_in_one_viewer(
     def remove_results():
         for layer in _results(viewer):
             viewer.layers.remove(layer)
+            qtbot.wait(100)  # a draw between removals (see the docstring)
 
     def hide_results_remove_source():
         for layer in _results(viewer):

@@ -246,17 +246,22 @@ class AttentionWidget(ModelDock):
             )
         return self.viewer.add_labels(data, name=name, **meta)
 
-    def _drop_blocks_from(self, first: int) -> None:
-        """Remove the map layers of blocks ``first`` and above (a previous, deeper model's)."""
-        block = first
+    def _stale_maps(self, blocks: int) -> list[str]:
+        """The map layers of blocks ``blocks`` and above (a previous, deeper model's)."""
+        stale, block = [], blocks
         while True:
             names = [pattern.format(block) for pattern, _ in MAP_LAYERS]
             present = [name for name in names if name in self.viewer.layers]
             if not present:
-                return
-            for name in present:
-                self.viewer.layers.remove(name)
+                return stale
+            stale.extend(present)
             block += 1
+
+    def _remove_layer(self, name: str) -> None:
+        """One layer out, one step: napari (0.9.2, vispy 0.17, Mesa) crashes on its next draw
+        after two layers are removed in one event-loop turn while others remain."""
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
 
     def _on_result(self, value):
         source, maps, groups, world = value
@@ -272,6 +277,6 @@ class AttentionWidget(ModelDock):
             grp = source.to_layer_shape((grp + 1).astype(np.int32))
             steps.append(partial(self._put, f"attention block {block}", att, "image", meta))
             steps.append(partial(self._put, f"grouping block {block}", grp, "labels", meta))
-        steps.append(partial(self._drop_blocks_from, len(maps)))
+        steps.extend(partial(self._remove_layer, name) for name in self._stale_maps(len(maps)))
         message = f"attention of the point over {len(maps)} blocks"
         self._then(*steps, partial(self._set_status, message))
