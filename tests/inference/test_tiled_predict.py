@@ -398,3 +398,33 @@ def test_small_instances_are_dropped_across_chunks_in_physical_units(tmp_path):
     stored = model.checkpoint_info.model_config.head.min_instance_size or 0.0
     default = np.asarray(run(None, "default.zarr").labels)
     assert np.array_equal(default, np.asarray(run(stored, "stored.zarr").labels))
+
+
+def test_nan_pixels_are_background_and_counted_not_spread_over_the_image(model2d):
+    """One NaN made every tile it touched (and, through the statistics, the whole image) NaN:
+    0 instances and no word. Now they are fed as the low intensity, masked to background in
+    the results, and counted."""
+    img, _ = synthetic_nuclei((64, 64), seed=3)
+    holes = img.astype(np.float32)
+    holes[10:14, 20:30] = np.nan
+    holes[40, 5] = np.inf
+    options = PredictOptions(tile=(32, 32), halo=(8, 8))
+    result = run_prediction(predict(model2d, holes[None], (1.0, 1.0), options=options))
+    assert result.nan_pixels == 41
+    probs = np.asarray(result.probabilities)
+    assert np.isfinite(probs).all()
+    assert (probs[0, 10:14, 20:30] == 1.0).all() and probs[0, 40, 5] == 1.0
+    assert (np.asarray(result.labels)[10:14, 20:30] == 0).all()
+    # Elsewhere the prediction is that of the image with the holes at its low intensity.
+    filled = np.where(np.isfinite(holes), holes, np.float32(result.extra["stats"].offset[0]))
+    stats = result.extra["stats"]
+    ref = run_prediction(predict(model2d, filled[None], (1.0, 1.0), options=options, stats=stats))
+    keep = np.isfinite(holes)
+    np.testing.assert_allclose(probs[:, keep], np.asarray(ref.probabilities)[:, keep], atol=1e-5)
+    assert ref.nan_pixels == 0
+    assert np.isnan(holes[10:14, 20:30]).all()  # the caller's image is left as it was
+
+
+def test_an_image_without_any_finite_pixel_is_refused(model2d):
+    with pytest.raises(ValueError, match="channel 0 of the image has no finite pixel"):
+        run_prediction(predict(model2d, np.full((1, 32, 32), np.nan, np.float32), (1.0, 1.0)))

@@ -226,3 +226,85 @@ def test_point_outside_or_malformed_is_reported(make_napari_viewer, checkpoints)
     widget.show_point()
     assert "needs 2 coordinates" in widget.status.value
     assert [lyr.name for lyr in viewer.layers] == ["img"]
+
+
+def test_an_rgb_layer_is_refused_with_a_message_from_show_and_from_a_click(
+    make_napari_viewer, qtbot, checkpoints
+):
+    """It aborted napari: the point (2 coordinates) was compared with the RGB data's shape
+    (3 numbers) in a Qt slot."""
+    viewer = make_napari_viewer(show=True)
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    viewer.add_image(rgb, name="photo", rgb=True)
+    widget = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model.use_checkpoint(checkpoints[0])
+    widget.image_layer.value = "photo"
+    widget.point.value = "20, 25"
+    widget.show_button.native.click()
+    assert widget.worker is None
+    assert "'photo' is RGB" in widget.status.value and "Split RGB" in widget.status.value
+    widget.point.value = ""
+    _mouse(viewer, _centre(viewer))
+    assert widget.worker is None and "'photo' is RGB" in widget.status.value
+    assert [layer.name for layer in viewer.layers] == ["photo"]
+
+
+def test_maps_update_in_place_through_napari_s_plugin_entry_point(
+    make_napari_viewer, qtbot, checkpoints, dock_checkpoints
+):
+    """Opened from the plugin menu, the dock holds a ``PublicOnlyProxy`` of the viewer: every
+    click added four new layers ("attention block 0 [1]", ...). And a model with fewer blocks
+    leaves no maps of the previous model's extra blocks behind, removing them one per
+    event-loop turn in a shown viewer (two in one turn crash napari's next draw)."""
+    viewer = make_napari_viewer(show=True)
+    img, _ = synthetic_nuclei((80, 70), (0.5, 0.5), seed=0)
+    layer = viewer.add_image(img, name="img", scale=(0.5, 0.5))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-rat", "RAT attention maps")
+    assert type(widget.viewer).__name__ == "PublicOnlyProxy"
+    widget.model.use_checkpoint(checkpoints[0])
+    widget.image_layer.value = "img"
+    widget.window.value = 16
+    maps = ["attention block 0", "grouping block 0", "attention block 1", "grouping block 1"]
+    shown = {}
+    for pixel in [(40, 30), (20, 20), (60, 50)]:
+        widget.point.value = ", ".join(map(str, layer.data_to_world(pixel)))
+        widget.show_button.native.click()
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+        assert "over 2 blocks" in widget.status.value, widget.status.value
+        assert sorted(lyr.name for lyr in viewer.layers) == sorted(["img", *maps])
+        for name in maps:
+            shown.setdefault(name, viewer.layers[name])
+            assert viewer.layers[name] is shown[name]  # the same layer, new data
+        np.testing.assert_allclose(
+            shown["attention block 0"].data_to_world((0, 0)),
+            layer.data_to_world(np.asarray(pixel) - 8),
+        )
+    widget.model.use_checkpoint(dock_checkpoints["2d-1"])
+    widget.show_button.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert "over 1 blocks" in widget.status.value, widget.status.value
+    assert sorted(lyr.name for lyr in viewer.layers) == sorted(["img", *maps[:2]])
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("abc", "'abc' in the point is not a number; give 2 numbers, e.g. '12.5, 30'"),
+        ("3, 4x", "'4x' in the point is not a number"),
+        ("", "type a point (2 numbers"),
+        ("1 2 3", "the point needs 2 coordinates, got 3"),
+    ],
+)
+def test_a_typed_point_that_is_not_numbers_is_explained(
+    make_napari_viewer, checkpoints, typed, expected
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((20, 20), np.float32), name="img")
+    widget = AttentionWidget(viewer)
+    widget.model.use_checkpoint(checkpoints[0])
+    widget.image_layer.value = "img"
+    widget.point.value = typed
+    widget.show_button.native.click()
+    assert widget.worker is None
+    assert expected in widget.status.value and "could not convert" not in widget.status.value

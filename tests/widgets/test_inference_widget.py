@@ -245,3 +245,130 @@ def test_a_region_whose_results_cannot_fit_in_memory_is_refused(
     check_result_memory((10, 100), available=1000 * RESULT_BYTES_PER_PIXEL)
     with pytest.raises(ValueError, match=r"\(1 x 7 x 143\) has 1,001 voxels"):
         check_result_memory((1, 7, 143), available=1000 * RESULT_BYTES_PER_PIXEL)
+
+
+def _run(widget, qtbot):
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+
+
+def test_a_2d_model_on_a_stack_says_which_plane_and_every_plane_segments_the_stack(
+    make_napari_viewer, qtbot, checkpoints
+):
+    """ "whole image" with a 2D model on a volume segmented the current plane alone and said
+    only "done: 1 instances"."""
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((4, 40, 36), (1.0, 0.5, 0.5), seed=6)
+    layer = viewer.add_image(
+        img,
+        name="vol",
+        scale=(2.0, 0.5, 0.5),
+        translate=(5.0, -3.0, 7.0),
+        axis_labels=("z", "y", "x"),
+    )
+    viewer.dims.set_point(0, 5.0 + 2.0 * 2)
+    widget = _widget(viewer, checkpoints[0], "vol")
+    _run(widget, qtbot)
+    plan = "2D model: plane z=2 of 4; choose 'every plane' to segment the stack"
+    assert widget.plan.value == plan and plan in widget.status.value, widget.status.value
+    one = viewer.layers["vol foreground (RAT)"]
+    assert one.data.shape == (1, 40, 36)
+    np.testing.assert_allclose(one.data_to_world((0, 3, 4)), layer.data_to_world((2, 3, 4)))
+    plane2 = np.array(one.data[0])
+    viewer.layers.remove(one)
+    viewer.layers.remove("vol instances (RAT)")
+    widget.region.value = "every plane"
+    _run(widget, qtbot)
+    assert "every one of the 4 planes" in widget.status.value, widget.status.value
+    stack = viewer.layers["vol foreground (RAT)"]
+    labels = viewer.layers["vol instances (RAT)"]
+    for out in (stack, labels):
+        assert out.data.shape == img.shape
+        np.testing.assert_allclose(out.data_to_world((3, 1, 2)), layer.data_to_world((3, 1, 2)))
+    # The same engine, plane by plane: plane 2 is the single-plane run's result.
+    np.testing.assert_allclose(stack.data[2], plane2, atol=1e-6)
+    # Instances are numbered on across planes and the status counts them all.
+    ids = [set(np.unique(labels.data[z])) - {0} for z in range(4)]
+    assert all(ids) and not set.intersection(*ids[:2])
+    count = int(widget.status.value.split("done: ")[1].split(" ")[0])
+    assert count == len(set.union(*ids))
+
+
+def test_a_slider_outside_the_layer_is_refused_not_read_as_plane_0(
+    make_napari_viewer, qtbot, checkpoints
+):
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((3, 32, 32), seed=7)
+    viewer.add_image(img, name="vol", axis_labels=("z", "y", "x"))
+    viewer.add_image(np.zeros((20, 32, 32), np.float32), name="tall")
+    viewer.dims.set_point(0, 12.0)
+    widget = _widget(viewer, checkpoints[0], "vol")
+    _run(widget, qtbot)
+    status = widget.status.value
+    assert status.startswith("error:") and "outside layer 'vol' (planes 0..2)" in status, status
+    assert "move the slider" in status
+    assert [lyr.name for lyr in viewer.layers] == ["vol", "tall"]
+    # Every plane needs no slider position.
+    widget.region.value = "every plane"
+    _run(widget, qtbot)
+    assert viewer.layers["vol foreground (RAT)"].data.shape == img.shape
+
+
+def test_nan_pixels_are_said_and_left_out(make_napari_viewer, qtbot, checkpoints):
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((48, 48), seed=8)
+    img = img.astype(np.float32)
+    img[5:9, 5:20] = np.nan
+    viewer.add_image(img, name="img")
+    widget = _widget(viewer, checkpoints[0], "img")
+    _run(widget, qtbot)
+    status = widget.status.value
+    assert status.startswith("done") and "60 NaN (or infinite) pixels" in status, status
+    fg = viewer.layers["img foreground (RAT)"].data
+    assert np.isfinite(fg).all() and (fg[5:9, 5:20] == 0).all() and fg.max() > 0.0
+    assert np.isnan(viewer.layers["img"].data[5:9, 5:20]).all()  # the user's data untouched
+
+
+def test_a_channel_axis_is_the_model_s_channels_not_a_stack(make_napari_viewer, qtbot, checkpoints):
+    """A (C, Y, X) layer was read as a stack of planes and channel 0 alone was segmented."""
+    viewer = make_napari_viewer()
+    nuclei, _ = synthetic_nuclei((48, 40), seed=9)
+    channels = np.stack([np.zeros_like(nuclei), nuclei, nuclei[::-1]])
+    viewer.add_image(channels, name="cells", axis_labels=("c", "y", "x"), scale=(1, 0.5, 0.5))
+    viewer.add_image(nuclei, name="plain", scale=(0.5, 0.5))
+    widget = _widget(viewer, checkpoints[0], "cells")
+    assert widget.channel.choices == ("all", "0", "1", "2")
+    _run(widget, qtbot)
+    status = widget.status.value
+    assert "'cells' has 3 channels on c; the model takes 1: choose one" in status, status
+    assert "cells foreground (RAT)" not in viewer.layers
+    widget.channel.value = "1"
+    _run(widget, qtbot)
+    assert widget.status.value.startswith("done"), widget.status.value
+    out = viewer.layers["cells foreground (RAT)"]
+    assert out.data.shape == (1, 48, 40) and out.data.max() > 0
+    # Channel 1 is the nuclei: the same result as on a plain 2D layer of them.
+    widget.image_layer.value = "plain"
+    assert widget.channel.choices == ("all",)
+    _run(widget, qtbot)
+    np.testing.assert_allclose(out.data[0], viewer.layers["plain foreground (RAT)"].data, atol=1e-6)
+
+
+def test_the_bundled_choice_takes_a_3d_model_for_volumes_when_there_is_one(
+    make_napari_viewer, qtbot, checkpoints, monkeypatch
+):
+    from napari_rat._widgets import model_choice
+
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((4, 32, 32), seed=10)
+    viewer.add_image(img, name="vol", axis_labels=("z", "y", "x"))
+    widget = InferenceWidget(viewer)
+    widget.image_layer.value = "vol"
+    widget.tile.value = 32
+    assert widget.model.selection(3) == "starter" and widget.model.selection(2) == "starter"
+    assert "no bundled 3D model yet" in widget.model.note(3) and widget.model.note(2) == ""
+    monkeypatch.setitem(model_choice.BUNDLED_STARTERS, 3, str(checkpoints[1]))
+    assert widget.model.selection(3) == str(checkpoints[1]) and widget.model.note(3) == ""
+    _run(widget, qtbot)
+    assert widget.status.value.startswith("done"), widget.status.value
+    assert viewer.layers["vol foreground (RAT)"].data.shape == img.shape  # the whole volume

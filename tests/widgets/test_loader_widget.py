@@ -103,3 +103,37 @@ def test_bad_region_is_reported(widget, qtbot, image):
     widget.open_button.click()
     assert "unknown axis" in widget.status_label.text()
     assert len(widget.viewer.layers) == 0
+
+
+@pytest.mark.parametrize("name", ["_on_loaded", "open_selected"])
+def test_an_exception_in_a_loader_callback_stays_in_the_dock(
+    make_napari_viewer, qtbot, image, monkeypatch, name
+):
+    from napari_rat._widgets.loader_widget import OmeZarrLoaderWidget
+
+    def fail(self, *args):
+        raise ValueError(f"boom in {name}")
+
+    monkeypatch.setattr(OmeZarrLoaderWidget, name, fail)
+    viewer = make_napari_viewer()
+    widget = OmeZarrLoaderWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    _inspect(widget, qtbot, image)
+    if name == "open_selected":
+        widget.open_button.setEnabled(True)
+        widget.open_button.click()
+    assert f"boom in {name}" in widget.status_label.text()
+    assert widget.inspect_button.isEnabled() and len(viewer.layers) == 0
+
+
+def test_a_long_error_wraps_instead_of_widening_the_loader(widget, qtbot, tmp_path):
+    qtbot.wait(50)
+    before = widget.sizeHint().width(), widget.minimumSizeHint().width()
+    missing = tmp_path.joinpath(
+        *[f"a_long_folder_name_without_any_spaces_{i}" * 3 for i in range(3)]
+    )
+    _inspect(widget, qtbot, missing / "img.zarr")
+    assert len(widget.status_label.text()) > 300
+    qtbot.wait(50)
+    after = widget.sizeHint().width(), widget.minimumSizeHint().width()
+    assert after[0] <= before[0] + 2 and after[1] <= before[1] + 2, (before, after)

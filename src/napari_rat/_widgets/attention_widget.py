@@ -16,12 +16,42 @@ import numpy as np
 from magicgui.widgets import ComboBox, LineEdit, PushButton, SpinBox
 
 from napari_rat._widgets.dock_base import ModelDock
-from napari_rat._widgets.layer_input import brightest_on_ray, layer_input
+from napari_rat._widgets.layer_input import brightest_on_ray, check_not_rgb, layer_input
 from napari_rat._widgets.model_imports import keep_triton_out
 
 #: How far (screen pixels) the mouse may move between press and release for a click; further
 #: is a drag (panning, rotating), which shows nothing.
 CLICK_SLOP_PX = 4
+
+#: The names of the maps' layers, per block.
+MAP_LAYERS = (("attention block {}", "image"), ("grouping block {}", "labels"))
+
+
+def parse_point(text: str, ndim: int) -> list[float]:
+    """The ``ndim`` world coordinates typed in the point field (commas or spaces between).
+
+    Raises ``ValueError`` with a message for the dock's status line.
+    """
+    values = text.replace(",", " ").split()
+    if not values:
+        raise ValueError(f"type a point ({ndim} numbers, e.g. {_example(ndim)}) or click")
+    for value in values:
+        try:
+            float(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} in the point is not a number; give {ndim} numbers, "
+                f"e.g. {_example(ndim)}"
+            ) from None
+    if len(values) != ndim:
+        raise ValueError(
+            f"the point needs {ndim} coordinates, got {len(values)}; e.g. {_example(ndim)}"
+        )
+    return [float(v) for v in values]
+
+
+def _example(ndim: int) -> str:
+    return "'" + ", ".join((["12.5", "30", "4", "8"] + ["0"] * ndim)[:ndim]) + "'"
 
 
 def attention_job(checkpoint, device, layer, data_point, window, ray=None):
@@ -95,7 +125,13 @@ def click_ray(layer, position, view_direction, dims_displayed):
 
 
 class AttentionWidget(ModelDock):
-    """Per-block attention of a clicked point, and each block's native grouping."""
+    """Per-block attention of a clicked point, and each block's native grouping.
+
+    The maps are layers named ``attention block <i>`` and ``grouping block <i>``: a new point
+    updates them in place, and those of blocks the current model does not have are removed.
+    """
+
+    CALLBACKS = (*ModelDock.CALLBACKS, "show_point", "_on_click")
 
     def __init__(self, napari_viewer):
         self.window = SpinBox(label="window (px)", min=16, max=1024, step=16, value=128)
@@ -161,15 +197,11 @@ class AttentionWidget(ModelDock):
         if layer is None:
             return
         try:
-            world = [float(v) for v in self.point.value.replace(",", " ").split()]
+            check_not_rgb(layer)
+            world = parse_point(self.point.value, self.viewer.dims.ndim)
             checkpoint = self.model.selection()
         except ValueError as exc:
             self._set_status(f"error: {exc}", error=True)
-            return
-        if len(world) != self.viewer.dims.ndim:
-            self._set_status(
-                f"error: the point needs {self.viewer.dims.ndim} coordinates", error=True
-            )
             return
         data_point = np.asarray(layer.world_to_data(world), float)
         if ray is None and (
@@ -190,21 +222,51 @@ class AttentionWidget(ModelDock):
         )
 
     def _put(self, name, data, kind, meta):
-        if name in self.viewer.layers and type(self.viewer.layers[name]).__name__.lower() == kind:
+        """Show ``data`` in the layer ``name``: updated in place when it is of the ``kind``.
+
+        ``isinstance``, not the type's name: through napari's plugin entry points the dock
+        holds a ``PublicOnlyProxy`` of the viewer, whose layers are proxies too.
+        """
+        from napari.layers import Image, Labels
+
+        cls = Image if kind == "image" else Labels
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], cls):
             target = self.viewer.layers[name]
-            target.data = data
-            target.scale, target.translate = meta["scale"], meta["translate"]
-            return target
+            if target.ndim != np.ndim(data):  # a 2D map over a 3D one: napari needs a new layer
+                self.viewer.layers.remove(name)
+            else:
+                target.data = data
+                target.scale, target.translate = meta["scale"], meta["translate"]
+                if kind == "image":
+                    target.contrast_limits = (0.0, 1.0)
+                return target
         if kind == "image":
             return self.viewer.add_image(
                 data, name=name, colormap="inferno", blending="additive", **meta
             )
         return self.viewer.add_labels(data, name=name, **meta)
 
+    def _stale_maps(self, blocks: int) -> list[str]:
+        """The map layers of blocks ``blocks`` and above (a previous, deeper model's)."""
+        stale, block = [], blocks
+        while True:
+            names = [pattern.format(block) for pattern, _ in MAP_LAYERS]
+            present = [name for name in names if name in self.viewer.layers]
+            if not present:
+                return stale
+            stale.extend(present)
+            block += 1
+
+    def _remove_layer(self, name: str) -> None:
+        """One layer out, one step: napari (0.9.2, vispy 0.17, Mesa) crashes on its next draw
+        after two layers are removed in one event-loop turn while others remain."""
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+
     def _on_result(self, value):
         source, maps, groups, world = value
         # The point the maps are for (a 3D click's picked voxel), on the viewer's axes.
-        point = [float(v) for v in self.point.value.replace(",", " ").split()]
+        point = parse_point(self.point.value, len(self.point.value.replace(",", " ").split()))
         point[len(point) - len(world) :] = world
         self.point.value = ", ".join(f"{v:.3f}" for v in point)
         meta = source.placement()
@@ -215,5 +277,6 @@ class AttentionWidget(ModelDock):
             grp = source.to_layer_shape((grp + 1).astype(np.int32))
             steps.append(partial(self._put, f"attention block {block}", att, "image", meta))
             steps.append(partial(self._put, f"grouping block {block}", grp, "labels", meta))
+        steps.extend(partial(self._remove_layer, name) for name in self._stale_maps(len(maps)))
         message = f"attention of the point over {len(maps)} blocks"
         self._then(*steps, partial(self._set_status, message))

@@ -4,6 +4,10 @@
 - :func:`start_worker` runs a function or generator in a napari thread worker with its
   signals connected; connecting ``errored`` keeps napari from re-raising the error in the GUI
   thread, so the dock shows it instead.
+- :func:`dock_callback` keeps an exception raised by a dock callback (a button, a worker
+  signal, a mouse callback, a layer-list event) from escaping to Qt, which would abort napari:
+  the dock shows it and, when no work is left, becomes idle again. :class:`ModelDock` wraps
+  every callback named in its ``CALLBACKS`` with it.
 - :class:`ModelDock` is the base of the inference and attention docks: the model picker, the
   image-layer choice (kept in step with the viewer's layers), the device, the status line and
   one worker at a time (``self.worker``, ``None`` when idle). Opening one starts importing the
@@ -20,11 +24,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from magicgui.widgets import ComboBox, Container, Label, Widget
 from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QSizePolicy
 
 from napari_rat._widgets.model_choice import ModelChoice
 from napari_rat._widgets.model_imports import preload_model_stack
@@ -32,11 +38,59 @@ from napari_rat._widgets.model_imports import preload_model_stack
 ERROR_STYLE = "color: #e05555;"
 DEVICES = ["auto", "cpu", "cuda"]
 
+logger = logging.getLogger(__name__)
+
+
+def wrap_status_label(label) -> None:
+    """Let a status ``QLabel`` wrap its text instead of widening the dock.
+
+    Word wrap alone still widens a dock for a long unbroken token (a path, a URL); an ignored
+    horizontal size hint makes the label take the width the dock has, never ask for more.
+    """
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    policy = label.sizePolicy()
+    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+    label.setSizePolicy(policy)
+
 
 def show_status(label, text: str, error: bool = False) -> None:
-    """Put ``text`` on a status ``QLabel``, red when it is an error."""
+    """Put ``text`` on a status ``QLabel``, red when it is an error (wrapped, whole in the
+    tooltip)."""
     label.setText(text)
+    label.setToolTip(text)
     label.setStyleSheet(ERROR_STYLE if error else "")
+
+
+def dock_callback(method: Callable, on_error: Callable[[str, BaseException], None]) -> Callable:
+    """``method`` wrapped so an ``Exception`` it raises goes to ``on_error(name, exc)``.
+
+    Qt aborts the process on an exception that escapes a slot (napari's default), so no dock
+    callback may raise. A generator ``method`` (a napari mouse-drag callback) stays a generator.
+    """
+    name = getattr(method, "__name__", repr(method))
+    if getattr(method, "_dock_guarded", False):
+        return method
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def guarded(*args, **kwargs):
+            try:
+                return (yield from method(*args, **kwargs))
+            except Exception as exc:
+                on_error(name, exc)
+
+    else:
+
+        @functools.wraps(method)
+        def guarded(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                on_error(name, exc)
+
+    guarded._dock_guarded = True
+    return guarded
 
 
 class WorkerRuntimeError(Exception):
@@ -88,7 +142,16 @@ class ModelDock(Container):
     """A dock that runs a model on an image layer: the choices and the plumbing it shares.
 
     The widgets are laid out as: model, image, ``options``, device, ``actions``, status.
+    Every method named in ``CALLBACKS`` (those Qt, napari or a worker call) is wrapped with
+    :func:`dock_callback` on the instance, before anything is connected.
     """
+
+    CALLBACKS: tuple[str, ...] = (
+        "_refresh_layers",
+        "_on_error",
+        "_on_finished",
+        "_run_steps",
+    )
 
     def __init__(
         self,
@@ -97,6 +160,8 @@ class ModelDock(Container):
         actions: Sequence[Widget] = (),
         status: str = "",
     ):
+        for name in self.CALLBACKS:
+            setattr(self, name, dock_callback(getattr(self, name), self._callback_failed))
         self.viewer = napari_viewer
         self.model = ModelChoice()
         self.image_layer = ComboBox(label="image", choices=self._image_layers)
@@ -105,7 +170,9 @@ class ModelDock(Container):
         super().__init__(
             widgets=[self.model, self.image_layer, *options, self.device, *actions, self.status]
         )
+        wrap_status_label(self.status.native)
         self.worker = None
+        self._run_id: object | None = None
         self._steps: list[Callable[[], Any]] = []
         self._turns = None
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
@@ -132,13 +199,49 @@ class ModelDock(Container):
         return self.viewer.layers[name]
 
     def _start(self, function: Callable, *args: Any, **connect: Callable) -> None:
-        """Run ``function(*args)`` as ``self.worker``; errors go to the status line."""
+        """Run ``function(*args)`` as ``self.worker``; errors go to the status line.
+
+        The handlers hear only this run's worker: a worker the dock gave up on (its run ended
+        when a callback failed) may still signal, and must not end the next run.
+        """
         connect.setdefault("errored", self._on_error)
         connect.setdefault("finished", self._on_finished)
-        self.worker = start_worker(function, *args, **connect)
+        run = self._run_id = object()
+        self.worker = start_worker(
+            function,
+            *args,
+            **{signal: self._for_run(run, handler) for signal, handler in connect.items()},
+        )
+
+    def _for_run(self, run: object, handler: Callable) -> Callable:
+        handler = dock_callback(handler, self._callback_failed)
+
+        def for_this_run(*args):
+            if self._run_id is run:
+                handler(*args)
+
+        return for_this_run
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_status(f"error: {exc}", error=True)
+
+    def _callback_failed(self, name: str, exc: BaseException) -> None:
+        """A dock callback raised: say so, and end the run unless its worker still works.
+
+        Never raises (it is the last line before Qt); the traceback goes to the log.
+        """
+        try:
+            logger.error("napari-rat dock: %s failed", name, exc_info=exc)
+            self._set_status(f"error: {type(exc).__name__}: {exc}", error=True)
+            worker = self.worker
+            if worker is None or not worker.is_running or worker.abort_requested:
+                # Nothing will call back any more (or what does is told to stop): be idle.
+                self._steps.clear()
+                if worker is not None and worker.is_running:
+                    worker.quit()
+                self._end_run()
+        except Exception:  # the dock itself is broken (e.g. closed): only log it
+            logger.exception("napari-rat dock: reporting a failure of %s failed", name)
 
     def _then(self, *steps: Callable[[], Any]) -> None:
         """Queue GUI-thread steps (typically one layer each) for when the worker finishes."""
@@ -177,3 +280,4 @@ class ModelDock(Container):
     def _end_run(self) -> None:
         """The run is over: the dock is idle again."""
         self.worker = None
+        self._run_id = None

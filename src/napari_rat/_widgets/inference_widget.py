@@ -7,33 +7,173 @@ The widget only gathers choices; the work is :func:`napari_rat.inference.predict
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-from magicgui.widgets import ComboBox, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Label, ProgressBar, PushButton, SpinBox
 
-from napari_rat._widgets.dock_base import ModelDock
-from napari_rat._widgets.layer_input import LayerInput, layer_input
+from napari_rat._widgets.dock_base import ModelDock, wrap_status_label
+from napari_rat._widgets.layer_input import (
+    LayerInput,
+    axis_name,
+    channel_axis,
+    check_not_rgb,
+    describe_plane,
+    layer_input,
+    stack_axes,
+)
 from napari_rat._widgets.model_imports import keep_triton_out
 
-REGIONS = {"whole image": "whole", "current view": "view", "current slice": "slice"}
+REGIONS = {
+    "whole image": "whole",
+    "every plane": "planes",
+    "current view": "view",
+    "current slice": "slice",
+}
+ALL_CHANNELS = "all"
 
 
-def _prediction_job(checkpoint, device, layer, region, step, level, view_box, tile, levels):
-    """Generator run in the worker: load the model, cut the input, predict."""
+@dataclass(frozen=True)
+class RunResult:
+    """What a dock run hands the GUI thread: the result layers' data and what to say."""
+
+    arrays: dict[str, np.ndarray]
+    source: LayerInput  # where the results go (the first plane's, for a stack)
+    num_instances: int
+    nan_pixels: int
+    plan: str
+
+
+def run_plan(layer, model_dims: int, region: str, step, level: int, note: str = "") -> str:
+    """What a run will segment, said before it runs ("" when it is plainly the whole image).
+
+    A 2D model on a stack segments one plane unless ``region`` is ``"planes"``.
+    """
+    axes = stack_axes(layer, model_dims)
+    if not axes:
+        return note
+    model = f"{model_dims}D model"
+    if region == "planes":
+        data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
+        count = math.prod(data.shape[a] for a in axes)
+        kind = "planes" if model_dims == 2 else "volumes"
+        plan = f"{model}: every one of the {count} {kind}, one after the other"
+    else:
+        whole = "the stack" if model_dims == 2 else "every volume"
+        where = describe_plane(layer, model_dims, step, level)
+        plan = f"{model}: {where}; choose 'every plane' to segment {whole}"
+    return f"{plan} ({note})" if note else plan
+
+
+def _prediction_job(
+    checkpoint, device, layer, region, step, level, view_box, tile, levels, channel, note=""
+):
+    """Generator run in the worker: load the model, say the plan, cut the input, predict."""
     keep_triton_out()
     from napari_rat.inference import PredictOptions, resolve_device
     from napari_rat.inference.model_loading import load_model_for_inference
     from napari_rat.inference.sources import predict_input
 
     model = load_model_for_inference(checkpoint, device=resolve_device(device))
-    source = layer_input(layer, model.spatial_dims, region, step, level, view_box)
+    dims = model.spatial_dims
+    plan = run_plan(layer, dims, region, step, level, note)
+    if plan:
+        yield plan
+    check_channels(layer, channel, model.backbone.input_features)
+    options = PredictOptions(tile=(tile,) * dims, levels=levels, device=device)
+    if region == "planes" and stack_axes(layer, dims):
+        return (yield from _predict_planes(model, layer, level, channel, options, plan))
+    source = layer_input(
+        layer, dims, "whole" if region == "planes" else region, step, level, view_box, channel
+    )
     check_result_memory(source.image.shape[1:], _ways_out(layer, region, level))
-    options = PredictOptions(tile=(tile,) * model.spatial_dims, levels=levels, device=device)
     result = yield from predict_input(model, source, options=options)
-    return result, source, result_arrays(result, source)
+    arrays = result_arrays(result, source)
+    return RunResult(arrays, source, result.num_instances, result.nan_pixels, plan)
+
+
+def check_channels(layer, channel: int | None, model_channels: int) -> None:
+    """Refuse (``ValueError``) a channel choice the model cannot take, saying what to choose."""
+    axis = channel_axis(layer)
+    if axis is None or channel is not None:
+        given = 1
+    else:
+        shape = layer.level_shapes[0] if layer.multiscale else layer.data.shape
+        given = int(shape[axis])
+    if given == model_channels:
+        return
+    if axis is None:
+        raise ValueError(
+            f"the model takes {model_channels} channels and layer {layer.name!r} has no channel "
+            "axis: label its channel axis 'c' (layer.axis_labels)"
+        )
+    if channel is None:
+        raise ValueError(
+            f"layer {layer.name!r} has {given} channels on {axis_name(layer, axis)}; the model "
+            f"takes {model_channels}: choose one in 'channel'"
+        )
+    raise ValueError(f"the model takes {model_channels} channels; choose 'all' in 'channel'")
+
+
+def _predict_planes(model, layer, level, channel, options, plan):
+    """Every plane (or volume) of a stack through the one engine, stacked like the layer.
+
+    Instance labels are numbered on across planes, so each stays one instance.
+    """
+    from napari_rat.inference import Progress
+    from napari_rat.inference.sources import predict_input
+
+    dims = model.spatial_dims
+    axes = stack_axes(layer, dims)
+    data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
+    factors = [
+        max(1, round(layer.level_shapes[0][a] / data.shape[a])) if layer.multiscale else 1
+        for a in range(layer.ndim)
+    ]
+    planes = list(itertools.product(*(range(data.shape[a]) for a in axes)))
+    c_axis = channel_axis(layer)
+    shape = [1 if a == c_axis else data.shape[a] for a in range(layer.ndim)]
+    check_result_memory([n for a, n in enumerate(shape) if a != c_axis], ["choose one plane"])
+    foreground = np.zeros(shape, np.float32)
+    labels = None
+    top = instances = nan_pixels = 0
+    first = None
+    for k, plane in enumerate(planes):
+        step = [0] * layer.ndim
+        for axis, i in zip(axes, plane, strict=True):
+            step[axis] = i * factors[axis]
+        source = layer_input(layer, dims, "slice", step, level, channel=channel)
+        first = first or source
+        run = predict_input(model, source, options=options)
+        while True:
+            try:
+                p = next(run)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield Progress(f"plane {k + 1}/{len(planes)}, {p.stage}", p.done, p.total)
+        arrays = result_arrays(result, source)
+        where = tuple(
+            slice(plane[axes.index(a)], plane[axes.index(a)] + 1) if a in axes else slice(None)
+            for a in range(layer.ndim)
+        )
+        foreground[where] = arrays["foreground"]
+        if "instances" in arrays:
+            if labels is None:
+                labels = np.zeros(shape, np.int32)
+            lab = np.asarray(arrays["instances"], np.int32)
+            labels[where] = np.where(lab > 0, lab + top, 0)
+            top = max(top, int(labels[where].max()))
+        instances += result.num_instances
+        nan_pixels += result.nan_pixels
+    arrays = {"foreground": foreground}
+    if labels is not None:
+        arrays["instances"] = _narrow_labels(labels)
+    return RunResult(arrays, first, instances, nan_pixels, plan)
 
 
 #: Memory a dock run holds per input pixel (or voxel) at its end: the engine's in-memory
@@ -99,11 +239,14 @@ def result_arrays(result, source: LayerInput) -> dict[str, np.ndarray]:
     """
     arrays = {"foreground": source.to_layer_shape(1.0 - np.asarray(result.probabilities[0]))}
     if result.labels is not None:
-        labels = np.asarray(result.labels)
-        if labels.size and 0 <= labels.min() and labels.max() < np.iinfo(np.uint16).max:
-            labels = labels.astype(np.uint16, copy=False)
-        arrays["instances"] = source.to_layer_shape(labels)
+        arrays["instances"] = source.to_layer_shape(_narrow_labels(np.asarray(result.labels)))
     return arrays
+
+
+def _narrow_labels(labels: np.ndarray) -> np.ndarray:
+    if labels.size and 0 <= labels.min() and labels.max() < np.iinfo(np.uint16).max:
+        return labels.astype(np.uint16, copy=False)
+    return labels
 
 
 def result_layers(source: LayerInput, arrays: dict[str, np.ndarray], name: str) -> list[tuple]:
@@ -127,9 +270,23 @@ def result_layers(source: LayerInput, arrays: dict[str, np.ndarray], name: str) 
 
 
 class InferenceWidget(ModelDock):
-    """Segment an image layer with RAT; the viewer stays responsive while it runs."""
+    """Segment an image layer with RAT; the viewer stays responsive while it runs.
+
+    Progress shows on the dock's own bar, set by the worker's progress events, and on napari's
+    activity bar (a ``napari.utils.progress``), created once per run before the worker starts
+    and brought up to date by a timer, never by a progress event: napari's progress widgets
+    process events while they update, and a progress event handled inside them nested the
+    dock's handlers (a second bar per nesting, layers changed mid-draw: napari crashed).
+    """
+
+    CALLBACKS = (*ModelDock.CALLBACKS, "run", "cancel", "_on_progress", "_sync_progress")
+
+    #: How often (ms) napari's activity bar catches up with the run's progress.
+    PROGRESS_SYNC_MS = 100
 
     def __init__(self, napari_viewer):
+        from qtpy.QtCore import QTimer
+
         self.region = ComboBox(label="region", choices=list(REGIONS), value="whole image")
         self.level = SpinBox(label="level", min=0, max=16, value=0)
         self.tile = SpinBox(label="tile (px)", min=16, max=4096, step=16, value=256)
@@ -137,19 +294,29 @@ class InferenceWidget(ModelDock):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.channel = ComboBox(label="channel", choices=self._channels)
+        self.plan = Label(value="")
         super().__init__(
             napari_viewer,
-            options=[self.region, self.level, self.tile, self.levels],
-            actions=[self.run_button, self.cancel_button, self.progress],
+            options=[self.region, self.channel, self.level, self.tile, self.levels],
+            actions=[self.run_button, self.cancel_button, self.progress, self.plan],
         )
+        wrap_status_label(self.plan.native)
+        self.image_layer.changed.connect(self.channel.reset_choices)
         self._napari_progress = None
+        self._latest = None  # the run's last Progress, for the activity bar
+        self._syncing = False
+        self._finish_pending = False
+        self._progress_timer = QTimer(self.native)
+        self._progress_timer.setInterval(self.PROGRESS_SYNC_MS)
+        self._progress_timer.timeout.connect(self._sync_progress)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
 
     # ---------------------------------------------------------------- running
     def run(self):
         """Start the prediction in a worker thread (no-op while one is running)."""
-        if self.worker is not None:
+        if self.worker is not None or self._napari_progress is not None:
             return
         layer = self.chosen_layer()
         if layer is None:
@@ -159,15 +326,20 @@ class InferenceWidget(ModelDock):
         if region == "view":
             view_box = self._view_box(layer)
         layer_step = [int(round(v)) for v in layer.world_to_data(self.viewer.dims.point)]
+        spatial = layer.ndim - (channel_axis(layer) is not None)
         try:
-            checkpoint = self.model.selection()
+            check_not_rgb(layer)
+            checkpoint = self.model.selection(spatial)
         except ValueError as exc:
-            self._set_status(str(exc), error=True)
+            self._set_status(f"error: {exc}", error=True)
             return
+        channel = None if self.channel.value in (None, ALL_CHANNELS) else int(self.channel.value)
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
+        self._show_plan("")
         self._set_status(f"running on {layer.name}…")
+        self._start_progress()
         self._start(
             _prediction_job,
             checkpoint,
@@ -179,6 +351,8 @@ class InferenceWidget(ModelDock):
             view_box,
             self.tile.value,
             self.levels.value,
+            channel,
+            self.model.note(spatial),
             yielded=self._on_progress,
             returned=partial(self._on_result, source_name=layer.name),
         )
@@ -224,31 +398,87 @@ class InferenceWidget(ModelDock):
             self._set_status("cancelling…")
             self.worker.quit()
 
-    def _on_progress(self, p):
+    def _start_progress(self) -> None:
+        """napari's activity bar for this run, made before the worker starts (it processes
+        events while it is made: no progress event may be waiting for it)."""
         from napari.utils import progress
 
+        self._close_progress()
+        self._latest = None
+        self._napari_progress = progress(total=0, desc="napari-rat")
+        self._progress_timer.start()
+
+    def _channels(self, *_) -> list[str]:
+        """``all``, then each channel of the chosen layer's channel axis (if it has one)."""
+        name = self.image_layer.value if hasattr(self, "image_layer") else None
+        layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        axis = channel_axis(layer) if layer is not None else None
+        if axis is None:
+            return [ALL_CHANNELS]
+        shape = layer.level_shapes[0] if layer.multiscale else layer.data.shape
+        return [ALL_CHANNELS, *(str(c) for c in range(int(shape[axis])))]
+
+    def _show_plan(self, text: str) -> None:
+        self.plan.native.setText(text)
+        self.plan.native.setToolTip(text)
+
+    def _on_progress(self, p):
+        """A progress event: the dock's bar and status only (nothing here processes events).
+
+        A text is the run's plan (what it segments), said before the model runs.
+        """
         if self.worker is None:  # a late event after the run ended
             return
+        if isinstance(p, str):
+            self._show_plan(p)
+            self._set_status(p)
+            return
+        self._latest = p
         self.progress.max = p.total
         self.progress.value = p.done
         self._set_status(f"{p.stage}: {p.done}/{p.total}")
-        # Last: napari's progress bar may process events (and so run later handlers).
-        bar = self._napari_progress
-        if bar is None:
-            bar = self._napari_progress = progress(total=p.total, desc="napari-rat")
-        if bar.total != p.total:
-            bar.total = p.total
-            bar.n = 0
-        bar.set_description(f"napari-rat: {p.stage}")
-        bar.update(p.done - bar.n)
 
-    def _on_result(self, value, source_name: str):
-        result, source, arrays = value
+    def _sync_progress(self) -> None:
+        """Timer: bring napari's activity bar up to the latest progress (it processes events;
+        a timer is not re-entered, and the flag keeps it so)."""
+        bar, p = self._napari_progress, self._latest
+        if self._syncing or bar is None or p is None:
+            return
+        self._syncing = True
+        try:
+            if bar.total != p.total:
+                bar.total = p.total
+                bar.n = 0
+            bar.set_description(f"napari-rat: {p.stage}")
+            bar.update(p.done - bar.n)
+        finally:
+            self._syncing = False
+        if self._finish_pending:  # the worker finished while the bar processed events
+            self._finish_pending = False
+            self._on_finished()
+
+    def _close_progress(self) -> None:
+        self._progress_timer.stop()
+        bar, self._napari_progress = self._napari_progress, None
+        if bar is not None:
+            bar.close()
+
+    def _on_result(self, value: RunResult, source_name: str):
+        done = f"done: {value.num_instances} instances"
+        if value.plan:
+            done += f" ({value.plan})"
+        error = False
+        if value.nan_pixels:
+            done += (
+                f"; {value.nan_pixels:,} NaN (or infinite) pixels were taken as background, "
+                "with no instance there"
+            )
+            error = True  # said in red: the user's image has holes
         steps = [
             partial(self._add_layer, layer_data)
-            for layer_data in result_layers(source, arrays, source_name)
+            for layer_data in result_layers(value.source, value.arrays, source_name)
         ]
-        self._then(*steps, partial(self._set_status, f"done: {result.num_instances} instances"))
+        self._then(*steps, partial(self._set_status, done, error))
 
     def _add_layer(self, layer_data: tuple):
         from napari.layers import Layer
@@ -256,9 +486,11 @@ class InferenceWidget(ModelDock):
         return self.viewer.add_layer(Layer.create(*layer_data))
 
     def _on_finished(self):
-        if self._napari_progress is not None:
-            self._napari_progress.close()
-            self._napari_progress = None
+        if self._syncing:
+            # Inside napari's bar (it processes events): finish once out of it, not nested.
+            self._finish_pending = True
+            return
+        self._close_progress()
         if self.worker is not None and self.worker.abort_requested:
             self._drop_steps()
             self._set_status("cancelled: no layer added")
@@ -267,6 +499,7 @@ class InferenceWidget(ModelDock):
         super()._on_finished()
 
     def _end_run(self):
+        self._close_progress()
         super()._end_run()
         self.run_button.enabled = True
         self.cancel_button.enabled = False

@@ -51,12 +51,64 @@ class LayerInput:
         return array
 
 
+def check_not_rgb(layer) -> None:
+    """Refuse an RGB(A) layer (``ValueError``): its colour axis is not a model's channel."""
+    if getattr(layer, "rgb", False):
+        raise ValueError(
+            f"layer {layer.name!r} is RGB; convert it to one channel first "
+            "(right-click the layer, Split RGB, and choose one of the three)"
+        )
+
+
 def _level_factors(layer, level: int) -> np.ndarray:
     if not getattr(layer, "multiscale", False):
         return np.ones(layer.ndim)
     s0 = np.asarray(layer.data[0].shape[-layer.ndim :], float)
     sk = np.asarray(layer.data[level].shape[-layer.ndim :], float)
     return np.round(s0 / sk)
+
+
+#: Axis labels that mark a layer's channel axis (``predict --channel``'s ``c`` axis).
+CHANNEL_AXIS_LABELS = frozenset({"c", "ch", "channel", "channels"})
+
+
+def channel_axis(layer) -> int | None:
+    """The layer's channel axis: the one labelled ``c`` (or ``channel``), else ``None``."""
+    labels = [str(label).strip().lower() for label in getattr(layer, "axis_labels", ())]
+    for axis, label in enumerate(labels):
+        if label in CHANNEL_AXIS_LABELS:
+            return axis
+    return None
+
+
+def _level_data(layer, level: int):
+    return layer.data[level] if getattr(layer, "multiscale", False) else layer.data
+
+
+def stack_axes(layer, model_dims: int) -> list[int]:
+    """The layer's axes a ``model_dims``-D model does not take: planes (or volumes) over them."""
+    c_axis = channel_axis(layer)
+    others = [axis for axis in range(layer.ndim) if axis != c_axis]
+    return others[: max(0, len(others) - model_dims)]
+
+
+def axis_name(layer, axis: int) -> str:
+    """How messages name an axis: its label (``z``), or ``axis 0`` for napari's defaults."""
+    labels = list(getattr(layer, "axis_labels", ()))
+    label = str(labels[axis]) if axis < len(labels) else ""
+    if not label or label.lstrip("-").isdigit() or label.startswith("axis"):
+        return f"axis {axis}"
+    return label
+
+
+def describe_plane(layer, model_dims: int, step: Sequence[int], level: int = 0) -> str:
+    """``"plane z=12 of 30"`` (``"plane t=2, z=12 of 4 x 30"``): which plane ``step`` is."""
+    axes = stack_axes(layer, model_dims)
+    data = _level_data(layer, level)
+    factors = _level_factors(layer, level)
+    where = ", ".join(f"{axis_name(layer, a)}={int(step[a] // factors[a])}" for a in axes)
+    sizes = " x ".join(str(data.shape[a]) for a in axes)
+    return f"{'plane' if model_dims == 2 else 'volume'} {where} of {sizes}"
 
 
 def layer_input(
@@ -66,6 +118,7 @@ def layer_input(
     current_step: Sequence[int] | None = None,
     level: int = 0,
     view_box: np.ndarray | None = None,
+    channel: int | None = None,
 ) -> LayerInput:
     """Cut the model input out of an image layer.
 
@@ -83,34 +136,65 @@ def layer_input(
         The viewer's current step (level-0 pixels) for the leading axes.
     level
         Multiscale level to read.
+    channel
+        On a layer with a channel axis (:func:`channel_axis`), the channel to use; ``None``:
+        all of them, as the model's input channels. The results get a length-1 axis there.
+
+    Raises
+    ------
+    ValueError
+        For an RGB layer, too few axes, a missing level or channel, or a ``current_step``
+        outside the layer on an axis the model does not take (a plane that does not exist).
     """
-    if getattr(layer, "rgb", False):
-        raise ValueError(f"layer {layer.name!r} is RGB; convert it to one channel first")
+    check_not_rgb(layer)
     ndim = layer.ndim
-    if ndim < model_dims:
+    c_axis = channel_axis(layer)
+    others = [axis for axis in range(ndim) if axis != c_axis]
+    if len(others) < model_dims:
         raise ValueError(
-            f"layer {layer.name!r} has {ndim} dimensions; the model needs at least {model_dims}"
+            f"layer {layer.name!r} has {len(others)} spatial dimensions; the model needs at "
+            f"least {model_dims}"
+        )
+    if channel is not None and c_axis is None:
+        raise ValueError(
+            f"layer {layer.name!r} has no channel axis (an axis labelled 'c'); choose 'all'"
         )
     if region == "view" and view_box is None:
         raise ValueError("region 'view' needs the view's bounding box")
     levels = len(layer.data) if getattr(layer, "multiscale", False) else 1
     if not 0 <= level < levels:
         raise ValueError(f"layer {layer.name!r} has levels 0..{levels - 1}, not {level}")
-    data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
+    data = _level_data(layer, level)
     factors = _level_factors(layer, level)
     scale = np.asarray(layer.scale, float) * factors
     # napari centres level-k pixel i on level-0 pixel i * f + (f - 1) / 2 (the block it
     # averages): the level's origin is half a block minus half a pixel from level 0's.
     translate = np.asarray(layer.translate, float) + (factors - 1) / 2 * np.asarray(layer.scale)
     step = list(current_step) if current_step is not None else [0] * ndim
-    spatial = list(range(ndim - model_dims, ndim))
+    spatial = others[-model_dims:]
     index: list = []
     out_translate = translate.copy()
     sliced = []
     for axis in range(ndim):
         n = data.shape[axis]
+        if axis == c_axis:
+            if channel is not None and not 0 <= channel < n:
+                raise ValueError(
+                    f"layer {layer.name!r} has channels 0..{n - 1} (axis {axis}), not {channel}"
+                )
+            first = channel or 0
+            index.append(slice(None) if channel is None else slice(first, first + 1))
+            out_translate[axis] = translate[axis] + first * scale[axis]
+            sliced.append(axis)
+            continue
         if axis not in spatial:
-            i = int(np.clip(step[axis] // factors[axis], 0, n - 1))  # the block holding it
+            i = int(step[axis] // factors[axis])  # the block holding it
+            if not 0 <= i < n:
+                raise ValueError(
+                    f"the viewer's position on {axis_name(layer, axis)} (plane "
+                    f"{int(step[axis])}) is outside layer {layer.name!r} (planes 0.."
+                    f"{int(n * factors[axis]) - 1}); move the slider onto the layer"
+                )
             index.append(slice(i, i + 1))
             out_translate[axis] = translate[axis] + i * scale[axis]
             sliced.append(axis)
@@ -123,7 +207,12 @@ def layer_input(
         index.append(slice(lo, hi))
         out_translate[axis] = translate[axis] + lo * scale[axis]
     image = data[tuple(index)]
-    image = image.reshape(tuple(image.shape[a] for a in spatial))[None]
+    if c_axis is None:
+        image = image.reshape(tuple(image.shape[a] for a in spatial))[None]
+    else:  # channels first, then the model's axes (the sliced ones, length 1, last)
+        rest = [a for a in range(ndim) if a != c_axis and a not in spatial]
+        image = image.transpose([c_axis, *spatial, *rest])
+        image = image.reshape((image.shape[0], *image.shape[1 : 1 + len(spatial)]))
     return LayerInput(
         image=image,
         spacing=tuple(float(scale[a]) for a in spatial),

@@ -24,7 +24,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_rat._widgets.dock_base import show_status, start_worker
+from napari_rat._widgets.dock_base import (
+    dock_callback,
+    show_status,
+    start_worker,
+    wrap_status_label,
+)
 from napari_rat.io import OmeZarrError, Pyramid, open_pyramid
 from napari_rat.io.napari_reader import pyramid_layer_data
 from napari_rat.io.pyramid import parse_region
@@ -54,8 +59,12 @@ def _checked(widget: QListWidget) -> list[Any]:
 class OmeZarrLoaderWidget(QWidget):
     """Dock widget that inspects an OME-Zarr (path or URL) and opens the chosen parts."""
 
+    CALLBACKS = ("_browse", "inspect", "open_selected", "_on_loaded", "_on_error", "_on_finished")
+
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
+        for name in self.CALLBACKS:  # no exception may reach Qt (see dock_base.dock_callback)
+            setattr(self, name, dock_callback(getattr(self, name), self._callback_failed))
         self.viewer = napari_viewer
         self.pyramid: Pyramid | None = None
         self._worker: Any = None
@@ -70,7 +79,7 @@ class OmeZarrLoaderWidget(QWidget):
         row.addWidget(self.inspect_button)
 
         self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
+        wrap_status_label(self.status_label)
         self.summary = QPlainTextEdit()
         self.summary.setReadOnly(True)
         self.channel_list = QListWidget()
@@ -94,10 +103,11 @@ class OmeZarrLoaderWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.open_button)
 
-        self.browse_button.clicked.connect(self._browse)
-        self.inspect_button.clicked.connect(self.inspect)
-        self.path_edit.returnPressed.connect(self.inspect)
-        self.open_button.clicked.connect(self.open_selected)
+        # Lambdas: Qt would pass ``clicked``'s ``checked`` to a wrapper taking ``*args``.
+        self.browse_button.clicked.connect(lambda: self._browse())
+        self.inspect_button.clicked.connect(lambda: self.inspect())
+        self.path_edit.returnPressed.connect(lambda: self.inspect())
+        self.open_button.clicked.connect(lambda: self.open_selected())
 
     # --- inspecting ---------------------------------------------------------------------------
 
@@ -106,6 +116,15 @@ class OmeZarrLoaderWidget(QWidget):
         if path:
             self.path_edit.setText(path)
             self.inspect()
+
+    def _callback_failed(self, name: str, exc: BaseException) -> None:
+        import logging
+
+        logging.getLogger(__name__).error("napari-rat loader: %s failed", name, exc_info=exc)
+        self._show_error(f"error: {type(exc).__name__}: {exc}")
+        if self._worker is None or not self._worker.is_running:
+            self._worker = None
+            self.inspect_button.setEnabled(True)
 
     def _show_error(self, message: str) -> None:
         show_status(self.status_label, message, error=True)

@@ -9,6 +9,11 @@ from magicgui.widgets import ComboBox, Container, FileEdit
 STARTER = "starter model (bundled)"
 CHECKPOINT = "checkpoint file"
 
+#: The bundled starter models by spatial dimensions (a name ``load_model_for_inference``
+#: knows). Only a 2D one ships yet: a volume gets it plane by plane, and the dock says so; a 3D
+#: starter added here is picked for layers with 3 or more spatial axes.
+BUNDLED_STARTERS: dict[int, str] = {2: "starter"}
+
 
 class ModelChoice(Container):
     """A combo box (starter / checkpoint file) and a file field shown for the second."""
@@ -27,13 +32,25 @@ class ModelChoice(Container):
         self.kind.value = CHECKPOINT
         self.checkpoint.value = path
 
-    def selection(self) -> str | Path:
-        """``"starter"`` or the chosen file; ``ValueError`` when no file is chosen."""
-        from napari_rat.inference.model_loading import STARTER as STARTER_NAME
-
+    def selection(self, layer_dims: int = 2) -> str | Path:
+        """The bundled model for a layer with ``layer_dims`` spatial axes (the 3D one for a
+        volume when there is one) or the chosen file; ``ValueError`` when no file is chosen."""
         if self.kind.value == STARTER:
-            return STARTER_NAME
+            return BUNDLED_STARTERS[3 if layer_dims >= 3 and 3 in BUNDLED_STARTERS else 2]
         path = self.checkpoint.value
-        if path is None or not Path(path).is_file():
+        try:
+            is_file = path is not None and Path(path).is_file()
+        except OSError:  # e.g. a name too long for the file system
+            is_file = False
+        if not is_file:
             raise ValueError(f"choose a checkpoint file (got {path or 'nothing'})")
         return Path(path)
+
+    def note(self, layer_dims: int) -> str:
+        """What the user should know of the choice for such a layer ("" when nothing)."""
+        if self.kind.value == STARTER and layer_dims >= 3 and 3 not in BUNDLED_STARTERS:
+            return (
+                "no bundled 3D model yet: the 2D starter model runs plane by plane; choose a "
+                "3D checkpoint file to segment in 3D"
+            )
+        return ""

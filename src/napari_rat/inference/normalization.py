@@ -86,12 +86,20 @@ def image_statistics(image, normalization: Mapping[str, Any] | None = None) -> I
     if mode == "none":
         return IntensityStats((0.0,) * channels, (1.0,) * channels)
     sample = _sample(image)
+    # NaN pixels (no data) are left out; the predictor treats them as background.
+    empty = [c for c in range(channels) if not np.isfinite(sample[c]).any()]
+    if empty:
+        raise ValueError(
+            f"channel {empty[0]} of the image has no finite pixel (all NaN or infinite in a "
+            "sample of it); check the image, or choose another channel"
+        )
+    sample = np.where(np.isfinite(sample), sample, np.nan)
     if mode == "zscore":
-        offset = sample.mean(axis=1)
-        scale = sample.std(axis=1)
+        offset = np.nanmean(sample, axis=1)
+        scale = np.nanstd(sample, axis=1)
     else:
-        lo = np.percentile(sample, low, axis=1)
-        hi = np.percentile(sample, high, axis=1)
+        lo = np.nanpercentile(sample, low, axis=1)
+        hi = np.nanpercentile(sample, high, axis=1)
         offset, scale = lo, hi - lo
     scale = np.where(scale > 1e-12, scale, 1.0)
     return IntensityStats(tuple(float(v) for v in offset), tuple(float(v) for v in scale))

@@ -87,6 +87,8 @@ class Prediction:
     ``probabilities`` is ``[num_outputs, *spatial]`` float32 (softmax over the classes, then the
     boundary probability if the model has one); ``semantic`` the argmax class; ``labels`` the
     instance labels (or ``None``). Arrays are NumPy, or zarr arrays when written to ``store``.
+    ``nan_pixels`` counts the input pixels without a finite value (NaN, infinite): they were
+    fed as the image's low intensity and are background in the results (no instance there).
     """
 
     probabilities: Any
@@ -99,6 +101,7 @@ class Prediction:
     store: Path | None = None
     num_instances: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    nan_pixels: int = 0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -282,6 +285,7 @@ def predict(
         )
         semantic = _new_array(root, "semantic", shape, chunks, np.uint8)
         model = model.to(device).eval()
+        nan_pixels = 0
         # no_grad, not inference_mode: RoSE caches position tensors across calls (lru_cache),
         # and an inference tensor in that cache would break later training in this process.
         with torch.no_grad():
@@ -289,12 +293,18 @@ def predict(
                 if cancel is not None and cancel.is_set():
                     raise PredictionCancelled("prediction cancelled")
                 data = np.asarray(image[(slice(None), *t.read)], dtype=np.float32)
+                data, missing = _mask_missing(data, stats)
                 x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(device)
                 with autocast_for(device, options.precision):
                     p = _tile_probabilities(
                         model, x, model_spacing, options, factors, training_spacing, boundary
                     )
                 p = p[(slice(None), *t.crop)].cpu().numpy()
+                if missing is not None:
+                    missing = missing[t.crop]
+                    nan_pixels += int(missing.sum())
+                    p[:, missing] = 0.0
+                    p[0, missing] = 1.0  # background, sure
                 probs[(slice(None), *t.core)] = p
                 semantic[t.core] = np.argmax(p[: len(class_names)], axis=0).astype(np.uint8)
                 del data, x, p
@@ -320,6 +330,7 @@ def predict(
             translation,
             num_instances=n_instances,
             extra={"stats": stats, "levels": factors},
+            nan_pixels=nan_pixels,
         )
         if tmp_dir is not None:
             import zarr
@@ -346,6 +357,20 @@ def predict(
     finally:
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _mask_missing(data: np.ndarray, stats: IntensityStats) -> tuple[np.ndarray, np.ndarray | None]:
+    """``data`` with its non-finite pixels (any channel) at each channel's low intensity, and
+    where they were (a spatial mask; ``None`` when there are none).
+
+    One NaN in a tile would make the whole tile's output NaN (the model mixes every pixel).
+    ``data`` may be a view of the caller's image: it is copied, never changed.
+    """
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return data, None
+    low = np.asarray(stats.offset, np.float32).reshape((-1,) + (1,) * (data.ndim - 1))
+    return np.where(bad, low, data).astype(np.float32, copy=False), bad.any(axis=0)
 
 
 def _instances(probs, root, shape, chunks, boundary, options, cancel, spacing, min_pixels):
