@@ -144,7 +144,7 @@ def test_submit_watch_stop_resume_fetch(head, tmp_path, monkeypatch, capsys):
     raw["cluster"].update(address=head.dashboard_url, token_env="TEST_CLUSTER_TOKEN")
     remote = save_config(type(load_config(config)).model_validate(raw), tmp_path / "remote.yaml")
     monkeypatch.setenv("TEST_CLUSTER_TOKEN", head.token)
-    assert main(["train", "--config", str(remote), "--resume"]) == 0
+    assert main(["train", "--config", str(remote), "--backend", "ray", "--resume"]) == 0
     out = capsys.readouterr().out
     resumed = out.split("submitted ", 1)[1].split()[0]
     assert (tmp_path / "runs" / "quick" / "quick.safetensors").is_file()  # fetched back

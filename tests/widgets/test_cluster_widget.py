@@ -62,6 +62,50 @@ def test_bad_form_input_is_said_and_nothing_starts(viewer_with_layers, tmp_path,
     assert not (tmp_path / "export").exists()
 
 
+TRIGGERED = {
+    "submit": lambda dock, viewer: dock.submit_button.native.click(),
+    "_on_cluster_kind": lambda dock, viewer: setattr(dock.cluster, "value", REMOTE),
+    "_on_data_kind": lambda dock, viewer: setattr(dock.data, "value", "config file"),
+    "_on_init_kind": lambda dock, viewer: setattr(dock.init_from, "value", "checkpoint file"),
+    "_refresh_layers": lambda dock, viewer: viewer.add_image(np.zeros((4, 4)), name="x"),
+    "_on_error": None,  # from the worker of a submission to an address where nothing listens
+    "_on_action_done": None,
+}
+
+
+@pytest.mark.parametrize("name", list(TRIGGERED))
+def test_an_exception_in_a_callback_stays_in_the_dock(
+    viewer_with_layers, qtbot, tmp_path, monkeypatch, caplog, name
+):
+    import logging
+    import socket
+
+    def fail(self, *args, **kwargs):
+        raise ValueError(f"boom in {name}")
+
+    monkeypatch.setattr(ClusterTrainingWidget, name, fail)
+    monkeypatch.setenv("NAPARI_RAT_STATE_DIR", str(tmp_path / "state"))
+    caplog.set_level(logging.ERROR)
+    viewer = viewer_with_layers
+    dock = _dock(viewer, tmp_path)
+    trigger = TRIGGERED[name]
+    if trigger is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dock.cluster.value = REMOTE
+        dock.address.value = f"http://127.0.0.1:{port}"
+        dock.token.value = "x"
+        dock.epochs.value = 1
+        dock.submit_button.native.click()
+    else:
+        trigger(dock, viewer)
+    qtbot.waitUntil(lambda: f"boom in {name}" in caplog.text, timeout=120_000)
+    qtbot.waitUntil(lambda: dock._busy is None, timeout=60_000)
+    assert f"error in {name}" in dock.status.value
+    assert dock.submit_button.enabled
+
+
 def test_layers_to_a_fetched_model_that_segments(viewer_with_layers, qtbot, tmp_path, monkeypatch):
     from napari_rat.cluster.local_head import recorded_head
     from napari_rat.model import load_checkpoint

@@ -31,7 +31,12 @@ from magicgui.widgets import (
     TextEdit,
 )
 
-from napari_rat._widgets.dock_base import show_status, start_worker
+from napari_rat._widgets.dock_base import (
+    dock_callback,
+    show_status,
+    start_worker,
+    wrap_status_label,
+)
 from napari_rat._widgets.model_imports import preload_model_stack
 
 LOCAL = "local (this machine)"
@@ -61,7 +66,29 @@ class _LayerCapture:
 class ClusterTrainingWidget(Container):
     """Submit, watch, stop, resume and fetch training jobs on a Ray cluster."""
 
+    #: What Qt, napari or a worker calls: wrapped with dock_callback, so nothing escapes to Qt.
+    CALLBACKS: tuple[str, ...] = (
+        "submit",
+        "stop_job",
+        "resume_job",
+        "fetch_job",
+        "_on_submitted",
+        "_on_fetched",
+        "_on_action_done",
+        "_on_error",
+        "_on_poll",
+        "_on_poll_error",
+        "_on_poll_finished",
+        "_on_cluster_kind",
+        "_on_data_kind",
+        "_on_init_kind",
+        "_refresh_layers",
+        "_show_selected",
+    )
+
     def __init__(self, napari_viewer):
+        for name in self.CALLBACKS:
+            setattr(self, name, dock_callback(getattr(self, name), self._callback_failed))
         self.viewer = napari_viewer
         self.cluster = ComboBox(label="cluster", choices=[LOCAL, REMOTE], value=LOCAL)
         self.address = LineEdit(label="address", value="https://", visible=False)
@@ -96,7 +123,7 @@ class ClusterTrainingWidget(Container):
         self.log = TextEdit(value="")
         self.log.native.setReadOnly(True)
         self.status = Label(value="")
-        self.status.native.setWordWrap(True)
+        wrap_status_label(self.status.native)
         super().__init__(
             widgets=[
                 self.cluster,
@@ -148,12 +175,12 @@ class ClusterTrainingWidget(Container):
 
         self.cluster.changed.connect(self._on_cluster_kind)
         self.data.changed.connect(self._on_data_kind)
-        self.init_from.changed.connect(lambda v: setattr(self.init_file, "visible", v == INIT_FILE))
+        self.init_from.changed.connect(self._on_init_kind)
         self.submit_button.changed.connect(self.submit)
         self.stop_button.changed.connect(self.stop_job)
         self.resume_button.changed.connect(self.resume_job)
         self.fetch_button.changed.connect(self.fetch_job)
-        self.jobs.changed.connect(lambda *_: self._show_selected())
+        self.jobs.changed.connect(self._show_selected)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.native.destroyed.connect(_stop_head_on_close(self))
@@ -176,6 +203,9 @@ class ClusterTrainingWidget(Container):
             widget.visible = remote
         self.client = None
 
+    def _on_init_kind(self, value) -> None:
+        self.init_file.visible = value == INIT_FILE
+
     def _on_data_kind(self, value) -> None:
         layers = value == LAYERS
         for widget in (self.image_layer, self.labels_layer, self.export_dir):
@@ -187,6 +217,15 @@ class ClusterTrainingWidget(Container):
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_status(f"error: {exc}", error=True)
+
+    def _callback_failed(self, name: str, exc: BaseException) -> None:
+        """A callback raised: say so, and let the buttons work again."""
+        import logging
+
+        logging.getLogger(__name__).error("%s failed", name, exc_info=exc)
+        self._set_status(f"error in {name}: {type(exc).__name__}: {exc}", error=True)
+        self._busy = None
+        self.submit_button.enabled = True
 
     # --- what the form says -------------------------------------------------------------
     def _capture_layers(self) -> _LayerCapture:
@@ -415,7 +454,7 @@ class ClusterTrainingWidget(Container):
                 bar.setValue(bar.maximum())
             self.plot.show(events)
 
-    def _show_selected(self) -> None:
+    def _show_selected(self, *_) -> None:
         self.log.value = ""
         self.plot.show([])
 
