@@ -153,14 +153,14 @@ def connect(
     else:
         url = str(address).rstrip("/")
         secret = resolve_token(token, token_file, token_env)
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise ClusterError(f"the CA file {ca_file} does not exist")
     _check_reachable(url, timeout)
     if not secret:
         raise ClusterError(
             f"no token for the cluster at {url}: give --token-file FILE, or set the environment "
             f"variable {token_env or 'RAY_AUTH_TOKEN'} (cluster.token_env)"
         )
-    if ca_file is not None and not Path(ca_file).is_file():
-        raise ClusterError(f"the CA file {ca_file} does not exist")
     with _no_address_override():
         try:
             client = JobSubmissionClient(
