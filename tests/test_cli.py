@@ -126,3 +126,17 @@ def test_readme_starter_scores_are_what_demo_and_evaluate_measure(tmp_path):
     assert matched_by_evaluate == pytest.approx(demo["tp"] - 1)
     assert f"{demo['tp']:.0f} against {demo['tp'] - 1:.0f}" in readme
     assert f"the same {demo['tp'] + demo['fn']:.0f} nuclei" in readme
+
+
+def test_python_m_cli_reports_command_errors_in_one_line(tmp_path):
+    """How a cluster job runs the command: a refusal is one line and exit code 2 there too."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "napari_rat.cli", "predict", str(tmp_path / "no.zarr"),
+         "--output", str(tmp_path / "out.zarr")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("napari-rat predict: error:") and "Traceback" not in out.stderr

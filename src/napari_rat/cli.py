@@ -85,4 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m napari_rat.cli` (how a cluster job runs): call the package's own module, so
+    # that the CommandError the commands raise is the class main() catches (not __main__'s).
+    from napari_rat.cli import main as _package_main
+
+    sys.exit(_package_main())

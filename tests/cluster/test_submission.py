@@ -112,3 +112,13 @@ def test_a_job_from_another_version_refuses_to_train(quick, monkeypatch):
         run_training(quick)
     monkeypatch.delenv(JOB_VERSION_ENV)
     assert os.environ.get(JOB_VERSION_ENV) is None
+
+
+def test_a_taken_run_name_is_refused_unless_resuming(quick, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ray_results" / "quick" / "checkpoint-step-00000002").mkdir(parents=True)
+    with pytest.raises(SubmissionError, match="'quick' already has checkpoints.*Resume"):
+        build_job(quick, local_cluster=True)
+    spec = build_job(quick, local_cluster=True, resume=True)
+    spec.cleanup()
+    assert "--resume" in spec.entrypoint

@@ -129,6 +129,8 @@ def build_job(
                 raise SubmissionError(
                     f"data file {path!r} does not exist; fix data.paths / data.label_paths"
                 )
+    if not resume:
+        _refuse_taken_run(placed)
     if num_workers is not None and num_workers < 1:
         raise SubmissionError(f"the number of workers must be at least 1, got {num_workers}")
     run = placed.training.run_name
@@ -169,6 +171,23 @@ def build_job(
         workdir=workdir,
         config=placed,
     )
+
+
+def _refuse_taken_run(config: ExperimentConfig) -> None:
+    """A run name whose storage already holds checkpoints is refused here, before a job is
+    sent that would fail on it, when this machine can read the storage."""
+    from napari_rat.train.ray_backend import run_storage, saved_run_entries
+
+    try:
+        saved = saved_run_entries(config)
+    except Exception:  # noqa: BLE001 - storage only the cluster reads: the job will say
+        return
+    if saved:
+        raise SubmissionError(
+            f"the run {config.training.run_name!r} already has checkpoints in "
+            f"{run_storage(config)}; resume it (Resume, or submit --resume) or choose another "
+            "run name"
+        )
 
 
 def _ship_checkpoint(init_from: str, workdir: Path) -> str:

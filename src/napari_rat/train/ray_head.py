@@ -198,6 +198,9 @@ def start_head(
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"})
     env.update(_LOOPBACK)
+    # Jobs on this head run `python` from its PATH: let that be this environment's interpreter
+    # (a submitted job then finds the same napari-rat, as on a cluster set up for it).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     log_path = str(Path(temp_dir) / "head.log")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
