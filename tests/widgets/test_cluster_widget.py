@@ -141,6 +141,7 @@ def test_layers_to_a_fetched_model_that_segments(viewer_with_layers, qtbot, tmp_
     qtbot.waitUntil(lambda: bool(dock.plot.shown[0]), timeout=20_000)
     assert "[napari-rat rank 0] step" in dock.log.value  # the people's lines...
     assert "napari-rat-event" not in dock.log.value  # ...not the machine's (those are plotted)
+    assert "\x1b[" not in dock.log.value  # nor Ray's terminal colours
     exported = tmp_path / "export" / "gui-tune.zarr"
     assert (exported / "labels" / "training").is_dir()
 

@@ -12,6 +12,7 @@ copies the best checkpoint here and hands it to the RAT inference dock.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ INIT_NONE = "nothing (random weights)"
 POLL_S = 2.0
 DEFAULT_EXPORT = Path.home() / "napari-rat" / "training"
 JOB_COLUMNS = ("job", "run", "status", "step", "loss", "val score")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -544,8 +546,9 @@ def _poll(client, selected, closing):
         if job:
             lines = client.logs(job).splitlines()
             events = [e for e in map(parse_event_line, lines) if e is not None]
-            # the machine lines feed the plot and the table; the log shows what people read
-            text = "\n".join(line for line in lines if EVENT_MARKER not in line)
+            # the machine lines feed the plot and the table; the log shows what people read,
+            # without the terminal colours Ray puts around worker names
+            text = _ANSI.sub("", "\n".join(line for line in lines if EVENT_MARKER not in line))
         yield summaries, job, text, events
         deadline = time.monotonic() + POLL_S
         while time.monotonic() < deadline and not closing():
