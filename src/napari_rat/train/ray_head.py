@@ -144,7 +144,27 @@ def _ray_executable() -> list[str]:
     return [sys.executable, "-m", "ray.scripts.scripts"]
 
 
-def start_head(
+#: What Ray's own start-up says when its raylet took longer than its fixed 30 s to register
+#: (a machine busy with other work); worth one more try.
+_SLOW_START = "timed out during startup"
+
+
+def start_head(**kwargs) -> RayHead:
+    """Start a local Ray head (see the module docstring) and wait until it accepts clients.
+
+    Ray gives its raylet a fixed 30 s to register with the GCS; on a loaded machine it can take
+    longer, and the head exits. That case is tried once more; every other failure is raised.
+    Keyword arguments as :func:`_start_head_once`.
+    """
+    try:
+        return _start_head_once(**kwargs)
+    except RayHeadError as exc:
+        if _SLOW_START not in str(exc):
+            raise
+        return _start_head_once(**kwargs)
+
+
+def _start_head_once(
     *,
     num_cpus: int | None = None,
     num_gpus: int | None = None,
@@ -152,7 +172,7 @@ def start_head(
     include_dashboard: bool = True,
     timeout: float = 120.0,
 ) -> RayHead:
-    """Start a local Ray head (see the module docstring) and wait until it accepts clients.
+    """Start a local Ray head once (see :func:`start_head`).
 
     Raises
     ------
