@@ -29,7 +29,6 @@ from magicgui.widgets import (
     Password,
     PushButton,
     SpinBox,
-    TextEdit,
 )
 
 from napari_rat._widgets.dock_base import (
@@ -122,8 +121,6 @@ class ClusterTrainingWidget(Container):
         self.stop_button = PushButton(text="Stop")
         self.resume_button = PushButton(text="Resume")
         self.fetch_button = PushButton(text="Fetch")
-        self.log = TextEdit(value="")
-        self.log.native.setReadOnly(True)
         self.status = Label(value="")
         wrap_status_label(self.status.native)
         super().__init__(
@@ -156,14 +153,15 @@ class ClusterTrainingWidget(Container):
                     layout="horizontal",
                     labels=False,
                 ),
-                self.log,
                 self.status,
             ]
         )
         self.table = _JobTable()
         self.plot = _MetricsPlot()
+        self.log = _JobLog()
         layout = self.native.layout()
         layout.insertWidget(layout.indexOf(self.jobs.native.parent()), self.table.widget)
+        layout.insertWidget(layout.indexOf(self.status.native.parent()), self.log.widget)
         layout.addWidget(self.plot.widget)
 
         self.client = None
@@ -439,7 +437,7 @@ class ClusterTrainingWidget(Container):
         )
 
     def _on_poll(self, update) -> None:
-        summaries, job, log_text, events = update
+        summaries, job, new_lines, from_start, events = update
         self._summaries = summaries
         self.table.show(summaries)
         known = [s.submission_id for s in summaries]
@@ -450,14 +448,11 @@ class ClusterTrainingWidget(Container):
             if current in self.jobs.choices:
                 self.jobs.value = current
         if job is not None and job == self.jobs.value:
-            if self.log.value != log_text:
-                self.log.value = log_text
-                bar = self.log.native.verticalScrollBar()
-                bar.setValue(bar.maximum())
+            self.log.add(new_lines, from_start=from_start)
             self.plot.show(events)
 
     def _show_selected(self, *_) -> None:
-        self.log.value = ""
+        self.log.add([], from_start=True)
         self.plot.show([])
 
     def _on_poll_error(self, exc: BaseException) -> None:
@@ -536,23 +531,59 @@ def _resubmit(client, config, init):
 
 
 def _poll(client, selected, closing):
-    """Worker generator: every few seconds, the jobs and the selected job's log and events."""
+    """Worker generator: every few seconds, the jobs, and the selected job's new log lines
+    (``from_start`` when they begin its log) and all its training events.
+
+    Only new lines go to the GUI thread, which appends them: replacing a growing log's whole
+    text on every poll blocked the viewer for seconds.
+    """
     from napari_rat.train.loop import EVENT_MARKER, parse_event_line
 
+    shown_job, seen, events = None, 0, []
     while not closing():
         summaries = client.jobs()
         job = selected()
-        text, events = "", []
+        if job != shown_job:
+            shown_job, seen, events = job, 0, []
+        new: list[str] = []
+        from_start = seen == 0
         if job:
             lines = client.logs(job).splitlines()
-            events = [e for e in map(parse_event_line, lines) if e is not None]
+            fresh, seen = lines[seen:], len(lines)
+            events = events + [e for e in map(parse_event_line, fresh) if e is not None]
             # the machine lines feed the plot and the table; the log shows what people read,
             # without the terminal colours Ray puts around worker names
-            text = _ANSI.sub("", "\n".join(line for line in lines if EVENT_MARKER not in line))
-        yield summaries, job, text, events
+            new = [_ANSI.sub("", line) for line in fresh if EVENT_MARKER not in line]
+        yield summaries, job, new, from_start, events
         deadline = time.monotonic() + POLL_S
         while time.monotonic() < deadline and not closing():
             time.sleep(0.1)
+
+
+class _JobLog:
+    """The selected job's log: appended to, never rewritten, and capped (oldest lines go)."""
+
+    MAX_LINES = 5000
+
+    def __init__(self) -> None:
+        from qtpy.QtWidgets import QPlainTextEdit
+
+        self.widget = QPlainTextEdit()
+        self.widget.setReadOnly(True)
+        self.widget.setMaximumBlockCount(self.MAX_LINES)
+        self.widget.setMinimumHeight(120)
+
+    def add(self, lines: list[str], *, from_start: bool) -> None:
+        if from_start:
+            self.widget.clear()
+        if lines:
+            self.widget.appendPlainText("\n".join(lines))
+            bar = self.widget.verticalScrollBar()
+            bar.setValue(bar.maximum())
+
+    @property
+    def value(self) -> str:
+        return self.widget.toPlainText()
 
 
 class _JobTable:
