@@ -115,7 +115,7 @@ def _dock_streaming(config: Path, timeout: float, idle_s: float) -> dict:
         viewer.window.add_dock_widget(dock, name="Train on cluster")
         dock.image_layer.value, dock.labels_layer.value = "nuclei", "corrected"
         dock.export_dir.value = config.parent / "export"
-        dock.run_name.value = "bench-dock"
+        dock.run_name.value = f"bench-dock-{int(time.time())}"
         dock.epochs.value = c.training.epochs
         dock.workers.value = c.cluster.num_workers
         dock.precision.value = "fp32"
@@ -124,6 +124,8 @@ def _dock_streaming(config: Path, timeout: float, idle_s: float) -> dict:
         dock.submit_button.native.click()
 
         def ended() -> bool:
+            if dock.status.value.startswith("error"):  # refused or failed before any job
+                return True
             rows = dock.table.rows()
             return bool(rows) and rows[0][2] in ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -133,6 +135,8 @@ def _dock_streaming(config: Path, timeout: float, idle_s: float) -> dict:
         dock.close_cluster()
     finally:
         viewer.close()
+    if dock.status.value.startswith("error"):
+        print(f"the dock: {dock.status.value}", file=sys.stderr)
     return {
         "idle": idle.summary(),
         "job": busy.summary(),
@@ -145,6 +149,7 @@ def _bench(args: argparse.Namespace) -> int:
     from napari_rat.cluster import start_local_head, stop_local_head
 
     out = Path(tempfile.mkdtemp(prefix="napari-rat-bench-cluster-"))
+    os.chdir(out)  # the dock's run keeps its relative storage (ray_results/) in here
     os.environ["NAPARI_RAT_STATE_DIR"] = str(out / "state")  # a head of the benchmark's own
     fg = _config(args.config, args.steps, args.workers, out, "bench-foreground")
     job = _config(args.config, args.steps, args.workers, out, "bench-job")
