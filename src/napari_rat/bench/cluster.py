@@ -148,6 +148,7 @@ def _dock_streaming(config: Path, timeout: float, idle_s: float) -> dict:
 def _bench(args: argparse.Namespace) -> int:
     from napari_rat.cluster import start_local_head, stop_local_head
 
+    args.config = str(Path(args.config).resolve())
     out = Path(tempfile.mkdtemp(prefix="napari-rat-bench-cluster-"))
     os.chdir(out)  # the dock's run keeps its relative storage (ray_results/) in here
     os.environ["NAPARI_RAT_STATE_DIR"] = str(out / "state")  # a head of the benchmark's own
