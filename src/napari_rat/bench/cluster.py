@@ -132,11 +132,11 @@ def _dock_streaming(config: Path, timeout: float, idle_s: float) -> dict:
         start = time.perf_counter()
         busy = measure_event_loop(viewer, until=ended, interact=interact, timeout_s=timeout)
         rows = dock.table.rows()
+        if dock.status.value.startswith("error"):
+            print(f"the dock: {dock.status.value}", file=sys.stderr)
         dock.close_cluster()
     finally:
         viewer.close()
-    if dock.status.value.startswith("error"):
-        print(f"the dock: {dock.status.value}", file=sys.stderr)
     return {
         "idle": idle.summary(),
         "job": busy.summary(),
