@@ -170,7 +170,6 @@ class ClusterTrainingWidget(Container):
         self._busy = None  # the worker of a submit / stop / fetch
         self._poller = None
         self._closing = False
-        self._summaries: list = []
         self._submitted: dict[str, dict] = {}  # job id -> what resubmits it (config, init)
 
         self.cluster.changed.connect(self._on_cluster_kind)
@@ -438,7 +437,6 @@ class ClusterTrainingWidget(Container):
 
     def _on_poll(self, update) -> None:
         summaries, job, new_lines, from_start, events = update
-        self._summaries = summaries
         self.table.show(summaries)
         known = [s.submission_id for s in summaries]
         extra = [j for j in self.jobs.choices if j not in known]

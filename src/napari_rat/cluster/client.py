@@ -47,10 +47,6 @@ class JobSummary:
     end_time: float | None = None
     latest: dict[str, float] = field(default_factory=dict)  # last loss, step, validation scores
 
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL
-
 
 @contextmanager
 def _no_address_override() -> Iterator[None]:
@@ -261,13 +257,8 @@ class ClusterClient:
         return self._summary(self._call(self._jobs.get_job_info, submission_id))
 
     def _summary(self, info) -> JobSummary:
-        from napari_rat.train.loop import parse_event_line
-
         latest: dict[str, float] = {}
-        for line in self.logs(info.submission_id).splitlines():
-            event = parse_event_line(line)
-            if event is None:
-                continue
+        for event in self.events(info.submission_id):
             if event.kind == "progress":
                 latest.update(step=float(event.step), loss=event.metrics.get("loss", float("nan")))
             elif event.kind == "validation":

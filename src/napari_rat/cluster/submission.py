@@ -19,7 +19,7 @@ import shlex
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from napari_rat import __version__
@@ -45,8 +45,6 @@ class JobSpec:
     runtime_env: dict
     metadata: dict[str, str]
     workdir: Path
-    config: ExperimentConfig
-    notes: list[str] = field(default_factory=list)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -61,15 +59,9 @@ def _placed(config: ExperimentConfig, *, local_cluster: bool) -> ExperimentConfi
     raw = config.model_dump(mode="json")
     raw["training"]["backend"] = "ray"
     raw["cluster"]["address"] = None  # inside the job, Ray Train runs on the job's own cluster
-    fields = [
-        ("data.paths", raw["data"], "paths"),
-        ("data.label_paths", raw["data"], "label_paths"),
-    ]
-    for name, holder, key in fields:
-        out = []
-        for path in holder[key]:
-            out.append(_place_path(name, path, local_cluster))
-        holder[key] = out
+    data = raw["data"]
+    for key in ("paths", "label_paths"):
+        data[key] = [_place_path(f"data.{key}", path, local_cluster) for path in data[key]]
     raw["training"]["output_dir"] = _place_path(
         "training.output_dir", raw["training"]["output_dir"], local_cluster
     )
@@ -169,7 +161,6 @@ def build_job(
             "resume": "yes" if resume else "no",
         },
         workdir=workdir,
-        config=placed,
     )
 
 
