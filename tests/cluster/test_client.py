@@ -47,3 +47,29 @@ def test_bad_addresses_and_files_are_named(tmp_path, monkeypatch):
         connect("ray://127.0.0.1:10001", token="x")
     with pytest.raises(ClusterError, match="the CA file .* does not exist"):
         connect("https://127.0.0.1:8265", token="x", ca_file=tmp_path / "ca.pem")
+
+
+def test_plain_http_beyond_loopback_warns_once(caplog):
+    """The token would cross the network unencrypted: said once per host, not for loopback.
+    The host is this machine's own non-loopback address, on a port where nothing listens, so
+    nothing leaves the machine and the connection is refused at once."""
+    import socket
+
+    psutil = pytest.importorskip("psutil")
+    own = [
+        a.address
+        for name, addrs in psutil.net_if_addrs().items()
+        for a in addrs
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    ]
+    if not own:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level("WARNING", logger="napari_rat.cluster.client")
+    for host in ("127.0.0.2", "localhost", own[0], own[0]):
+        with pytest.raises(ClusterError, match="cannot reach the Ray dashboard"):
+            connect(f"http://{host}:{port}", token="x", timeout=2)
+    warned = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+    assert len(warned) == 1 and own[0] in warned[0], warned

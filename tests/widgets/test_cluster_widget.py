@@ -107,16 +107,19 @@ def test_an_exception_in_a_callback_stays_in_the_dock(
 
 
 def test_layers_to_a_fetched_model_that_segments(viewer_with_layers, qtbot, tmp_path, monkeypatch):
-    from napari_rat.cluster.local_head import recorded_head
+    """Submit from the layers, Stop after the first checkpoint, Resume (a new job continuing
+    the run), watch it to the end (table, log, plot), Fetch, and segment with the model."""
+    from napari_rat.cluster.local_head import LOCAL_HEAD_NICENESS, recorded_head
     from napari_rat.model import load_checkpoint
 
+    psutil = pytest.importorskip("psutil")
     monkeypatch.setenv("NAPARI_RAT_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(tmp_path)
     viewer = viewer_with_layers
     dock = _dock(viewer, tmp_path)
     assert dock.init_from.value == INIT_STARTER
-    dock.epochs.value = 1
+    dock.epochs.value = 3
     dock.workers.value = 2
     dock.crop_size.value = 48
     dock.batch_size.value = 2
@@ -128,17 +131,32 @@ def test_layers_to_a_fetched_model_that_segments(viewer_with_layers, qtbot, tmp_
     assert dock.client is not None, dock.status.value
     head = recorded_head()
     assert head is not None and dock._started_head is not None  # started on demand
+    # the head (and so its training workers) yields the CPU to the viewer
+    assert psutil.Process(head.pid).nice() == LOCAL_HEAD_NICENESS
+    first = dock.jobs.value
+
+    def status(job):
+        return {r[0]: r for r in dock.table.rows()}.get(job, [None] * 3)[2]
+
+    def checkpointed():
+        assert status(first) not in ("FAILED", "STOPPED", "SUCCEEDED"), dock.log.value[-3000:]
+        return any(e.kind == "checkpoint" for e in dock.client.events(first, max_age_s=2.0))
+
+    qtbot.waitUntil(checkpointed, timeout=480_000)
+    dock.stop_button.native.click()
+    qtbot.waitUntil(lambda: status(first) == "STOPPED", timeout=120_000)
+    dock.resume_button.native.click()
+    qtbot.waitUntil(lambda: dock.jobs.value != first, timeout=60_000)
     job = dock.jobs.value
-
-    def finished():
-        rows = {r[0]: r for r in dock.table.rows()}
-        return job in rows and rows[job][2] in ("SUCCEEDED", "FAILED", "STOPPED")
-
-    qtbot.waitUntil(finished, timeout=480_000)
+    qtbot.waitUntil(lambda: status(job) in ("SUCCEEDED", "FAILED", "STOPPED"), timeout=480_000)
     row = {r[0]: r for r in dock.table.rows()}[job]
     assert row[2] == "SUCCEEDED", dock.log.value[-3000:]
-    assert float(row[4]) > 0  # the latest loss
+    assert row[1] == "gui-tune" and float(row[4]) > 0  # the same run; its latest loss
+    steps = [e.step for e in dock.client.events(job) if e.kind == "progress"]
+    assert steps and steps[0] > 1, steps  # continued from the stopped job's checkpoint
     qtbot.waitUntil(lambda: bool(dock.plot.shown[0]), timeout=20_000)
+    assert [s for s, _ in dock.plot.shown[0]] == steps  # the plot is of the resumed job
+    assert not dock.plot.widget.pixmap().isNull()
     assert "[napari-rat rank 0] step" in dock.log.value  # the people's lines...
     assert "napari-rat-event" not in dock.log.value  # ...not the machine's (those are plotted)
     assert "\x1b[" not in dock.log.value  # nor Ray's terminal colours

@@ -435,23 +435,23 @@ class ClusterTrainingWidget(Container):
             finished=self._on_poll_finished,
         )
 
-    def _on_poll(self, update) -> None:
-        summaries, job, new_lines, from_start, events = update
-        self.table.show(summaries)
-        known = [s.submission_id for s in summaries]
+    def _on_poll(self, update: _PollUpdate) -> None:
+        self.table.show(update.summaries)
+        known = [s.submission_id for s in update.summaries]
         extra = [j for j in self.jobs.choices if j not in known]
         if list(self.jobs.choices) != known + extra:
             current = self.jobs.value
             self.jobs.choices = known + extra
             if current in self.jobs.choices:
                 self.jobs.value = current
-        if job is not None and job == self.jobs.value:
-            self.log.add(new_lines, from_start=from_start)
-            self.plot.show(events)
+        if update.job is not None and update.job == self.jobs.value:
+            self.log.add(update.new_lines, from_start=update.from_start)
+            if update.plot is not None:
+                self.plot.show(*update.plot)
 
     def _show_selected(self, *_) -> None:
         self.log.add([], from_start=True)
-        self.plot.show([])
+        self.plot.clear()
 
     def _on_poll_error(self, exc: BaseException) -> None:
         self._set_status(f"lost the cluster: {exc}", error=True)
@@ -528,31 +528,45 @@ def _resubmit(client, config, init):
     return client.submit(config, init_from=init, resume=True)
 
 
+@dataclass
+class _PollUpdate:
+    """What one poll hands to the GUI thread: only what is new, ready to show."""
+
+    summaries: list
+    job: str | None  # the job the lines and the plot are of
+    new_lines: list[str]
+    from_start: bool  # the lines begin the job's log (the log view starts over)
+    plot: tuple | None  # (series, RGBA image) when the plot changed, else None
+
+
 def _poll(client, selected, closing):
     """Worker generator: every few seconds, the jobs, and the selected job's new log lines
-    (``from_start`` when they begin its log) and all its training events.
+    (``from_start`` when they begin its log) and its plot when its metrics changed.
 
-    Only new lines go to the GUI thread, which appends them: replacing a growing log's whole
-    text on every poll blocked the viewer for seconds.
+    The GUI thread only appends lines and sets a finished image: replacing a growing log's whole
+    text blocked the viewer for seconds, and drawing the plot there cost it hundreds of ms per
+    new metric while the training workers held the CPU.
     """
-    from napari_rat.train.loop import EVENT_MARKER, parse_event_line
+    from napari_rat.train.loop import EVENT_MARKER
 
-    shown_job, seen, events = None, 0, []
+    shown_job, seen, plotted = None, 0, None
     while not closing():
-        summaries = client.jobs()
+        summaries = client.jobs()  # reads every running job's log
         job = selected()
         if job != shown_job:
-            shown_job, seen, events = job, 0, []
+            shown_job, seen, plotted = job, 0, None
         new: list[str] = []
-        from_start = seen == 0
+        from_start, plot = seen == 0, None
         if job:
-            lines = client.logs(job).splitlines()
+            lines = client.logs(job, max_age_s=POLL_S / 2).splitlines()  # just read by jobs()
             fresh, seen = lines[seen:], len(lines)
-            events = events + [e for e in map(parse_event_line, fresh) if e is not None]
             # the machine lines feed the plot and the table; the log shows what people read,
             # without the terminal colours Ray puts around worker names
             new = [_ANSI.sub("", line) for line in fresh if EVENT_MARKER not in line]
-        yield summaries, job, new, from_start, events
+            series = _metric_series(client.events(job, max_age_s=POLL_S / 2))
+            if series != plotted:
+                plotted, plot = series, (series, _render_metrics(*series))
+        yield _PollUpdate(summaries, job, new, from_start, plot)
         deadline = time.monotonic() + POLL_S
         while time.monotonic() < deadline and not closing():
             time.sleep(0.1)
@@ -619,44 +633,65 @@ class _JobTable:
         ]
 
 
+PLOT_SIZE_PX = (400, 240)
+
+
+def _metric_series(events) -> tuple[tuple, tuple]:
+    """(step, loss) of the progress events and (step, score) of the validation events."""
+    loss = tuple(
+        (e.step, e.metrics["loss"]) for e in events if e.kind == "progress" and "loss" in e.metrics
+    )
+    score = tuple(
+        (e.step, e.metrics["score"])
+        for e in events
+        if e.kind == "validation" and "score" in e.metrics
+    )
+    return loss, score
+
+
+def _render_metrics(loss: tuple, score: tuple) -> np.ndarray:
+    """The loss and validation plot as an RGBA image, drawn with matplotlib's Agg canvas (no
+    Qt: safe in a worker thread, one figure per call)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width, height = PLOT_SIZE_PX
+    figure = Figure(figsize=(width / 100, height / 100), dpi=100, tight_layout=True)
+    canvas = FigureCanvasAgg(figure)
+    loss_axes = figure.add_subplot(111)
+    score_axes = loss_axes.twinx()
+    if loss:
+        loss_axes.plot(*zip(*loss, strict=True), color="tab:blue", label="loss")
+    if score:
+        score_axes.plot(*zip(*score, strict=True), "o-", color="tab:orange", label="val score")
+    loss_axes.set_xlabel("step")
+    loss_axes.set_ylabel("loss", color="tab:blue")
+    score_axes.set_ylabel("val score", color="tab:orange")
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
 class _MetricsPlot:
-    """Training loss and validation score against the step (matplotlib in Qt)."""
+    """Training loss and validation score against the step: an image drawn by the poller
+    (:func:`_render_metrics`) and shown here."""
 
     def __init__(self) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QLabel
 
-        self.figure = Figure(figsize=(4, 2.4), tight_layout=True)
-        self.widget = FigureCanvasQTAgg(self.figure)
-        self.widget.setMinimumHeight(180)
-        self.loss_axes = self.figure.add_subplot(111)
-        self.score_axes = self.loss_axes.twinx()
-        self.shown: tuple = ()
+        self.widget = QLabel()
+        self.widget.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.widget.setMinimumHeight(PLOT_SIZE_PX[1])
+        self.shown: tuple = ((), ())  # the (loss, score) series on show
 
-    def show(self, events) -> None:
-        loss = [
-            (e.step, e.metrics["loss"])
-            for e in events
-            if e.kind == "progress" and "loss" in e.metrics
-        ]
-        score = [
-            (e.step, e.metrics["score"])
-            for e in events
-            if e.kind == "validation" and "score" in e.metrics
-        ]
-        key = (tuple(loss), tuple(score))
-        if key == self.shown:
-            return
-        self.shown = key
-        self.loss_axes.clear()
-        self.score_axes.clear()
-        if loss:
-            self.loss_axes.plot(*zip(*loss, strict=True), color="tab:blue", label="loss")
-        if score:
-            self.score_axes.plot(
-                *zip(*score, strict=True), "o-", color="tab:orange", label="validation score"
-            )
-        self.loss_axes.set_xlabel("step")
-        self.loss_axes.set_ylabel("loss", color="tab:blue")
-        self.score_axes.set_ylabel("val score", color="tab:orange")
-        self.widget.draw_idle()
+    def show(self, series: tuple, image: np.ndarray) -> None:
+        from qtpy.QtGui import QImage, QPixmap
+
+        height, width = image.shape[:2]
+        qimage = QImage(image.data, width, height, 4 * width, QImage.Format.Format_RGBA8888)
+        self.widget.setPixmap(QPixmap.fromImage(qimage))  # copies the pixels
+        self.shown = series
+
+    def clear(self) -> None:
+        self.widget.clear()
+        self.shown = ((), ())

@@ -15,7 +15,10 @@ costs (upload, job driver start, log polling) against a head started for the run
 
 With ``--gui``, a third run: the "Train on cluster" dock in a real viewer (Xvfb when there is no
 display) submits the same training on the running head, and the viewer's event loop is timed
-(:mod:`napari_rat._widgets.loop_latency`) while the job's log and metrics stream in.
+(:mod:`napari_rat._widgets.loop_latency`) while the job's log and metrics stream in; once per
+``--gui-niceness`` value, the head restarted at that CPU priority (the local head's default,
+:data:`~napari_rat.cluster.local_head.LOCAL_HEAD_NICENESS`, against 0 shows what the priority
+buys the viewer when the job's workers want every core).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from napari_rat.cluster.local_head import LOCAL_HEAD_NICENESS
 
 
 def _config(path: str, steps: int, workers: int, out: Path, name: str):
@@ -158,18 +163,25 @@ def _bench(args: argparse.Namespace) -> int:
     foreground = _foreground(fg, args.timeout)
     print("submit (Jobs API): starting the local head", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    start_local_head(num_cpus=max(args.workers + 1, 3))
+    start_local_head(num_cpus=max(args.workers + 1, 3), niceness=args.gui_niceness[0])
     head_s = time.perf_counter() - t0
-    gui = None
+    guis: dict[int, dict] = {}
     try:
         submitted = _submitted(job, args.timeout, args.poll)
         if args.gui:
             from napari_rat.commands.demo import virtual_display
 
-            print("the dock streaming a job: running", file=sys.stderr, flush=True)
             with virtual_display() as have_display:
-                if have_display:
-                    gui = _dock_streaming(job, args.timeout, args.idle_seconds)
+                for i, niceness in enumerate(args.gui_niceness if have_display else []):
+                    if i:  # the head again, at this priority
+                        stop_local_head()
+                        start_local_head(num_cpus=max(args.workers + 1, 3), niceness=niceness)
+                    print(
+                        f"the dock streaming a job (head at nice {niceness}): running",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    guis[niceness] = _dock_streaming(job, args.timeout, args.idle_seconds)
     finally:
         stop_local_head()
 
@@ -192,10 +204,11 @@ def _bench(args: argparse.Namespace) -> int:
             f"submit to SUCCEEDED / foreground: {ratio:.2f}x; the local head itself took "
             f"{head_s:.1f} s to start (once, before Submit)"
         )
-    if gui is not None:
+    for niceness, gui in guis.items():
         print(
-            f"\nthe dock in a viewer while its job runs ({gui['job_s']:.1f} s, ok {gui['ok']}):"
-            " a 10 ms timer's lateness and a contrast change's handling, median / p99 / max ms"
+            f"\nthe dock in a viewer while its job runs on a head at nice {niceness} "
+            f"({gui['job_s']:.1f} s, ok {gui['ok']}): a 10 ms timer's lateness and a contrast "
+            "change's handling, median / p99 / max ms"
         )
         for phase in ("idle", "job"):
             late, resp = gui[phase]["lateness_ms"], gui[phase]["response_ms"]
@@ -204,7 +217,7 @@ def _bench(args: argparse.Namespace) -> int:
                 f"{late['max']:.1f}   interaction {resp['median']:.1f} / {resp['p99']:.1f} / "
                 f"{resp['max']:.1f}"
             )
-    elif args.gui:
+    if args.gui and not guis:
         print("(no display and no Xvfb: the dock's event-loop lateness was not measured)")
     return 0 if foreground["ok"] and submitted["ok"] else 1
 
@@ -222,4 +235,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--gui", action="store_true", help="also time the viewer while the dock streams a job"
     )
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="idle baseline (--gui)")
+    parser.add_argument(
+        "--gui-niceness",
+        type=int,
+        nargs="+",
+        default=[LOCAL_HEAD_NICENESS],
+        metavar="N",
+        help="the head's CPU priority for each --gui run (e.g. 10 0: the default against none)",
+    )
     parser.set_defaults(func=_bench)

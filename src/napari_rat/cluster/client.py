@@ -11,9 +11,11 @@ connect timeout (10 s by default) with what to check; a refused token is named a
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +29,6 @@ log = logging.getLogger(__name__)
 
 LOCAL = "local"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _warned_plain_http: set[str] = set()
 
 
@@ -46,6 +47,17 @@ class JobSummary:
     start_time: float | None = None  # seconds since the epoch
     end_time: float | None = None
     latest: dict[str, float] = field(default_factory=dict)  # last loss, step, validation scores
+
+
+@dataclass
+class _LogCache:
+    """A job's log as last read, and the training events parsed from it so far."""
+
+    text: str = ""
+    parsed: int = 0  # the events of text[:parsed] (whole lines) are in ``events``
+    events: list = field(default_factory=list)
+    read_at: float = 0.0  # time.monotonic() of the read
+    final: bool = False  # read after the job had ended: it cannot grow any more
 
 
 @contextmanager
@@ -79,6 +91,16 @@ def resolve_token(
     return None
 
 
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
 def _check_reachable(url: str, timeout: float) -> None:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -88,7 +110,7 @@ def _check_reachable(url: str, timeout: float) -> None:
         )
     host = parsed.hostname
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    if parsed.scheme == "http" and host not in _LOOPBACK_HOSTS and host not in _warned_plain_http:
+    if parsed.scheme == "http" and not _is_loopback(host) and host not in _warned_plain_http:
         _warned_plain_http.add(host)
         log.warning(
             "the cluster at %s is reached over plain http: the token travels unencrypted; "
@@ -191,6 +213,11 @@ class ClusterClient:
         self._jobs = jobs
         self.url = url
         self.local = local
+        # Logs are read whole (the Jobs API has no offset), so a watcher polling every few
+        # seconds would re-read and re-parse every job's whole log each time: an ended job's log
+        # is kept, and a running one's events are parsed only from where the last read stopped.
+        self._logs: dict[str, _LogCache] = {}
+        self._logs_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never the headers: they hold the token
         return f"ClusterClient({self.url!r}, local={self.local})"
@@ -258,12 +285,13 @@ class ClusterClient:
 
     def _summary(self, info) -> JobSummary:
         latest: dict[str, float] = {}
-        for event in self.events(info.submission_id):
+        status = getattr(info.status, "value", str(info.status))
+        ended = str(status) in TERMINAL  # read before the log: the log read now is complete
+        for event in self._read_log(info.submission_id, final=ended).events:
             if event.kind == "progress":
                 latest.update(step=float(event.step), loss=event.metrics.get("loss", float("nan")))
             elif event.kind == "validation":
                 latest.update({f"val_{k}": v for k, v in event.metrics.items()})
-        status = getattr(info.status, "value", str(info.status))
         return JobSummary(
             submission_id=info.submission_id,
             run_name=(info.metadata or {}).get("run_name", ""),
@@ -274,9 +302,38 @@ class ClusterClient:
             latest=latest,
         )
 
-    def logs(self, submission_id: str) -> str:
-        """The job's whole log so far."""
-        return self._call(self._jobs.get_job_logs, submission_id)
+    def _read_log(
+        self, submission_id: str, *, final: bool = False, max_age_s: float = 0.0
+    ) -> _LogCache:
+        """The job's log, read again unless it is final or was read less than ``max_age_s``
+        ago, with its events parsed incrementally; ``final``: the job had ended before this
+        call, so what is read now is its whole log."""
+        from napari_rat.train.loop import parse_event_line
+
+        with self._logs_lock:
+            cached = self._logs.get(submission_id)
+            if cached is not None and (
+                cached.final or time.monotonic() - cached.read_at < max_age_s
+            ):
+                return cached
+        text = self._call(self._jobs.get_job_logs, submission_id)
+        read_at = time.monotonic()
+        with self._logs_lock:
+            cached = self._logs.get(submission_id) or _LogCache()
+            if not text.startswith(cached.text[: cached.parsed]):  # not the same log: start over
+                cached = _LogCache()
+            end = text.rfind("\n") + 1  # whole lines only; a partial last line waits
+            if final:
+                end = len(text)
+            found = (parse_event_line(line) for line in text[cached.parsed : end].splitlines())
+            events = cached.events + [e for e in found if e is not None]
+            fresh = _LogCache(text, end, events, read_at, final)
+            self._logs[submission_id] = fresh
+            return fresh
+
+    def logs(self, submission_id: str, *, max_age_s: float = 0.0) -> str:
+        """The job's whole log so far (a copy read less than ``max_age_s`` ago may serve)."""
+        return self._read_log(submission_id, max_age_s=max_age_s).text
 
     def follow(
         self,
@@ -297,12 +354,9 @@ class ClusterClient:
                 return
             time.sleep(poll_s)
 
-    def events(self, submission_id: str):
+    def events(self, submission_id: str, *, max_age_s: float = 0.0) -> list:
         """The training events (progress, validation, checkpoint) found in the job's log."""
-        from napari_rat.train.loop import parse_event_line
-
-        found = (parse_event_line(line) for line in self.logs(submission_id).splitlines())
-        return [e for e in found if e is not None]
+        return list(self._read_log(submission_id, max_age_s=max_age_s).events)
 
     def job_status(self, submission_id: str) -> str:
         status = self._call(self._jobs.get_job_status, submission_id)

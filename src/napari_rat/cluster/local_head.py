@@ -16,6 +16,9 @@ from pathlib import Path
 from napari_rat.train.ray_head import RayHead, start_head
 
 RECORD_NAME = "local-head.json"
+#: The CPU priority the local head runs at (POSIX nice, 0 is normal): its training workers yield
+#: the CPU to an open napari viewer on the same machine, and take every idle cycle.
+LOCAL_HEAD_NICENESS = 10
 
 
 def state_dir() -> Path:
@@ -43,19 +46,20 @@ def recorded_head() -> RayHead | None:
 
 
 def start_local_head(
-    *, num_cpus: int | None = None, timeout: float = 120.0
+    *, num_cpus: int | None = None, timeout: float = 120.0, niceness: int = LOCAL_HEAD_NICENESS
 ) -> tuple[RayHead, bool]:
     """The recorded local head, or a new one started and recorded; ``(head, started_now)``.
 
     ``num_cpus`` is what Ray may schedule (default: this machine's cores, at least 3, so that a
-    2-worker job and its trainer fit).
+    2-worker job and its trainer fit); ``niceness`` the CPU priority of the head and its workers
+    (see :data:`LOCAL_HEAD_NICENESS`).
     """
     head = recorded_head()
     if head is not None:
         return head, False
     if num_cpus is None:
         num_cpus = max(os.cpu_count() or 1, 3)
-    head = start_head(num_cpus=num_cpus, include_dashboard=True, timeout=timeout)
+    head = start_head(num_cpus=num_cpus, include_dashboard=True, timeout=timeout, niceness=niceness)
     head.save(state_dir() / RECORD_NAME)
     return head, True
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from napari_rat.cluster.local_head import LOCAL_HEAD_NICENESS
+
 
 def _start(args: argparse.Namespace) -> int:
     from napari_rat.cli import CommandError
@@ -11,7 +13,7 @@ def _start(args: argparse.Namespace) -> int:
     from napari_rat.train.ray_head import RayHeadError
 
     try:
-        head, started = start_local_head(num_cpus=args.num_cpus)
+        head, started = start_local_head(num_cpus=args.num_cpus, niceness=args.niceness)
     except (RayHeadError, ImportError) as exc:
         raise CommandError(str(exc)) from None
     word = "started" if started else "already running:"
@@ -46,6 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     start = sub.add_parser("start", help="start the local head (127.0.0.1) and keep it running")
     start.add_argument("--num-cpus", type=int, metavar="N", help="CPUs Ray may schedule")
+    start.add_argument(
+        "--niceness",
+        type=int,
+        default=LOCAL_HEAD_NICENESS,
+        metavar="N",
+        help="CPU priority of the head and its jobs (POSIX nice; 0 normal, default "
+        f"{LOCAL_HEAD_NICENESS}: an open viewer stays responsive)",
+    )
     start.set_defaults(func=_start)
     sub.add_parser("stop", help="stop the local head by its pid").set_defaults(func=_stop)
     sub.add_parser("status", help="is the local head running, and where").set_defaults(func=_status)

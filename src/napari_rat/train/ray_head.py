@@ -171,8 +171,13 @@ def _start_head_once(
     object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES,
     include_dashboard: bool = True,
     timeout: float = 120.0,
+    niceness: int = 0,
 ) -> RayHead:
     """Start a local Ray head once (see :func:`start_head`).
+
+    ``niceness`` > 0 starts the head, and so every Ray process and worker it spawns, at that
+    lower CPU priority (POSIX ``nice``): a head sharing the machine with a napari viewer then
+    leaves the viewer the CPU it needs to stay responsive, and still uses every idle cycle.
 
     Raises
     ------
@@ -215,6 +220,8 @@ def _start_head_once(
         cmd.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
+    if niceness > 0 and shutil.which("nice"):
+        cmd = [shutil.which("nice"), "-n", str(int(niceness)), *cmd]  # execs ray: same pid
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"})
     env.update(_LOOPBACK)
