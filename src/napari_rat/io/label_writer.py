@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_rat.atomic_files import atomic_path
 from napari_rat.io.downsampling import resample_nearest
 from napari_rat.io.errors import OmeZarrError
 from napari_rat.io.ngff_metadata import (
@@ -32,8 +31,7 @@ from napari_rat.io.ngff_metadata import (
 from napari_rat.io.ome_zarr_reader import open_pyramid
 from napari_rat.io.ome_zarr_writer import (
     ProgressCallback,
-    move_into_place,
-    staging_dir,
+    staged_store,
     store_lazily,
 )
 from napari_rat.io.zarr_stores import is_remote
@@ -63,12 +61,6 @@ def _group_attrs_file(group_dir: Path, version: str) -> Path:
     return group_dir / ("zarr.json" if version == "0.5" else ".zattrs")
 
 
-def _replace_json(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, path)
-
-
 def _update_labels_list(labels_dir: Path, version: str, name: str) -> None:
     """Add ``name`` to the ``labels`` group's list (atomically rewriting its attributes)."""
     attrs_file = _group_attrs_file(labels_dir, version)
@@ -84,7 +76,8 @@ def _update_labels_list(labels_dir: Path, version: str, name: str) -> None:
         doc.setdefault("node_type", "group")
     else:
         doc = {**attrs, **new_attrs}
-    _replace_json(attrs_file, doc)
+    with atomic_path(attrs_file) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2))
 
 
 def check_labels_target(image: str | os.PathLike[str], name: str, overwrite: bool = False) -> None:
@@ -177,10 +170,9 @@ def write_labels(
     dest = labels_dir / name
     # Without a labels group, stage the whole group so it appears at once, complete.
     new_group = not labels_dir.exists()
-    staging = staging_dir(labels_dir if new_group else dest)
-    label_root = staging / name if new_group else staging
-    try:
-        fmt = ZARR_FORMAT[version]
+    fmt = ZARR_FORMAT[version]
+    with staged_store(labels_dir if new_group else dest, overwrite and not new_group) as staging:
+        label_root = staging / name if new_group else staging
         if new_group:
             zarr.open_group(
                 LocalStore(staging),
@@ -205,12 +197,6 @@ def write_labels(
             if i == 0:
                 # Coarser levels come from the stored level 0, so a lazy prediction runs once.
                 src = da.from_zarr(arr)
-        if new_group:
-            move_into_place(staging, labels_dir, overwrite=False)
-        else:
-            move_into_place(staging, dest, overwrite)
-            _update_labels_list(labels_dir, version, name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    if not new_group:
+        _update_labels_list(labels_dir, version, name)
     return dest

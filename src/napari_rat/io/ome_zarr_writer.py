@@ -11,16 +11,16 @@ import errno
 import itertools
 import math
 import os
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_rat.atomic_files import DestinationExistsError, StagingError, atomic_path
 from napari_rat.io.downsampling import downsample, level_shape, level_transform, plan_factors
 from napari_rat.io.errors import OmeZarrError
 from napari_rat.io.ngff_metadata import (
@@ -119,44 +119,28 @@ def _full_vector(
     )
 
 
-def staging_dir(dest: Path) -> Path:
-    """Create the hidden staging folder for ``dest`` (a sibling), or explain why not."""
-    parent = dest.parent
-    if not parent.is_dir():
-        raise OmeZarrError(str(dest), f"the folder {parent} does not exist", "create it first")
-    staging = parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
+@contextmanager
+def staged_store(dest: Path, overwrite: bool) -> Iterator[Path]:
+    """:func:`~napari_rat.atomic_files.atomic_path` for an OME-Zarr folder (its parent must
+    exist), with its refusals as :class:`OmeZarrError` naming the fix."""
     try:
-        os.mkdir(staging)
-    except OSError as exc:
+        with atomic_path(dest, overwrite=overwrite, make_parents=False) as built:
+            yield built
+    except DestinationExistsError:
+        raise OmeZarrError(str(dest), "already exists", _OVERWRITE_HINT) from None
+    except StagingError as exc:
+        parent = dest.parent
+        if exc.errno == errno.ENOENT:
+            raise OmeZarrError(
+                str(dest), f"the folder {parent} does not exist", "create it first"
+            ) from None
         if exc.errno in _READ_ONLY_ERRNOS:
             raise OmeZarrError(
                 str(dest),
-                f"cannot write here: {parent} is read-only ({exc.strerror})",
+                f"cannot write here: {parent} is read-only ({os.strerror(exc.errno)})",
                 "choose a writable folder, or copy the image somewhere writable first",
             ) from None
         raise
-    return staging
-
-
-def move_into_place(staging: Path, dest: Path, overwrite: bool) -> None:
-    """Rename ``staging`` to ``dest``; an existing ``dest`` is replaced only with ``overwrite``."""
-    if dest.exists():
-        if not overwrite:
-            raise OmeZarrError(
-                str(dest),
-                "already exists",
-                "pass overwrite=True (convert: --overwrite) to replace it",
-            )
-        aside = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(dest, aside)
-        try:
-            os.rename(staging, dest)
-        except OSError:
-            os.rename(aside, dest)
-            raise
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(staging, dest)
 
 
 def _slabs(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...]]:
@@ -312,9 +296,7 @@ def write_image(
         raise OmeZarrError(str(dest), "writing to remote stores is not supported", "write locally")
     dest = Path(dest).expanduser().absolute()
     if dest.exists() and not overwrite:
-        raise OmeZarrError(
-            str(dest), "already exists", "pass overwrite=True (convert: --overwrite) to replace it"
-        )
+        raise OmeZarrError(str(dest), "already exists", _OVERWRITE_HINT)
     ax = make_axes(axes, units)
     if len(ax) != data.ndim:
         raise ValueError(f"data has {data.ndim} dimensions but {len(ax)} axes were given")
@@ -341,8 +323,7 @@ def write_image(
     given = list(channels) if channels else [Channel(n) for n in default_names]
     # Validated now, before the pixels are written; the windows still missing come after.
     attrs = image_attributes(ngff_version, multiscale, omero=build_omero(given, ngff_version))
-    staging = staging_dir(dest)
-    try:
+    with staged_store(dest, overwrite) as staging:
         group = zarr.open_group(
             LocalStore(staging), mode="w", zarr_format=ZARR_FORMAT[ngff_version], attributes=attrs
         )
@@ -382,8 +363,4 @@ def write_image(
             filled.append(ch)
         attrs = image_attributes(ngff_version, multiscale, omero=build_omero(filled, ngff_version))
         group.update_attributes(attrs)
-        move_into_place(staging, dest, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return dest
