@@ -23,13 +23,7 @@ import numpy as np
 from napari_rat.atomic_files import DestinationExistsError, StagingError, atomic_path
 from napari_rat.io.downsampling import downsample, level_shape, level_transform, plan_factors
 from napari_rat.io.errors import OmeZarrError
-from napari_rat.io.ngff_metadata import (
-    SUPPORTED_VERSIONS,
-    ZARR_FORMAT,
-    build_multiscale,
-    build_omero,
-    image_attributes,
-)
+from napari_rat.io.ngff_formats import format_for
 from napari_rat.io.pyramid import Axis, Channel
 from napari_rat.io.zarr_stores import is_remote
 
@@ -288,8 +282,7 @@ def write_image(
     import zarr
     from zarr.storage import LocalStore
 
-    if ngff_version not in SUPPORTED_VERSIONS:
-        raise ValueError(f"ngff_version must be one of {SUPPORTED_VERSIONS}, not {ngff_version!r}")
+    fmt = format_for(ngff_version)
     if method not in ("mean", "nearest"):
         raise ValueError(f"method must be 'mean' or 'nearest', not {method!r}")
     if is_remote(str(dest)):
@@ -311,8 +304,8 @@ def write_image(
     chunks = tuple(max(1, min(c, n)) for c, n in zip(chunks, data.shape, strict=True))
     factors = plan_factors(data.shape, s0, spatial, levels)
     transforms = [level_transform(s0, t0, f, method) for f in factors]
-    multiscale = build_multiscale(
-        ngff_version, ax, [t[0] for t in transforms], [t[1] for t in transforms], name=name
+    multiscale = fmt.multiscale(
+        ax, [t[0] for t in transforms], [t[1] for t in transforms], name=name
     )
     c_axis = next((i for i, a in enumerate(ax) if a.type == "channel"), None)
     n_channels = data.shape[c_axis] if c_axis is not None else 1
@@ -322,18 +315,15 @@ def write_image(
     default_names = [base] if c_axis is None else [f"{base} c{c}" for c in range(n_channels)]
     given = list(channels) if channels else [Channel(n) for n in default_names]
     # Validated now, before the pixels are written; the windows still missing come after.
-    attrs = image_attributes(ngff_version, multiscale, omero=build_omero(given, ngff_version))
+    attrs = fmt.image_attributes(multiscale, omero=fmt.omero(given))
     with staged_store(dest, overwrite) as staging:
         group = zarr.open_group(
-            LocalStore(staging), mode="w", zarr_format=ZARR_FORMAT[ngff_version], attributes=attrs
+            LocalStore(staging), mode="w", zarr_format=fmt.zarr_format, attributes=attrs
         )
         src = data if isinstance(data, da.Array) else da.from_array(data, chunks=chunks)
         arrays = []
         for i, f in enumerate(factors):
             shape = level_shape(data.shape, f)
-            extra: dict[str, Any] = {}
-            if ngff_version == "0.5":
-                extra["dimension_names"] = [a.name for a in ax]
             arrays.append(
                 group.create_array(
                     str(i),
@@ -341,7 +331,7 @@ def write_image(
                     dtype=data.dtype,
                     chunks=tuple(min(c, n) for c, n in zip(chunks, shape, strict=True)),
                     fill_value=0,
-                    **extra,
+                    **fmt.array_options(ax),
                 )
             )
         n = len(factors)
@@ -361,6 +351,6 @@ def write_image(
                 lo, hi = ch.window
                 ch = replace(ch, limits=(min(lo, limits[0]), max(hi, limits[1])))
             filled.append(ch)
-        attrs = image_attributes(ngff_version, multiscale, omero=build_omero(filled, ngff_version))
+        attrs = fmt.image_attributes(multiscale, omero=fmt.omero(filled))
         group.update_attributes(attrs)
     return dest
