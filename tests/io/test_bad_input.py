@@ -161,6 +161,46 @@ def test_failed_label_write_leaves_the_image_unchanged(image_3d):
     assert tree_digest(image_3d) == before
 
 
+def _fail_at_level_2(error):
+    def boom(fraction, message):
+        if "level 2" in message:
+            raise error("interrupted")
+
+    return boom
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_interrupted_overwrite_keeps_the_old_image(image_3d, error):
+    """Replacing an image that fails half-way leaves the old one byte for byte, no scratch."""
+    before = tree_digest(image_3d.parent)
+    with pytest.raises(error):
+        write_image(
+            image_3d,
+            volume()[None],
+            axes="czyx",
+            levels=3,
+            overwrite=True,
+            progress=_fail_at_level_2(error),
+        )
+    assert tree_digest(image_3d.parent) == before
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_interrupted_label_overwrite_keeps_the_old_labels(image_3d, error):
+    write_labels(image_3d, np.ones(volume().shape, np.uint8), "cells")
+    before = tree_digest(image_3d.parent)
+    with pytest.raises(error):
+        write_labels(
+            image_3d,
+            np.full(volume().shape, 2, np.uint8),
+            "cells",
+            overwrite=True,
+            progress=_fail_at_level_2(error),
+        )
+    assert tree_digest(image_3d.parent) == before
+    assert np.all(open_pyramid(image_3d).labels["cells"].levels[0].data.compute() == 1)
+
+
 def test_read_only_location_for_a_new_image():
     # /sys refuses new folders even to root, so this holds whoever runs the tests.
     with pytest.raises(OmeZarrError, match="read-only"):
@@ -183,12 +223,12 @@ def test_read_only_image_for_labels(image_3d):
 def test_read_only_image_for_labels_when_mkdir_is_refused(image_3d, monkeypatch):
     import errno
 
-    import napari_rat.io.ome_zarr_writer as writer
+    import napari_rat.atomic_files as staging
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(writer.os, "mkdir", refuse)
+    monkeypatch.setattr(staging.os, "mkdir", refuse)
     _unchanged_after(
         image_3d,
         lambda: write_labels(image_3d, np.ones(volume().shape, np.uint8), "cells"),

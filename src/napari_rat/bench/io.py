@@ -29,28 +29,28 @@ def make_sparse_pyramid(path: str | Path, version: str = "0.5", levels: int = 5)
     from zarr.storage import LocalStore
 
     from napari_rat.io.downsampling import level_shape, level_transform, plan_factors
-    from napari_rat.io.ngff_metadata import ZARR_FORMAT, build_multiscale, image_attributes
+    from napari_rat.io.ngff_formats import format_for
     from napari_rat.io.ome_zarr_writer import make_axes
 
     axes = make_axes("zyx", "micrometer")
     factors = plan_factors(OPEN_SHAPE, OPEN_SPACING, [0, 1, 2], levels)
     transforms = [level_transform(OPEN_SPACING, (10.0, 0.0, 0.0), f, "mean") for f in factors]
-    ms = build_multiscale(version, axes, [t[0] for t in transforms], [t[1] for t in transforms])
+    fmt = format_for(version)
+    ms = fmt.multiscale(axes, [t[0] for t in transforms], [t[1] for t in transforms])
     group = zarr.open_group(
         LocalStore(path),
         mode="w",
-        zarr_format=ZARR_FORMAT[version],
-        attributes=image_attributes(version, ms),
+        zarr_format=fmt.zarr_format,
+        attributes=fmt.image_attributes(ms),
     )
     for i, f in enumerate(factors):
-        extra = {"dimension_names": ["z", "y", "x"]} if version == "0.5" else {}
         group.create_array(
             str(i),
             shape=level_shape(OPEN_SHAPE, f),
             dtype="uint16",
             chunks=(64, 256, 256),
             fill_value=0,
-            **extra,
+            **fmt.array_options(axes),
         )
     return Path(path)
 

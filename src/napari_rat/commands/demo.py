@@ -73,18 +73,14 @@ def prepare_samples(output: Path) -> dict[str, Path]:
 
 
 def _complete(path: Path, build) -> Path:
-    """``path``, built by ``build`` in a scratch folder beside it and moved into place when
-    complete (an interrupted run leaves no half-written sample for the next to trip on)."""
-    import tempfile
+    """``path``, built by ``build`` aside and moved into place when complete (an interrupted
+    run leaves no half-written sample for the next to trip on)."""
+    from napari_rat.atomic_files import atomic_path
 
     if path.exists():
         return path
-    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        build(scratch / path.name)
-        (scratch / path.name).rename(path)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with atomic_path(path, overwrite=False) as staged:
+        build(staged)
     return path
 
 

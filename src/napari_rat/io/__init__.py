@@ -39,6 +39,15 @@ chunks, channels, method="mean"|"nearest", overwrite=False, progress) -> Path``
     TIFF / OME-TIFF / ``.npy`` to OME-Zarr, streaming; a time axis keeps the file's
     increment and unit (OME-XML ``TimeIncrement``/``TimeIncrementUnit``, ImageJ ``finterval``).
 
+Versions
+--------
+``napari_rat.io.ngff_formats``: one class per OME-NGFF version (``FormatV04``: zarr v2,
+``.zattrs``; ``FormatV05``: zarr v3, ``zarr.json`` ``attributes.ome``) holding where its
+metadata lives and how it is built and validated; ``format_for(version)`` and
+``detect_format(attrs, uri, zarr_format)`` choose one (an unknown version names the supported
+ones). Writes go through ``napari_rat.atomic_files.atomic_path`` (built aside, moved into
+place).
+
 Diagnostics
 -----------
 ``napari_rat.io.store_wrappers.KeyRecordingStore(store)`` records the keys read through it

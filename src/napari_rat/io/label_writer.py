@@ -11,29 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_rat.atomic_files import atomic_path
 from napari_rat.io.downsampling import resample_nearest
 from napari_rat.io.errors import OmeZarrError
-from napari_rat.io.ngff_metadata import (
-    ZARR_FORMAT,
-    build_multiscale,
-    image_attributes,
-    image_label_metadata,
-    labels_group_attributes,
-    parse_labels_attrs,
-)
+from napari_rat.io.ngff_formats import NgffFormat, format_for
+from napari_rat.io.ngff_metadata import parse_labels_attrs
 from napari_rat.io.ome_zarr_reader import open_pyramid
 from napari_rat.io.ome_zarr_writer import (
     ProgressCallback,
-    move_into_place,
-    staging_dir,
+    staged_store,
     store_lazily,
 )
 from napari_rat.io.zarr_stores import is_remote
@@ -59,32 +51,17 @@ def _check_labels(labels: Any, image: str) -> Any:
     return labels
 
 
-def _group_attrs_file(group_dir: Path, version: str) -> Path:
-    return group_dir / ("zarr.json" if version == "0.5" else ".zattrs")
-
-
-def _replace_json(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, path)
-
-
-def _update_labels_list(labels_dir: Path, version: str, name: str) -> None:
+def _update_labels_list(labels_dir: Path, fmt: NgffFormat, name: str) -> None:
     """Add ``name`` to the ``labels`` group's list (atomically rewriting its attributes)."""
-    attrs_file = _group_attrs_file(labels_dir, version)
+    attrs_file = labels_dir / fmt.attributes_file
     doc = json.loads(attrs_file.read_text()) if attrs_file.exists() else {}
-    attrs = doc.get("attributes", {}) if version == "0.5" else doc
+    attrs = fmt.attributes_in(doc)
     names = parse_labels_attrs(attrs)
     if name in names:
         return
-    new_attrs = labels_group_attributes(version, [*names, name])
-    if version == "0.5":
-        doc = {**doc, "attributes": {**attrs, **new_attrs}}
-        doc.setdefault("zarr_format", 3)
-        doc.setdefault("node_type", "group")
-    else:
-        doc = {**attrs, **new_attrs}
-    _replace_json(attrs_file, doc)
+    doc = fmt.document_with(doc, {**attrs, **fmt.labels_attributes([*names, name])})
+    with atomic_path(attrs_file) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2))
 
 
 def check_labels_target(image: str | os.PathLike[str], name: str, overwrite: bool = False) -> None:
@@ -146,7 +123,7 @@ def write_labels(
     image_dir = Path(image).expanduser().absolute()
     if pyramid.image_label is not None:
         raise OmeZarrError(str(image), "this is a label image", "give the image it labels")
-    version = pyramid.ngff_version
+    fmt = format_for(pyramid.ngff_version)
     labels = _check_labels(labels, str(image))
 
     c_axis = pyramid.channel_axis
@@ -169,34 +146,35 @@ def write_labels(
     chunks0 = tuple(pyramid.levels[0].chunks[i] for i in keep)
     paths = [lv.path for lv in pyramid.levels]
 
-    multiscale = build_multiscale(version, axes, scales, translations, paths=paths, name=name)
-    label_meta = image_label_metadata(version, colors=colors, source=source)
-    attrs = image_attributes(version, multiscale, image_label=label_meta)
+    multiscale = fmt.multiscale(axes, scales, translations, paths=paths, name=name)
+    attrs = fmt.image_attributes(multiscale, image_label=fmt.image_label(colors, source))
 
     labels_dir = image_dir / "labels"
     dest = labels_dir / name
     # Without a labels group, stage the whole group so it appears at once, complete.
     new_group = not labels_dir.exists()
-    staging = staging_dir(labels_dir if new_group else dest)
-    label_root = staging / name if new_group else staging
-    try:
-        fmt = ZARR_FORMAT[version]
+    with staged_store(labels_dir if new_group else dest, overwrite and not new_group) as staging:
+        label_root = staging / name if new_group else staging
         if new_group:
             zarr.open_group(
                 LocalStore(staging),
                 mode="w",
-                zarr_format=fmt,
-                attributes=labels_group_attributes(version, [name]),
+                zarr_format=fmt.zarr_format,
+                attributes=fmt.labels_attributes([name]),
             )
-        group = zarr.open_group(LocalStore(label_root), mode="w", zarr_format=fmt, attributes=attrs)
+        group = zarr.open_group(
+            LocalStore(label_root), mode="w", zarr_format=fmt.zarr_format, attributes=attrs
+        )
         src = labels if isinstance(labels, da.Array) else da.from_array(labels, chunks=chunks0)
         for i, (path, shape) in enumerate(zip(paths, shapes, strict=True)):
-            extra: dict[str, Any] = {}
-            if fmt == 3:
-                extra["dimension_names"] = [a.name for a in axes]
             chunks = tuple(min(c, n) for c, n in zip(chunks0, shape, strict=True))
             arr = group.create_array(
-                path, shape=shape, dtype=src.dtype, chunks=chunks, fill_value=0, **extra
+                path,
+                shape=shape,
+                dtype=src.dtype,
+                chunks=chunks,
+                fill_value=0,
+                **fmt.array_options(axes),
             )
             level = resample_nearest(
                 src, scales[0], translations[0], shape, scales[i], translations[i], chunks
@@ -205,12 +183,6 @@ def write_labels(
             if i == 0:
                 # Coarser levels come from the stored level 0, so a lazy prediction runs once.
                 src = da.from_zarr(arr)
-        if new_group:
-            move_into_place(staging, labels_dir, overwrite=False)
-        else:
-            move_into_place(staging, dest, overwrite)
-            _update_labels_list(labels_dir, version, name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    if not new_group:
+        _update_labels_list(labels_dir, fmt, name)
     return dest

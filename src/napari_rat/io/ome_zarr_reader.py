@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from napari_rat.io.errors import OmeZarrError, OmeZarrWarning, RemoteAccessError
+from napari_rat.io.ngff_formats import NgffFormat
 from napari_rat.io.ngff_metadata import parse_image_attrs, parse_labels_attrs
 from napari_rat.io.pyramid import Pyramid, PyramidLevel
 from napari_rat.io.zarr_stores import DEFAULT_TIMEOUT, describe_remote_error, is_remote, open_store
@@ -178,7 +179,7 @@ def _read_group(
             target = _open_group(hidden, uri, path, remote, timeout, zarr_format)
         try:
             _guard(
-                where, remote, timeout, lambda: _validate_group(target, meta.version, where, label)
+                where, remote, timeout, lambda: _validate_group(target, meta.format, where, label)
             )
         except OmeZarrError as exc:
             if not lenient or isinstance(exc, RemoteAccessError):
@@ -210,19 +211,12 @@ def _label_names(group: Any, where: str, remote: bool, timeout: float) -> list[s
     return parse_labels_attrs(node.attrs.asdict())
 
 
-def _validate_group(group: Any, version: str, where: str, label: bool) -> None:
+def _validate_group(group: Any, fmt: NgffFormat, where: str, label: bool) -> None:
     """Full validation with ``ome-zarr-models`` (arrays, labels, dtypes) on top of our checks."""
     import pydantic
 
-    if version == "0.4":
-        from ome_zarr_models.v04.image import Image
-        from ome_zarr_models.v04.image_label import ImageLabel
-    else:
-        from ome_zarr_models.v05.image import Image
-        from ome_zarr_models.v05.image_label import ImageLabel
-    model = ImageLabel if label else Image
     try:
-        model.from_zarr(group)
+        fmt.group_model(label).from_zarr(group)
     except (pydantic.ValidationError, ValueError, RuntimeError) as exc:
         cause = exc
         while cause.__cause__ is not None:
@@ -233,7 +227,7 @@ def _validate_group(group: Any, version: str, where: str, label: bool) -> None:
             detail = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
         raise OmeZarrError(
             where,
-            f"not a valid OME-NGFF {version} image ({type(exc).__name__}): {detail}",
+            f"not a valid OME-NGFF {fmt.version} image ({type(exc).__name__}): {detail}",
             "fix the metadata or rewrite the image with napari-rat",
         ) from None
 

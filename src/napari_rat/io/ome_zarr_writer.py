@@ -11,25 +11,19 @@ import errno
 import itertools
 import math
 import os
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_rat.atomic_files import DestinationExistsError, StagingError, atomic_path
 from napari_rat.io.downsampling import downsample, level_shape, level_transform, plan_factors
 from napari_rat.io.errors import OmeZarrError
-from napari_rat.io.ngff_metadata import (
-    SUPPORTED_VERSIONS,
-    ZARR_FORMAT,
-    build_multiscale,
-    build_omero,
-    image_attributes,
-)
+from napari_rat.io.ngff_formats import format_for
 from napari_rat.io.pyramid import Axis, Channel
 from napari_rat.io.zarr_stores import is_remote
 
@@ -119,44 +113,28 @@ def _full_vector(
     )
 
 
-def staging_dir(dest: Path) -> Path:
-    """Create the hidden staging folder for ``dest`` (a sibling), or explain why not."""
-    parent = dest.parent
-    if not parent.is_dir():
-        raise OmeZarrError(str(dest), f"the folder {parent} does not exist", "create it first")
-    staging = parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
+@contextmanager
+def staged_store(dest: Path, overwrite: bool) -> Iterator[Path]:
+    """:func:`~napari_rat.atomic_files.atomic_path` for an OME-Zarr folder (its parent must
+    exist), with its refusals as :class:`OmeZarrError` naming the fix."""
     try:
-        os.mkdir(staging)
-    except OSError as exc:
+        with atomic_path(dest, overwrite=overwrite, make_parents=False) as built:
+            yield built
+    except DestinationExistsError:
+        raise OmeZarrError(str(dest), "already exists", _OVERWRITE_HINT) from None
+    except StagingError as exc:
+        parent = dest.parent
+        if exc.errno == errno.ENOENT:
+            raise OmeZarrError(
+                str(dest), f"the folder {parent} does not exist", "create it first"
+            ) from None
         if exc.errno in _READ_ONLY_ERRNOS:
             raise OmeZarrError(
                 str(dest),
-                f"cannot write here: {parent} is read-only ({exc.strerror})",
+                f"cannot write here: {parent} is read-only ({os.strerror(exc.errno)})",
                 "choose a writable folder, or copy the image somewhere writable first",
             ) from None
         raise
-    return staging
-
-
-def move_into_place(staging: Path, dest: Path, overwrite: bool) -> None:
-    """Rename ``staging`` to ``dest``; an existing ``dest`` is replaced only with ``overwrite``."""
-    if dest.exists():
-        if not overwrite:
-            raise OmeZarrError(
-                str(dest),
-                "already exists",
-                "pass overwrite=True (convert: --overwrite) to replace it",
-            )
-        aside = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(dest, aside)
-        try:
-            os.rename(staging, dest)
-        except OSError:
-            os.rename(aside, dest)
-            raise
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(staging, dest)
 
 
 def _slabs(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...]]:
@@ -304,17 +282,14 @@ def write_image(
     import zarr
     from zarr.storage import LocalStore
 
-    if ngff_version not in SUPPORTED_VERSIONS:
-        raise ValueError(f"ngff_version must be one of {SUPPORTED_VERSIONS}, not {ngff_version!r}")
+    fmt = format_for(ngff_version)
     if method not in ("mean", "nearest"):
         raise ValueError(f"method must be 'mean' or 'nearest', not {method!r}")
     if is_remote(str(dest)):
         raise OmeZarrError(str(dest), "writing to remote stores is not supported", "write locally")
     dest = Path(dest).expanduser().absolute()
     if dest.exists() and not overwrite:
-        raise OmeZarrError(
-            str(dest), "already exists", "pass overwrite=True (convert: --overwrite) to replace it"
-        )
+        raise OmeZarrError(str(dest), "already exists", _OVERWRITE_HINT)
     ax = make_axes(axes, units)
     if len(ax) != data.ndim:
         raise ValueError(f"data has {data.ndim} dimensions but {len(ax)} axes were given")
@@ -329,8 +304,8 @@ def write_image(
     chunks = tuple(max(1, min(c, n)) for c, n in zip(chunks, data.shape, strict=True))
     factors = plan_factors(data.shape, s0, spatial, levels)
     transforms = [level_transform(s0, t0, f, method) for f in factors]
-    multiscale = build_multiscale(
-        ngff_version, ax, [t[0] for t in transforms], [t[1] for t in transforms], name=name
+    multiscale = fmt.multiscale(
+        ax, [t[0] for t in transforms], [t[1] for t in transforms], name=name
     )
     c_axis = next((i for i, a in enumerate(ax) if a.type == "channel"), None)
     n_channels = data.shape[c_axis] if c_axis is not None else 1
@@ -340,19 +315,15 @@ def write_image(
     default_names = [base] if c_axis is None else [f"{base} c{c}" for c in range(n_channels)]
     given = list(channels) if channels else [Channel(n) for n in default_names]
     # Validated now, before the pixels are written; the windows still missing come after.
-    attrs = image_attributes(ngff_version, multiscale, omero=build_omero(given, ngff_version))
-    staging = staging_dir(dest)
-    try:
+    attrs = fmt.image_attributes(multiscale, omero=fmt.omero(given))
+    with staged_store(dest, overwrite) as staging:
         group = zarr.open_group(
-            LocalStore(staging), mode="w", zarr_format=ZARR_FORMAT[ngff_version], attributes=attrs
+            LocalStore(staging), mode="w", zarr_format=fmt.zarr_format, attributes=attrs
         )
         src = data if isinstance(data, da.Array) else da.from_array(data, chunks=chunks)
         arrays = []
         for i, f in enumerate(factors):
             shape = level_shape(data.shape, f)
-            extra: dict[str, Any] = {}
-            if ngff_version == "0.5":
-                extra["dimension_names"] = [a.name for a in ax]
             arrays.append(
                 group.create_array(
                     str(i),
@@ -360,7 +331,7 @@ def write_image(
                     dtype=data.dtype,
                     chunks=tuple(min(c, n) for c, n in zip(chunks, shape, strict=True)),
                     fill_value=0,
-                    **extra,
+                    **fmt.array_options(ax),
                 )
             )
         n = len(factors)
@@ -380,10 +351,6 @@ def write_image(
                 lo, hi = ch.window
                 ch = replace(ch, limits=(min(lo, limits[0]), max(hi, limits[1])))
             filled.append(ch)
-        attrs = image_attributes(ngff_version, multiscale, omero=build_omero(filled, ngff_version))
+        attrs = fmt.image_attributes(multiscale, omero=fmt.omero(filled))
         group.update_attributes(attrs)
-        move_into_place(staging, dest, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return dest

@@ -10,7 +10,6 @@ place complete: an interrupted export leaves nothing at the destination.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from napari_rat.config import ExperimentConfig
 from napari_rat.io import write_image, write_labels
-from napari_rat.io.ome_zarr_writer import move_into_place, staging_dir
+from napari_rat.io.ome_zarr_writer import staged_store
 
 DEFAULT_LABEL_NAME = "training"
 
@@ -71,15 +70,9 @@ def export_training_set(
         )
     dest = Path(dest).expanduser().absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(dest)
-    try:
-        # write_image makes `staging/set.zarr`; the whole staging folder is the unit moved.
-        inner = staging / dest.name
-        write_image(inner, image, axes=axes, scale=spacing, translation=translation, units=units)
-        write_labels(inner, labels.astype(np.uint32, copy=False), label_name)
-        move_into_place(inner, dest, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged_store(dest, overwrite) as staged:
+        write_image(staged, image, axes=axes, scale=spacing, translation=translation, units=units)
+        write_labels(staged, labels.astype(np.uint32, copy=False), label_name)
     return dest
 
 
