@@ -223,14 +223,21 @@ def test_a_long_error_wraps_instead_of_widening_the_dock(make_napari_viewer, qtb
         *[f"a_long_folder_name_without_any_spaces_{i}" * 3 for i in range(3)]
     )
     widget.model.use_checkpoint(long_path / "m.safetensors")
-    qtbot.wait(50)
+
+    def laid_out():
+        # The main window's layout has given the dock the width it asks for (and the canvas
+        # the rest); size hints themselves are computed when asked.
+        dock = widget.native
+        return dock.isVisible() and dock.width() >= dock.minimumSizeHint().width()
+
+    qtbot.waitUntil(laid_out, timeout=10_000)
     before = widget.native.sizeHint().width(), widget.native.minimumSizeHint().width()
     canvas_before = viewer.window._qt_viewer.canvas.native.width()
     widget.run()
     message = widget.status.value
     assert "choose a checkpoint file" in message and len(message) > 300
-    qtbot.wait(50)
     after = widget.native.sizeHint().width(), widget.native.minimumSizeHint().width()
     assert after[0] <= before[0] + 2 and after[1] <= before[1] + 2, (before, after)
+    qtbot.waitUntil(laid_out, timeout=10_000)
     assert viewer.window._qt_viewer.canvas.native.width() >= canvas_before - 2
     assert widget.status.native.wordWrap() and widget.status.native.toolTip() == message
