@@ -93,10 +93,17 @@ def test_twenty_random_run_remove_clear_cancel_cycles_in_one_viewer(
         run()
         qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
 
+    draws = [0]
+    viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(
+        lambda event: draws.__setitem__(0, draws[0] + 1)
+    )
+
     def remove_results():
         for layer in _results(viewer):
+            drawn = draws[0]
             viewer.layers.remove(layer)
-            qtbot.wait(100)  # a draw between removals (see the docstring)
+            # A draw between removals (see the docstring).
+            qtbot.waitUntil(lambda drawn=drawn: draws[0] > drawn, timeout=10_000)
 
     def hide_results_remove_source():
         for layer in _results(viewer):
