@@ -1,6 +1,6 @@
 """``napari-rat bench sga``: planning, table, and a quick end-to-end run."""
 
-import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,10 +52,14 @@ def test_table_reports_ratios_against_the_package():
     assert "too big" in lines[5]
 
 
-def test_register_adds_the_command():
+def test_register_adds_the_command(capsys):
     args = _args("--quick", "--what", "layer", "--output", "t.md")
     assert args.func is sga._run and args.quick and args.what == "layer"
-    assert isinstance(args, argparse.Namespace)
+    assert args.output == Path("t.md")
+    assert args.dims == [2, 3] and args.modes == list(sga.MODES) and args.sizes is None
+    with pytest.raises(SystemExit):
+        _args("--what", "everything")
+    assert "invalid choice: 'everything'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

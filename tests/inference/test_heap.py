@@ -27,4 +27,5 @@ def test_freed_heap_holes_are_returned():
     assert release_freed_memory()
     after = _rss()
     assert before - after > 50 * 2**20, (before, after)
-    assert len(kept) == 2000
+    # Only the holes went back: the blocks still in use keep their pages and their bytes.
+    assert all(b[::4096] == b"\x01" * 16 and not any(b[1:4096]) for b in kept)

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from napari_rat.config import ModelConfig
-from napari_rat.model import RATSegmentation, ResolutionAwareTransformer, build_model
+from napari_rat.model import (
+    RATSegmentation,
+    ResolutionAwareTransformer,
+    available_models,
+    build_model,
+)
 
 SMALL = {"feature_dims": 16, "num_heads": 2, "num_blocks": 2, "sga_kernel_size": 3, "iters": 2}
 
@@ -138,3 +143,56 @@ def test_estimated_parameters_match_built_model():
     ]:
         cfg = ModelConfig(variant="rat", input_features=1, **kwargs)
         assert cfg.estimated_parameters() == num_parameters(build_model(cfg))
+
+
+ATTENTION_MODES = ["dense", "exact", "local", "sparse"]
+CONTRACT_INPUTS = [
+    pytest.param(2, (2, 1, 13, 10), id="2d"),
+    pytest.param(3, (1, 1, 5, 9, 8), id="3d"),
+]
+
+
+def _output_tensors(out):
+    """The tensors a forward returns: logits (a segmentation model) or each level's x_out."""
+    return [level if isinstance(level, torch.Tensor) else level["x_out"] for level in out]
+
+
+@pytest.mark.parametrize(("dims", "shape"), CONTRACT_INPUTS)
+@pytest.mark.parametrize("mode", ATTENTION_MODES)
+@pytest.mark.parametrize("variant", available_models())
+def test_every_model_in_every_attention_mode_builds_runs_saves_and_loads(
+    variant, mode, dims, shape, tmp_path
+):
+    from napari_rat.model import load_checkpoint, save_checkpoint
+
+    if mode == "sparse":
+        pytest.importorskip("natten", reason="the sparse layer is the package's NATTEN layer")
+    cfg = ModelConfig(
+        variant=variant,
+        spatial_dims=dims,
+        input_features=1,
+        sga_attention_type=mode,
+        head={"decoder_dims": 8},
+        **SMALL,
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    x = torch.randn(*shape)
+    pyramid = [x, _half(x)]
+    spacing = [(2.0,) + (0.5,) * (dims - 1), (4.0,) + (1.0,) * (dims - 1)]
+    with torch.no_grad():
+        before = _output_tensors(model(pyramid, input_spacing=spacing))
+    assert len(before) == 2
+    for level, out in zip(pyramid, before, strict=True):
+        assert out.shape[0] == shape[0] and out.numel() > 0 and torch.isfinite(out).all()
+        if isinstance(model, RATSegmentation):
+            assert out.shape[2:] == level.shape[2:]
+    path = save_checkpoint(model, tmp_path / f"{variant}-{mode}.safetensors", cfg)
+    loaded = load_checkpoint(path)
+    assert type(loaded) is type(model)
+    assert loaded.checkpoint_info.model_config == cfg
+    assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
+    with torch.no_grad():
+        after = _output_tensors(loaded(pyramid, input_spacing=spacing))
+    for a, b in zip(before, after, strict=True):
+        assert torch.equal(a, b)

@@ -92,3 +92,59 @@ def test_attention_maps_flag_drops_maps_and_keeps_output():
     assert torch.equal(with_maps[0]["x_out"], without[0]["x_out"])
     n_in = 16 * 16
     assert with_maps[0]["attn_q"].shape[-1] == n_in  # composed down to the input pixels
+
+
+NON_DEFAULT = {
+    "spatial_dims": 3,
+    "input_features": 2,
+    "proj_kernel_size": (1, 3, 3),
+    "proj_padding": 0,
+    "feature_dims": 16,
+    "num_blocks": 2,
+    "sga_kernel_size": (3, 5, 5),
+    "stride": (1, 2, 2),
+    "num_heads": 2,
+    "iters": 2,
+    "mlp_ratio": 2.5,
+    "mlp_dropout": 0.1,
+    "mlp_bias": False,
+    "mlp_activation": torch.nn.ReLU,
+    "qkv_bias": False,
+    "base_theta": 100.0,
+    "learnable_rose": False,
+    "learnable_rose_scaling": False,
+    "rose_initial_scaling": "rope",
+    "init_jitter_std": 0.01,
+    "rotary_ratio": 0.25,
+    "frequency_scaling": "linear",
+    "leading_tokens": 2,
+    "spacing": (2.0, 0.5, 0.5),
+}
+
+
+def _constructor_attributes(model: torch.nn.Module) -> dict:
+    """What the constructor stored on ``model``: no torch.nn.Module bookkeeping, submodule or
+    tensor, so an attribute the reference adds later is compared without editing this test."""
+    bookkeeping = set(vars(torch.nn.Module()))
+    return {
+        name: value
+        for name, value in vars(model).items()
+        if name not in bookkeeping and not isinstance(value, torch.nn.Module | torch.Tensor)
+    }
+
+
+@pytest.mark.parametrize("kwargs", [{}, NON_DEFAULT], ids=["defaults", "non-defaults"])
+def test_every_attribute_the_reference_keeps_is_ours_with_the_same_value(kwargs):
+    ref = ref_pkg.ResolutionAwareTransformer(**kwargs)
+    ours = ResolutionAwareTransformer(**kwargs)
+    expected = _constructor_attributes(ref)
+    # The introspection finds the constructor arguments the reference keeps.
+    assert {"mlp_ratio", "rose_initial_scaling", "spatial_dims", "stride"} <= set(expected)
+    missing = sorted(set(expected) - set(vars(ours)))
+    assert not missing, f"attributes of the reference missing on ours: {missing}"
+    differing = {
+        name: (value, getattr(ours, name))
+        for name, value in expected.items()
+        if getattr(ours, name) != value
+    }
+    assert not differing, f"attributes with another value than the reference's: {differing}"

@@ -106,13 +106,32 @@ def test_state_is_never_half_written(tiny, tmp_path):
     assert not (good.parent / "step-00000099").exists()
 
 
-def test_init_from_checkpoint(tiny):
+def test_init_from_checkpoint_starts_from_its_weights(tiny):
     config = tiny(training={"epochs": 1})
     list(train_events(config))
     best = config.training.output_dir + "/tiny/best.safetensors"
+    trained = load_checkpoint(best).state_dict()
+    # Cancelled before its first step, the fine-tuning run saves the weights it started from.
     config2 = tiny(training={"epochs": 1, "run_name": "ft"})
-    list(train_events(config2, init_from=best))
-    a = load_checkpoint(best).state_dict()
-    b = load_checkpoint(config.training.output_dir + "/ft/last.safetensors").state_dict()
-    assert a.keys() == b.keys()
-    assert all(torch.isfinite(v).all() for v in b.values())
+    cancel = threading.Event()
+    cancel.set()
+    events = list(train_events(config2, init_from=best, cancel=cancel))
+    assert events[-1].kind == "cancelled" and events[-1].step == 0
+    started = load_checkpoint(config.training.output_dir + "/ft/last.safetensors").state_dict()
+    assert started.keys() == trained.keys()
+    differing = [k for k in trained if not torch.equal(started[k], trained[k])]
+    assert not differing, f"weights not taken from the checkpoint: {differing}"
+
+
+# Another width would also fail in load_state_dict; another iteration count would load silently.
+@pytest.mark.parametrize("model", [{"feature_dims": 16}, {"iters": 2}], ids=["width", "iters"])
+def test_init_from_refuses_a_checkpoint_of_another_model(tiny, tmp_path, model):
+    config = tiny(training={"epochs": 1}, data={"val_fraction": 0.0})
+    list(train_events(config))
+    last = tmp_path / "runs/tiny/last.safetensors"
+    before = last.read_bytes()
+    other = tiny(model=model, training={"epochs": 1, "run_name": "ft"})
+    with pytest.raises(ValueError, match="model config differs from the experiment's model"):
+        list(train_events(other, init_from=str(last)))
+    assert last.read_bytes() == before
+    assert not (tmp_path / "runs/ft/last.safetensors").exists()

@@ -93,10 +93,17 @@ def test_twenty_random_run_remove_clear_cancel_cycles_in_one_viewer(
         run()
         qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
 
+    draws = [0]
+    viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(
+        lambda event: draws.__setitem__(0, draws[0] + 1)
+    )
+
     def remove_results():
         for layer in _results(viewer):
+            drawn = draws[0]
             viewer.layers.remove(layer)
-            qtbot.wait(100)  # a draw between removals (see the docstring)
+            # A draw between removals (see the docstring).
+            qtbot.waitUntil(lambda drawn=drawn: draws[0] > drawn, timeout=10_000)
 
     def hide_results_remove_source():
         for layer in _results(viewer):
@@ -223,14 +230,21 @@ def test_a_long_error_wraps_instead_of_widening_the_dock(make_napari_viewer, qtb
         *[f"a_long_folder_name_without_any_spaces_{i}" * 3 for i in range(3)]
     )
     widget.model.use_checkpoint(long_path / "m.safetensors")
-    qtbot.wait(50)
+
+    def laid_out():
+        # The main window's layout has given the dock the width it asks for (and the canvas
+        # the rest); size hints themselves are computed when asked.
+        dock = widget.native
+        return dock.isVisible() and dock.width() >= dock.minimumSizeHint().width()
+
+    qtbot.waitUntil(laid_out, timeout=10_000)
     before = widget.native.sizeHint().width(), widget.native.minimumSizeHint().width()
     canvas_before = viewer.window._qt_viewer.canvas.native.width()
     widget.run()
     message = widget.status.value
     assert "choose a checkpoint file" in message and len(message) > 300
-    qtbot.wait(50)
     after = widget.native.sizeHint().width(), widget.native.minimumSizeHint().width()
     assert after[0] <= before[0] + 2 and after[1] <= before[1] + 2, (before, after)
+    qtbot.waitUntil(laid_out, timeout=10_000)
     assert viewer.window._qt_viewer.canvas.native.width() >= canvas_before - 2
     assert widget.status.native.wordWrap() and widget.status.native.toolTip() == message

@@ -109,12 +109,28 @@ def test_current_view_of_a_pyramid_level(make_napari_viewer, qtbot, checkpoints,
     layer = viewer.add_image(
         pyramid, name="pyr", multiscale=True, scale=(0.5, 0.5), translate=(20.0, -4.0)
     )
+    canvas = viewer.window._qt_viewer.canvas
+
+    def views_laid_out():
+        # A grid's views are degenerate (10 x 10 pixels) until a draw lays them out; then they
+        # tile the canvas (no grid spacing here) and the canvas has drawn at that size.
+        rows, columns = viewer.canvas.grid.actual_shape(viewer.layers)
+        height, width = canvas.size
+        size = np.asarray(canvas._current_viewbox_size)
+        return np.allclose(size * (columns, rows), (width, height), atol=1) and np.allclose(
+            canvas._last_viewbox_size, size
+        )
+
     viewer.grid.enabled = grid
-    qtbot.wait(200)  # the grid resets the view; zoom in after it
+    qtbot.waitUntil(views_laid_out, timeout=10_000)
     viewer.camera.center = tuple(layer.data_to_world((90, 100)))
     viewer.camera.zoom = 40.0  # screen pixels per world unit: ~30 x 38 image pixels on screen
-    qtbot.waitUntil(lambda: np.ptp(ref.corner_pixels, axis=0).max() < 100, timeout=10_000)
-    qtbot.wait(200)
+    # Wait for the draw that shows the zoomed view: the corner pixels span what one view holds.
+    on_screen = np.asarray(canvas._current_viewbox_size)[::-1] / viewer.camera.zoom / 0.5
+    qtbot.waitUntil(
+        lambda: np.allclose(np.ptp(ref.corner_pixels, axis=0), on_screen, atol=2),
+        timeout=10_000,
+    )
     seen = np.stack([ref.data_to_world(c) for c in ref.corner_pixels])
     widget = _widget(viewer, checkpoints[0], "pyr")
     widget.region.value = "current view"

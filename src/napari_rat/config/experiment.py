@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,6 @@ CONFIG_VERSION = 1
 
 #: Above this many backbone parameters, training without DeepSpeed draws a warning.
 LARGE_MODEL_PARAMETERS = 50_000_000
-
-
-class LargeModelWarning(UserWarning):
-    """A large model is configured to train without DeepSpeed."""
 
 
 class ExperimentConfig(StrictModel):
@@ -199,9 +194,3 @@ def check_config_file(path: str | os.PathLike) -> tuple[list[ConfigProblem], lis
     except ConfigFileError as exc:
         return exc.problems, []
     return [], config.warnings()
-
-
-def warn_if_needed(config: ExperimentConfig) -> None:
-    """Emit :class:`LargeModelWarning` for each advisory of ``config.warnings()``."""
-    for message in config.warnings():
-        warnings.warn(message, LargeModelWarning, stacklevel=2)

@@ -49,12 +49,9 @@ register_sga_layer("sparse", _sparse_layer, MultiRes_RoSE_Block)
 
 
 def _load_fast_layers() -> None:
-    # The fast layers register themselves on import; they are optional while being built.
-    try:
-        from napari_rat.model import fast_sga  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - only while fast_sga does not exist
-        if "fast_sga" not in str(exc):
-            raise
+    # The fast layers register themselves on import; imported here, not at the top, because
+    # fast_sga imports register_sga_layer from this module.
+    from napari_rat.model import fast_sga  # noqa: F401
 
 
 def build_sga_layer(kind: str, **kwargs) -> torch.nn.Module:

@@ -1,8 +1,10 @@
 """The Resolution Aware Transformer backbone.
 
-Same constructor arguments, parameter names and forward contract as the reference
+Same constructor arguments, attributes, parameter names and forward contract as the reference
 implementation (``resolution-aware-transformer==2025.9.29.2036``), so a reference ``state_dict``
-loads with ``strict=True`` and gives the same outputs. Differences, all additive:
+loads with ``strict=True`` and gives the same outputs, and every constructor argument the
+reference keeps (``model.mlp_ratio``, ``model.rose_initial_scaling``, ...) is there with the same
+value. Differences, all additive:
 
 - ``sga_attention_type`` also accepts ``"exact"`` (the dense maths at linear memory) and
   ``"local"`` (windowed, linear in pixels); see :mod:`napari_rat.model.layers`.
@@ -98,6 +100,19 @@ class ResolutionAwareTransformer(torch.nn.Module):
             self.stride = to_tuple(stride, spatial_dims, int, allow_nested=False)
         self.num_heads = num_heads
         self.iters = iters
+        # Kept as attributes, as the reference keeps them, so code written against it works.
+        self.mlp_ratio = mlp_ratio
+        self.mlp_dropout = mlp_dropout
+        self.mlp_bias = mlp_bias
+        self.mlp_activation = mlp_activation
+        self.qkv_bias = qkv_bias
+        self.base_theta = base_theta
+        self.learnable_rose = learnable_rose
+        self.init_jitter_std = init_jitter_std
+        self.rotary_ratio = rotary_ratio
+        self.frequency_scaling = frequency_scaling
+        self.learnable_rose_scaling = learnable_rose_scaling
+        self.rose_initial_scaling = rose_initial_scaling
         self.return_attention_maps = return_attention_maps
         self._default_spacing = to_tuple(1.0 if spacing is None else spacing, spatial_dims)
         if leading_tokens > 0:
