@@ -16,11 +16,10 @@ import sys
 from collections.abc import Sequence
 
 from napari_rat import __version__
+from napari_rat.errors import CommandError
 from napari_rat.spelling import did_you_mean
 
-
-class CommandError(Exception):
-    """A user-facing error: printed as one line (no traceback) and exit code 2."""
+__all__ = ["CommandError", "build_parser", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,8 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    # `python -m napari_rat.cli` (how a cluster job runs): call the package's own module, so
-    # that the CommandError the commands raise is the class main() catches (not __main__'s).
-    from napari_rat.cli import main as _package_main
-
-    sys.exit(_package_main())
+    # `python -m napari_rat.cli` (how a cluster job runs). CommandError lives in
+    # napari_rat.errors, so the class the commands raise is the one this module's main() catches.
+    sys.exit(main())

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,16 +146,23 @@ def test_deepspeed_zero3_cpu_offload_trains_on_cpu_and_consolidates(
 @pytest.mark.slow
 def test_deepspeed_two_local_ranks_over_gloo(tiny, monkeypatch):
     """``napari-rat train --backend deepspeed --num-workers 2`` without Ray: two spawned ranks
-    on the CPU (gloo), each holding its ZeRO-2 shard; rank 0 alone logs and writes."""
+    on the CPU (gloo), each holding its ZeRO-2 shard; rank 0 alone logs and writes, and its
+    events reach ``run_training``'s ``log`` as on every other backend."""
     from napari_rat.train.checkpoint_store import LocalStore
-    from napari_rat.train.launch import train_multiprocess
+    from napari_rat.train.loop import parse_event_line
+    from napari_rat.train.run import run_training
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the spawned ranks
     config = tiny(
         training={"backend": "deepspeed", "epochs": 2},
         deepspeed={"enabled": True, "zero_stage": 2},
     )
-    best = train_multiprocess(config, 2)
+    lines = []
+    best = run_training(config, num_workers=2, log=lines.append)
+    events = [e for e in map(parse_event_line, lines) if e is not None]
+    assert [e.step for e in events if e.kind == "progress"] == [1, 2]  # from rank 0 alone
+    assert any(e.kind == "checkpoint" and Path(e.path).name == best.name for e in events)
+    assert sum(line.startswith("step ") for line in lines) == 2  # the human lines too
     folder = best.parent
     assert load_checkpoint(best).checkpoint_info.extra["step"] in (1, 2)
     # 4 samples, 2 ranks, batch 2: one optimiser step per epoch, logged once (by rank 0)

@@ -1,6 +1,9 @@
 """Ray Train with 2 workers on a local head started by the test and stopped by its pid."""
 
 import json
+import os
+import signal
+import time
 
 import pytest
 
@@ -27,8 +30,33 @@ def ray_head():
 def test_ray_two_workers_survive_a_killed_worker(ray_head, tiny, tmp_path, monkeypatch):
     import ray
 
+    from napari_rat.train import ray_backend
     from napari_rat.train.ray_backend import train_with_ray
     from napari_rat.train.ray_head import driver_env
+
+    real_worker = ray_backend._worker
+    marker = tmp_path / "killed"
+
+    def worker_killed_once(loop_config):
+        """The real worker, except that rank 1 SIGKILLs itself once, after its first checkpoint.
+
+        Defined here so that Ray ships it by value to the worker processes, where it wraps the
+        checkpoint store's save (in that process only).
+        """
+        real_save = ray_backend.RayStore.save
+
+        def save_then_die(self, *args, **kwargs):
+            real_save(self, *args, **kwargs)
+            if self.dist.rank == 1 and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                time.sleep(5.0)  # mid-run: the controller has registered the checkpoint
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        ray_backend.RayStore.save = save_then_die
+        real_worker(loop_config)
+
+    # train_with_ray hands the module's _worker to TorchTrainer when it is called.
+    monkeypatch.setattr(ray_backend, "_worker", worker_killed_once)
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     config = tiny(
@@ -36,15 +64,10 @@ def test_ray_two_workers_survive_a_killed_worker(ray_head, tiny, tmp_path, monke
         deepspeed={"enabled": True, "zero_stage": 2},
         cluster={"max_failures": 1, "num_workers": 2, "num_to_keep": 2},
     )
-    marker = tmp_path / "killed"
     with driver_env(ray_head):
         ray.init(address=ray_head.address, logging_level="ERROR", log_to_driver=False)
         try:
-            best = train_with_ray(
-                config,
-                fault={"rank": 1, "after_epoch": 0, "marker": str(marker)},
-                log=lambda s: None,
-            )
+            best = train_with_ray(config, log=lambda s: None)
         finally:
             ray.shutdown()
     assert marker.exists()  # rank 1 was SIGKILLed after the first checkpoint

@@ -5,7 +5,8 @@ around it and shows, per block, that point's attention over the input pixels
 (:func:`napari_rat.model.attention_maps.point_attention`) as image layers, and the native
 grouping of each block (:func:`~napari_rat.model.attention_maps.native_grouping`) as labels
 layers, all aligned with the source layer in world coordinates. The maps are computed on demand
-in a worker thread, never materialised as full ``N x N`` matrices.
+in a worker thread (:func:`napari_rat.inference.attention_at_point.attention_at_point`, on a
+snapshot of the layer taken when asked), never materialised as full ``N x N`` matrices.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ import numpy as np
 from magicgui.widgets import ComboBox, LineEdit, PushButton, SpinBox
 
 from napari_rat._widgets.dock_base import ModelDock
-from napari_rat._widgets.layer_input import brightest_on_ray, check_not_rgb, layer_input
+from napari_rat._widgets.layer_input import (
+    brightest_on_ray,
+    check_not_rgb,
+    layer_input,
+    snapshot_layer,
+)
 from napari_rat._widgets.model_imports import keep_triton_out
 
 #: How far (screen pixels) the mouse may move between press and release for a click; further
@@ -55,24 +61,23 @@ def _example(ndim: int) -> str:
 
 
 def attention_job(checkpoint, device, layer, data_point, window, ray=None):
-    """Worker: the maps for ``data_point`` (level-0 data pixels of ``layer``).
+    """Worker: the maps for ``data_point`` (level-0 data pixels of ``layer``, a
+    :class:`~napari_rat._widgets.layer_input.LayerSnapshot` taken on the GUI thread).
 
-    With ``ray`` (a 3D click: where the view ray enters and leaves the layer), the point is
-    the brightest voxel on it instead (:func:`brightest_on_ray`).
+    Cuts a ``window``-pixel box around the point and hands it to the core
+    (:func:`napari_rat.inference.attention_at_point.attention_at_point`). With ``ray`` (a 3D
+    click: where the view ray enters and leaves the layer), the point is the brightest voxel on
+    it instead (:func:`brightest_on_ray`).
     """
     keep_triton_out()
-    import torch
-
-    from napari_rat.inference import image_statistics, resolve_device
+    from napari_rat.inference import resolve_device
+    from napari_rat.inference.attention_at_point import attention_at_point
     from napari_rat.inference.model_loading import load_model_for_inference
-    from napari_rat.io.units import to_model_units
-    from napari_rat.model.attention_maps import native_grouping, point_attention
 
     if ray is not None:
         data_point = brightest_on_ray(layer, *ray)
     step = [int(round(v)) for v in data_point]
-    device = resolve_device(device)
-    model = load_model_for_inference(checkpoint, device=device)
+    model = load_model_for_inference(checkpoint, device=resolve_device(device))
     dims = model.spatial_dims
     half = np.asarray([window / 2] * dims)
     centre = np.asarray(data_point[-dims:], float)
@@ -80,18 +85,9 @@ def attention_job(checkpoint, device, layer, data_point, window, ray=None):
     box[0, -dims:] = centre - half
     box[1, -dims:] = centre + half - 1
     source = layer_input(layer, dims, "view", step, 0, box)
-    info = getattr(model, "checkpoint_info", None)
-    stats = image_statistics(source.image, info.normalization if info else None)
-    x = torch.from_numpy(stats.apply(np.asarray(source.image, np.float32)))[None].to(device)
-    origin = np.asarray(source.translation)
-    world = np.asarray(layer.data_to_world(data_point))[-dims:]
-    # Physical position inside the window, and the spacing, in the model's unit.
-    to_model = np.asarray(to_model_units(source.units, info.units if info else None, dims))
-    point = (world - origin) * to_model
-    spacing = tuple(np.asarray(source.spacing) * to_model)
-    maps = point_attention(model, x, [spacing], point)
-    groups = native_grouping(model, x, [spacing])
-    return source, maps, groups, np.asarray(layer.data_to_world(data_point))
+    world = np.asarray(layer.data_to_world(data_point))
+    maps = attention_at_point(model, source, world[-dims:])
+    return source, maps.attention, maps.grouping, world
 
 
 def click_ray(layer, position, view_direction, dims_displayed):
@@ -214,7 +210,7 @@ class AttentionWidget(ModelDock):
             attention_job,
             checkpoint,
             self.device.value,
-            layer,
+            snapshot_layer(layer),  # the worker never touches the live layer
             data_point,
             self.window.value,
             ray,

@@ -24,6 +24,7 @@ from napari_rat._widgets.layer_input import (
     check_not_rgb,
     describe_plane,
     layer_input,
+    snapshot_layer,
     stack_axes,
 )
 from napari_rat._widgets.model_imports import keep_triton_out
@@ -72,7 +73,11 @@ def run_plan(layer, model_dims: int, region: str, step, level: int, note: str = 
 def _prediction_job(
     checkpoint, device, layer, region, step, level, view_box, tile, levels, channel, note=""
 ):
-    """Generator run in the worker: load the model, say the plan, cut the input, predict."""
+    """Generator run in the worker: load the model, say the plan, cut the input, predict.
+
+    ``layer``: a :class:`~napari_rat._widgets.layer_input.LayerSnapshot` taken on the GUI
+    thread.
+    """
     keep_triton_out()
     from napari_rat.inference import PredictOptions, resolve_device
     from napari_rat.inference.model_loading import load_model_for_inference
@@ -344,7 +349,7 @@ class InferenceWidget(ModelDock):
             _prediction_job,
             checkpoint,
             self.device.value,
-            layer,
+            snapshot_layer(layer),  # the worker never touches the live layer
             region,
             layer_step,
             self.level.value,

@@ -1,9 +1,12 @@
 """From a napari image layer to a model input and back, without importing Qt or napari.
 
-:func:`layer_input` takes what a dock widget knows (the layer, the model's dimensionality, the
-region choice and the viewer's current step) and returns the ``[C, *spatial]`` input with its
-physical spacing and origin, plus the ``scale``/``translate`` the result layers need so that
-they land exactly on the source (sliced axes become length-1 axes at the slice position).
+:func:`snapshot_layer` captures, on the GUI thread, what a worker needs of a layer (its arrays
+and placement): workers never touch a live layer, which the user may edit, move or remove while
+they run. :func:`layer_input` takes such a snapshot (or a layer), the model's dimensionality,
+the region choice and the viewer's current step, and returns the ``[C, *spatial]`` input with
+its physical spacing and origin (a :class:`~napari_rat.inference.sources.PredictionInput`),
+plus the ``scale``/``translate`` the result layers need so that they land exactly on the source
+(sliced axes become length-1 axes at the slice position).
 """
 
 from __future__ import annotations
@@ -49,6 +52,69 @@ class LayerInput:
         for axis in self.sliced_axes:
             array = np.expand_dims(np.asarray(array), axis)
         return array
+
+
+@dataclass(frozen=True, eq=False)
+class LayerSnapshot:
+    """An image layer's arrays and placement, as they were when captured (:func:`snapshot_layer`).
+
+    It answers what :func:`layer_input`, :func:`brightest_on_ray` and the docks' jobs ask of a
+    layer, with the same names (``data``, ``multiscale``, ``scale``, ``data_to_world``...).
+    """
+
+    name: str
+    data: object  # the array, or the list of levels' arrays of a multiscale layer
+    multiscale: bool
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    units: tuple[str, ...]
+    axis_labels: tuple[str, ...]
+    rgb: bool
+    data_level: int
+    #: ``(ndim + 1, ndim + 1)``: data coordinates to world coordinates (napari's whole
+    #: transform: scale, translate, rotate, shear and affine).
+    world_transform: np.ndarray
+
+    @property
+    def ndim(self) -> int:
+        return len(self.scale)
+
+    @property
+    def level_shapes(self) -> np.ndarray:
+        levels = self.data if self.multiscale else [self.data]
+        return np.asarray([level.shape for level in levels])
+
+    def data_to_world(self, position: Sequence[float]) -> np.ndarray:
+        """World coordinates (the layer's axes) of a data position, as the layer had it."""
+        point = np.append(np.asarray(position, float)[-self.ndim :], 1.0)
+        return (self.world_transform @ point)[:-1]
+
+
+def snapshot_layer(layer) -> LayerSnapshot:
+    """Capture ``layer``'s arrays and placement: call on the GUI thread, hand to a worker.
+
+    The arrays are the layer's own (not copied: a lazy array stays lazy); replacing the layer's
+    data, moving it or removing it afterwards does not change the snapshot.
+    """
+    ndim = layer.ndim
+    origin = np.asarray(layer.data_to_world(np.zeros(ndim)), float)
+    columns = [np.asarray(layer.data_to_world(e), float) - origin for e in np.eye(ndim)]
+    transform = np.eye(ndim + 1)
+    transform[:ndim, :ndim] = np.stack(columns, axis=1)
+    transform[:ndim, ndim] = origin
+    multiscale = bool(getattr(layer, "multiscale", False))
+    return LayerSnapshot(
+        name=str(layer.name),
+        data=list(layer.data) if multiscale else layer.data,
+        multiscale=multiscale,
+        scale=tuple(float(s) for s in layer.scale),
+        translate=tuple(float(t) for t in layer.translate),
+        units=tuple(str(u) for u in getattr(layer, "units", ())),
+        axis_labels=tuple(str(a) for a in getattr(layer, "axis_labels", ())),
+        rgb=bool(getattr(layer, "rgb", False)),
+        data_level=int(getattr(layer, "data_level", 0)),
+        world_transform=transform,
+    )
 
 
 def check_not_rgb(layer) -> None:

@@ -15,7 +15,7 @@ costs (upload, job driver start, log polling) against a head started for the run
 
 With ``--gui``, a third run: the "Train on cluster" dock in a real viewer (Xvfb when there is no
 display) submits the same training on the running head, and the viewer's event loop is timed
-(:mod:`napari_rat._widgets.loop_latency`) while the job's log and metrics stream in; once per
+(:mod:`napari_rat.bench._loop_latency`) while the job's log and metrics stream in; once per
 ``--gui-niceness`` value, the head restarted at that CPU priority (the local head's default,
 :data:`~napari_rat.cluster.local_head.LOCAL_HEAD_NICENESS`, against 0 shows what the priority
 buys the viewer when the job's workers want every core).
@@ -106,7 +106,7 @@ def _dock_streaming(config: Path, timeout: float, idle_s: float) -> dict:
     import numpy as np
 
     from napari_rat._widgets.cluster_widget import ClusterTrainingWidget
-    from napari_rat._widgets.loop_latency import contrast_toggle, measure_event_loop
+    from napari_rat.bench._loop_latency import contrast_toggle, measure_event_loop
     from napari_rat.config import load_config
     from napari_rat.sample_data import nuclei_2d
 
@@ -169,7 +169,7 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         submitted = _submitted(job, args.timeout, args.poll)
         if args.gui:
-            from napari_rat.commands.demo import virtual_display
+            from napari_rat.virtual_display import virtual_display
 
             with virtual_display() as have_display:
                 for i, niceness in enumerate(args.gui_niceness if have_display else []):

@@ -264,7 +264,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cases = plan_cases(args, config)
     except ValueError as exc:
-        from napari_rat.cli import CommandError
+        from napari_rat.errors import CommandError
 
         raise CommandError(str(exc)) from None
     import torch

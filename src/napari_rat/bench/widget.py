@@ -1,7 +1,7 @@
 """``napari-rat bench widget``: does the viewer stay responsive while the inference dock runs?
 
 One napari viewer, one synthetic nuclei image. The event loop's latency
-(:mod:`napari_rat._widgets.loop_latency`: lateness of a 10 ms timer, and the time until a
+(:mod:`napari_rat.bench._loop_latency`: lateness of a 10 ms timer, and the time until a
 contrast-limits change posted from another thread every 100 ms is handled and drawn) is measured
 twice, side by side: with the viewer **idle**, then while the real inference dock
 (:class:`~napari_rat._widgets.inference_widget.InferenceWidget`) segments the whole image with
@@ -86,20 +86,20 @@ def measure_widget_inference(
     checkpoint
         A checkpoint file; ``None`` uses the bundled starter model (the dock's default).
     tick_ms, probe_ms, tail_s, timeout_s
-        See :func:`napari_rat._widgets.loop_latency.measure_event_loop`.
+        See :func:`napari_rat.bench._loop_latency.measure_event_loop`.
 
     Returns
     -------
     dict
         ``idle``, ``dock opened`` (while the dock imports the model stack in the background)
-        and ``inference`` (:class:`~napari_rat._widgets.loop_latency.LoopLatency`);
+        and ``inference`` (:class:`~napari_rat.bench._loop_latency.LoopLatency`);
         ``phases``: ``(name, start, end)`` in ``perf_counter`` seconds, split where the dock
         received the worker's progress (:data:`PHASES`); ``status`` (the dock's last status
         line); ``layers`` (names added by the dock).
     """
     from napari_rat._widgets.inference_widget import InferenceWidget
-    from napari_rat._widgets.loop_latency import contrast_toggle, measure_event_loop
     from napari_rat._widgets.model_imports import preload_model_stack
+    from napari_rat.bench._loop_latency import contrast_toggle, measure_event_loop
 
     layer = viewer.add_image(image, name="nuclei", scale=SPACING)
     _wait_for_draw(viewer)
@@ -164,7 +164,7 @@ def _measure_tiny_layers(viewer, like: list, common: dict, tail_s: float):
     from napari.layers import Layer
     from qtpy.QtCore import QTimer
 
-    from napari_rat._widgets.loop_latency import measure_event_loop
+    from napari_rat.bench._loop_latency import measure_event_loop
 
     if not like:
         return None
@@ -256,8 +256,8 @@ def format_report(result: dict[str, Any], args: argparse.Namespace | None = None
 
 
 def _main(args: argparse.Namespace) -> int:
-    from napari_rat.cli import CommandError
-    from napari_rat.commands.demo import virtual_display
+    from napari_rat.errors import CommandError
+    from napari_rat.virtual_display import virtual_display
 
     try:
         import napari

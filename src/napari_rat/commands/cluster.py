@@ -8,8 +8,8 @@ from napari_rat.cluster.local_head import LOCAL_HEAD_NICENESS
 
 
 def _start(args: argparse.Namespace) -> int:
-    from napari_rat.cli import CommandError
     from napari_rat.cluster import start_local_head
+    from napari_rat.errors import CommandError
     from napari_rat.train.ray_head import RayHeadError
 
     try:

@@ -40,7 +40,7 @@ def _units(text: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
     from napari_rat.io import OmeZarrError, convert
 
     progress = None if args.quiet else _ProgressLine()

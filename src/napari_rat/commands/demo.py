@@ -12,11 +12,7 @@ exit status 1). Everything lands in ``--output``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,10 +21,6 @@ from pathlib import Path
 NUCLEI_SPACING = (1.0, 1.0)
 VOLUME_SPACING = (2.0, 0.5, 0.5)
 VOLUME_TRANSLATION = (10.0, 5.0, 5.0)
-#: Window size of the headless screenshot (logical pixels; Qt enlarges it to the window's
-#: minimum size if the docks need more) and the virtual screen it fits on.
-SCREENSHOT_WINDOW = (1600, 1150)
-VIRTUAL_SCREEN = (1920, 1200)
 
 
 def prepare_samples(output: Path) -> dict[str, Path]:
@@ -115,102 +107,9 @@ def segment_nuclei(sample: Path, checkpoint: str, device: str = "auto") -> dict:
     }
 
 
-@contextlib.contextmanager
-def virtual_display():
-    """A private Xvfb display when there is no ``DISPLAY``; yields whether one is available."""
-    if os.environ.get("DISPLAY"):
-        yield True
-        return
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        yield False
-        return
-    for number in range(99, 140):
-        if (
-            not Path(f"/tmp/.X11-unix/X{number}").exists()
-            and not Path(f"/tmp/.X{number}-lock").exists()
-        ):
-            break
-    proc = subprocess.Popen(
-        [
-            xvfb,
-            f":{number}",
-            "-screen",
-            "0",
-            "{}x{}x24".format(*VIRTUAL_SCREEN),
-            "-nolisten",
-            "tcp",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            if Path(f"/tmp/.X11-unix/X{number}").exists():
-                break
-            time.sleep(0.05)
-        os.environ["DISPLAY"] = f":{number}"
-        yield True
-    finally:
-        os.environ.pop("DISPLAY", None)
-        proc.terminate()
-        proc.wait(10)
-
-
-def build_viewer(samples: dict[str, Path], show: bool):
-    """A napari viewer with the samples opened by our reader and the plugin's docks."""
-    import napari
-
-    from napari_rat._widgets.attention_widget import AttentionWidget
-    from napari_rat._widgets.inference_widget import InferenceWidget
-    from napari_rat._widgets.loader_widget import OmeZarrLoaderWidget
-
-    viewer = napari.Viewer(title="napari-rat demo", show=show)
-    viewer.open(str(samples["nuclei_2d"]), plugin="napari-rat")
-    loader = OmeZarrLoaderWidget(viewer)
-    loader.path_edit.setText(str(samples["volume_3d"]))  # Inspect, then Open: the 3D sample
-    viewer.window.add_dock_widget(loader, name="OME-Zarr loader", area="right")
-    viewer.window.add_dock_widget(InferenceWidget(viewer), name="RAT inference", area="right")
-    viewer.window.add_dock_widget(AttentionWidget(viewer), name="RAT attention", area="right")
-    viewer.reset_view()
-    return viewer
-
-
-def save_screenshot(viewer, path: Path, timeout: float = 10.0) -> Path:
-    """Save a screenshot of the whole window, the whole image in view, every run alike.
-
-    The window gets a fixed size (napari would restore the last session's), and the view is
-    fitted only once the canvas has its final size: the layout resizes the canvas after the
-    window is shown, and a view fitted before that was clipped left and right by however much
-    the canvas then narrowed.
-    """
-    import imageio.v3 as imageio
-    from qtpy.QtWidgets import QApplication
-
-    from napari_rat.atomic_files import atomic_path
-
-    viewer.window.resize(*SCREENSHOT_WINDOW)
-    last, stable_since = None, time.monotonic()
-    deadline = stable_since + timeout
-    while time.monotonic() < deadline:
-        QApplication.processEvents()
-        size, now = tuple(viewer.canvas.size), time.monotonic()
-        if size != last:
-            last, stable_since = size, now
-        elif now - stable_since >= 0.5:
-            break
-        time.sleep(0.02)
-    viewer.reset_view()
-    QApplication.processEvents()
-    image = viewer.screenshot(canvas_only=False, flash=False)
-    with atomic_path(path) as tmp:
-        imageio.imwrite(tmp, image, extension=".png")
-    return path
-
-
 def _run(args: argparse.Namespace) -> int:
     from napari_rat.atomic_files import atomic_path
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
 
     output = Path(args.output).expanduser()
     if output.exists() and not output.is_dir():
@@ -233,6 +132,8 @@ def _run(args: argparse.Namespace) -> int:
             raise CommandError(
                 'napari is not installed: pip install "napari-rat[napari]"'
             ) from None
+        from napari_rat._widgets.demo_viewer import build_viewer
+
         build_viewer(samples, show=True)
         napari.run()
         return 0
@@ -245,8 +146,12 @@ def _run(args: argparse.Namespace) -> int:
         f"held-out quarter Dice {held['dice']:.3f}, AP@0.5 {held['ap50']:.3f}; "
         f"labels written to nuclei_2d.zarr/labels/rat"
     )
+    from napari_rat.virtual_display import virtual_display
+
     with virtual_display() as have_display:
         if have_display:
+            from napari_rat._widgets.demo_viewer import build_viewer, save_screenshot
+
             viewer = build_viewer(samples, show=True)
             shot = save_screenshot(viewer, output / "screenshot.png")
             summary["screenshot"] = str(shot)

@@ -33,7 +33,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     """Print (and with ``--robustness`` save) the evaluation of ``checkpoint``."""
     from pathlib import Path
 
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
     from napari_rat.model import CheckpointError, load_checkpoint
     from napari_rat.train.data_sources import DatasetError
     from napari_rat.train.datasets import build_data

@@ -28,8 +28,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
 
 def client_from_args(args: argparse.Namespace, token_env: str | None = None):
     """Connect as the arguments say; connection problems become one-line command errors."""
-    from napari_rat.cli import CommandError
     from napari_rat.cluster import ClusterError, connect
+    from napari_rat.errors import CommandError
 
     try:
         return connect(
@@ -67,7 +67,7 @@ def _submit(args: argparse.Namespace) -> int:
 def submit_from_args(client, config, args: argparse.Namespace) -> str:
     """Submit ``config`` with the training options of ``args`` (``--init-from``, ``--resume``,
     ``--num-workers``, ``--num-gpus``); refusals become one-line command errors."""
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
 
     try:
         return client.submit(
@@ -82,7 +82,7 @@ def submit_from_args(client, config, args: argparse.Namespace) -> str:
 
 
 def _print_follow(client, job_id: str) -> int:
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
 
     try:
         for line in client.follow(job_id):
@@ -101,7 +101,7 @@ def _when(t: float | None) -> str:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
 
     client = client_from_args(args)
     try:
@@ -124,7 +124,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
 
     client = client_from_args(args)
     if args.follow:
@@ -137,7 +137,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
 
     client = client_from_args(args)
     try:
@@ -152,7 +152,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
 
     client = client_from_args(args)
     try:

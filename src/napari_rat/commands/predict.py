@@ -20,7 +20,7 @@ def _region(text: str) -> tuple[str, tuple[int, int]]:
 
 def load_model(checkpoint: str, device: str = "cpu", attention: str | None = None):
     """A checkpoint path, or ``starter`` for the bundled starter model."""
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
     from napari_rat.inference.model_loading import load_model_for_inference
     from napari_rat.model import CheckpointError
 
@@ -34,7 +34,7 @@ def _check_targets(args, pyramid) -> None:
     """Refuse, before predicting, results that could not be written where asked."""
     from pathlib import Path
 
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
     from napari_rat.inference.sources import check_labels_target
 
     if args.output is not None:
@@ -64,8 +64,8 @@ def _scratch_folder(args):
 def _run(args: argparse.Namespace) -> int:
     import shutil
 
-    from napari_rat.cli import CommandError
     from napari_rat.commands._progress import ProgressBar
+    from napari_rat.errors import CommandError
     from napari_rat.inference import PredictOptions, resolve_device, run_prediction
     from napari_rat.inference.sources import (
         input_from_pyramid,

@@ -6,9 +6,9 @@ import argparse
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_rat.cli import CommandError
     from napari_rat.commands.evaluate import evaluate_checkpoint
     from napari_rat.commands.train import prepare_config, run_training
+    from napari_rat.errors import CommandError
 
     if args.evaluation_only and not args.checkpoint:
         raise CommandError("--evaluation-only needs --checkpoint K")

@@ -25,8 +25,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, backend: bool = T
 
 def prepare_config(args: argparse.Namespace):
     """Load and validate the config and apply the command-line overrides, before any worker."""
-    from napari_rat.cli import CommandError
     from napari_rat.config import ConfigFileError, load_config
+    from napari_rat.errors import CommandError
 
     try:
         config = load_config(args.config)
@@ -60,7 +60,7 @@ def prepare_config(args: argparse.Namespace):
 def _check_data(config) -> None:
     from pathlib import Path
 
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
 
     for path in [*config.data.paths, *config.data.label_paths]:
         if "://" not in path and not Path(path).exists():
@@ -73,7 +73,7 @@ def _check_data(config) -> None:
 def run_training(config, args: argparse.Namespace):
     """:func:`napari_rat.train.run.run_training` with the command's options; its errors as
     one-line command errors."""
-    from napari_rat.cli import CommandError
+    from napari_rat.errors import CommandError
     from napari_rat.train.data_sources import DatasetError
     from napari_rat.train.ray_backend import RunExistsError
     from napari_rat.train.run import VersionMismatchError
@@ -109,10 +109,10 @@ def _train(args: argparse.Namespace) -> int:
 def _train_as_job(config, args: argparse.Namespace):
     """Submit to the cluster at ``cluster.address``, print its log until it ends, and fetch
     the best checkpoint into ``<training.output_dir>/<run_name>/``."""
-    from napari_rat.cli import CommandError
     from napari_rat.cluster import ClusterError, connect
     from napari_rat.cluster.submission import SubmissionError
     from napari_rat.commands.jobs import submit_from_args
+    from napari_rat.errors import CommandError
 
     try:
         client = connect(config.cluster.address, token_env=config.cluster.token_env)

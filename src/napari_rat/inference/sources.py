@@ -1,7 +1,9 @@
 """What a prediction reads and where its results go back: OME-Zarr pyramids and arrays.
 
-:func:`input_from_pyramid` picks a level, channels and a region of an OME-Zarr image and gives
-the model's input ``[C, *spatial]`` (lazy) with its physical spacing and origin.
+:class:`PredictionInput` is what every prediction path takes: the model's input ``[C, *spatial]``
+with its physical spacing, origin and units. :func:`input_from_pyramid` cuts one from an
+OME-Zarr image (a :class:`PyramidInput`: a level, channels and a region; lazy); the docks cut
+one from a napari layer (``napari_rat._widgets.layer_input.LayerInput``).
 :func:`write_prediction` writes a :class:`~napari_rat.inference.Prediction` as a new OME-Zarr
 image (probabilities) with its instance labels; :func:`write_prediction_into_labels` puts the
 instance labels into the source image as ``labels/<name>``, at level-0 resolution, placed where
@@ -14,15 +16,39 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from napari_rat.inference.tiled_predict import Prediction
 
 
+@runtime_checkable
+class PredictionInput(Protocol):
+    """A model input with its placement, as :func:`predict_input` and
+    :func:`~napari_rat.inference.attention_at_point.attention_at_point` read it."""
+
+    @property
+    def image(self):
+        """The pixels, ``[C, *spatial]`` (a NumPy, dask or zarr array)."""
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """The physical size of a pixel along each spatial axis."""
+
+    @property
+    def translation(self) -> tuple[float, ...]:
+        """The physical position of the first pixel's centre."""
+
+    @property
+    def units(self) -> Sequence[str | None] | None:
+        """The spatial axes' length units (``None``: unknown, taken as the model's)."""
+
+
 @dataclass(frozen=True)
-class PredictionInput:
-    """A model input with its placement: ``image`` is ``[C, *spatial]``."""
+class PyramidInput:
+    """A model input cut from an OME-Zarr pyramid (a :class:`PredictionInput`): ``image`` is
+    ``[C, *spatial]``, with the level, region and address it came from."""
 
     image: object
     spacing: tuple[float, ...]
@@ -40,7 +66,7 @@ def input_from_pyramid(
     channels: Sequence[int] | None = None,
     region: Mapping[str, tuple[int, int]] | None = None,
     time_index: int = 0,
-) -> PredictionInput:
+) -> PyramidInput:
     """The model input for one level of a :class:`~napari_rat.io.Pyramid`.
 
     ``region`` is ``{axis: (start, stop)}`` in level-0 voxels; ``channels`` selects channels
@@ -82,7 +108,7 @@ def input_from_pyramid(
             raise ValueError(f"{pyramid.uri} has no channel axis; do not select channels")
         data = data[None]
     spatial = pyramid.spatial_axes
-    return PredictionInput(
+    return PyramidInput(
         image=data,
         spacing=tuple(lv.scale[i] for i in spatial),
         translation=tuple(lv.translation[i] for i in spatial),
@@ -143,9 +169,8 @@ def _chunks(prediction: Prediction) -> tuple[int, ...]:
 
 
 def predict_input(model, source: PredictionInput, **kwargs):
-    """:func:`~napari_rat.inference.predict` on ``source`` (a :class:`PredictionInput`, or the
-    docks' ``LayerInput``): its image, spacing, origin and units; ``kwargs`` go to ``predict``
-    (``options``, ``store``, ``cancel``, ``stats``)."""
+    """:func:`~napari_rat.inference.predict` on ``source``: its image, spacing, origin and
+    units; ``kwargs`` go to ``predict`` (``options``, ``store``, ``cancel``, ``stats``)."""
     from napari_rat.inference.tiled_predict import predict
 
     return predict(

@@ -16,11 +16,11 @@ into the single-file format.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import signal
+import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from typing import Any
 from napari_rat.config import ExperimentConfig
 from napari_rat.config.experiment import config_from_yaml_text, dump_config
 from napari_rat.train.distributed import DistEnv
+
+_logger = logging.getLogger(__name__)
 
 META_FILE = "napari_rat_checkpoint.json"
 STATE_DIR = "state"
@@ -131,18 +133,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
         "ray",
     )
     config = config_from_yaml_text(loop_config["config_yaml"])
-    fault = loop_config.get("fault")
     meta_holder: dict[str, Any] = {}
-
-    def on_epoch_end(epoch: int, step: int) -> None:
-        # Fault injection for tests: this rank kills itself once, after a checkpoint.
-        if fault and dist.rank == fault["rank"] and epoch == fault["after_epoch"]:
-            marker = Path(fault["marker"])
-            if not marker.exists():
-                marker.write_text(str(os.getpid()))
-                # Mid-run: the controller has had time to register the reported checkpoint.
-                time.sleep(float(fault.get("delay_s", 5.0)))
-                os.kill(os.getpid(), signal.SIGKILL)
 
     store = RayStore(dist, checkpoint_meta=lambda: meta_holder.get("meta", {}))
     # The data bundle is built inside the loop; its metadata is recomputed cheaply here.
@@ -158,13 +149,23 @@ def _worker(loop_config: dict[str, Any]) -> None:
         init_from=loop_config.get("init_from"),
         store=store,
         dist=dist,
-        on_epoch_end=on_epoch_end,
     ):
         if dist.is_main:
-            print(f"[napari-rat rank 0] {event}", flush=True)
+            _to_job_log(f"[napari-rat rank 0] {event}")
             line = event_line(event)
             if line is not None:
-                print(line, flush=True)
+                _to_job_log(line)
+
+
+def _to_job_log(line: str) -> None:
+    """One line on the worker's stdout, which Ray copies into the job's log.
+
+    Not a logger: the event lines (:func:`napari_rat.train.loop.event_line`) are the protocol
+    the cluster client parses out of that log (:mod:`napari_rat.cluster.client`), and the human
+    lines are what the Train on cluster dock shows; a logging configuration must not drop them.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def scaling_config(config: ExperimentConfig, num_workers: int | None, num_gpus: float | None):
@@ -204,8 +205,7 @@ def train_with_ray(
     num_gpus: float | None = None,
     init_from: str | None = None,
     resume: bool = False,
-    fault: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Run ``config`` on Ray Train and return the consolidated best single-file checkpoint.
 
@@ -218,6 +218,9 @@ def train_with_ray(
     resume
         Continue the run of this ``training.run_name`` in ``cluster.storage_path`` from its
         newest checkpoint (a fresh start when it has none).
+    log
+        Where the driver's own messages go (starting a head, resuming, the result's path);
+        default: this module's logger, at INFO. The workers' lines go to the job's log.
 
     Raises
     ------
@@ -229,6 +232,7 @@ def train_with_ray(
 
     from napari_rat.train.ray_head import driver_env, start_head
 
+    log = log or _logger.info
     saved = saved_run_entries(config)
     if saved and not resume:
         raise RunExistsError(
@@ -263,7 +267,6 @@ def train_with_ray(
                     "config_yaml": dump_config(config),
                     "engine": engine,
                     "init_from": str(Path(init_from).resolve()) if init_from else None,
-                    "fault": fault,
                 },
                 torch_config=TorchConfig(backend="nccl" if (num_gpus or 0) > 0 else "gloo"),
                 scaling_config=scaling_config(config, num_workers, num_gpus),

@@ -8,12 +8,15 @@ machine), ``ray`` (Ray Train workers: on the cluster that runs this process as a
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from napari_rat import __version__
 from napari_rat.config import ExperimentConfig
+
+_logger = logging.getLogger(__name__)
 
 #: Set in a submitted job's environment to the submitting client's napari-rat version
 #: (:mod:`napari_rat.cluster.submission`); training refuses to run under another version.
@@ -42,13 +45,15 @@ def run_training(
     num_gpus: float | None = None,
     resume: bool = False,
     init_from: str | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> Path | None:
     """Train ``config`` with ``config.training.backend``; returns the best single-file checkpoint.
 
-    Every event of the loop reaches ``log`` as a human line, followed for progress, validation
-    and checkpoint events by a machine line (:func:`napari_rat.train.loop.event_line`) that a
-    cluster client parses out of the job's log.
+    Every event of the loop reaches ``log`` (default: this module's logger, at INFO) as a human
+    line, followed for progress, validation and checkpoint events by a machine line
+    (:func:`napari_rat.train.loop.event_line`) that a cluster client parses out of the job's
+    log. (On Ray the workers write them into the job's log themselves; ``log`` gets the
+    driver's messages.)
 
     Raises
     ------
@@ -62,6 +67,7 @@ def run_training(
         Run as a submitted job whose client had another napari-rat version.
     """
     check_job_version()
+    log = log or _logger.info
     backend = config.training.backend
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
@@ -79,7 +85,7 @@ def run_training(
     if backend == "deepspeed" and (num_workers or 1) > 1:
         from napari_rat.train.launch import train_multiprocess
 
-        return train_multiprocess(config, num_workers, resume=resume, init_from=init_from)
+        return train_multiprocess(config, num_workers, resume=resume, init_from=init_from, log=log)
     from napari_rat.train.loop import event_line, train
 
     def emit(event) -> None:
