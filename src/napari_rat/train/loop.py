@@ -13,7 +13,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,19 +276,19 @@ def _set_up(
         )
     logger = _Logger(folder if dist.is_main else None)
     return _Run(
-        config,
-        kind,
-        dist,
-        device,
-        folder,
-        data,
-        engine,
-        store,
-        logger,
-        per_epoch,
-        total,
-        notes,
-        cancel,
+        config=config,
+        kind=kind,
+        dist=dist,
+        device=device,
+        folder=folder,
+        data=data,
+        engine=engine,
+        store=store,
+        logger=logger,
+        per_epoch=per_epoch,
+        total=total,
+        notes=notes,
+        cancel=cancel,
     )
 
 
@@ -349,7 +349,9 @@ def _batch_loss(run: _Run, batch: dict) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
-def _train_epoch(run: _Run, state: LoopState, window: _Window) -> Iterator[TrainEvent]:
+def _train_epoch(
+    run: _Run, state: LoopState, window: _Window
+) -> Generator[TrainEvent, None, str | None]:
     """Step through the epoch's batches, yielding progress; returns why it stopped early
     (``None`` when the epoch ran to its end)."""
     t = run.config.training
@@ -375,7 +377,7 @@ def _train_epoch(run: _Run, state: LoopState, window: _Window) -> Iterator[Train
     return run.stop_reason()
 
 
-def _validate(run: _Run, state: LoopState) -> Iterator[TrainEvent]:
+def _validate(run: _Run, state: LoopState) -> Generator[TrainEvent, None, dict[str, float]]:
     """The engine's scores on the validation regions, when this epoch validates; returns
     them (empty when it does not)."""
     t = run.config.training
