@@ -9,12 +9,11 @@ the single-file ``best``/``last`` checkpoints.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from napari_rat.train.events import (
 )
 from napari_rat.train.losses import segmentation_loss
 from napari_rat.train.precision import precision_support
+from napari_rat.train.progress import LoopState, MetricsLogger, ProgressWindow
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
@@ -55,40 +55,6 @@ def steps_per_epoch(config: ExperimentConfig, world_size: int) -> int:
         return t.steps_per_epoch
     per_rank = max(config.data.num_samples // world_size, t.batch_size)
     return max(per_rank // (t.batch_size * t.accumulation_steps), 1)
-
-
-class _Logger:
-    """Rank-0 metrics: JSON lines always, TensorBoard when it is installed."""
-
-    def __init__(self, folder: Path | None):
-        self.file = None
-        self.tb = None
-        if folder is None:
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        self.file = open(folder / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(folder / "tensorboard"))
-        except ImportError:
-            self.tb = None
-
-    def log(self, kind: str, step: int, epoch: int, metrics: dict[str, float]) -> None:
-        if self.file is None:
-            return
-        record = {"kind": kind, "step": step, "epoch": epoch, "time": time.time(), **metrics}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for key, value in metrics.items():
-                self.tb.add_scalar(f"{kind}/{key}", value, step)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 def _seed_everything(seed: int) -> None:
@@ -158,54 +124,6 @@ def checkpoint_metadata(config: ExperimentConfig, data: DataBundle) -> dict[str,
 
 
 @dataclass
-class LoopState:
-    """Where the loop is; saved with every resumable state and restored by ``--resume``."""
-
-    epoch: int = 0
-    step: int = 0
-    batch_in_epoch: int = 0
-    best_score: float = -1.0
-    best_metrics: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON-able form the state stores write."""
-        return asdict(self)
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        """Take over the fields of a saved state (unknown keys are ignored)."""
-        for key in self.__dataclass_fields__:
-            if key in saved:
-                setattr(self, key, saved[key])
-
-
-@dataclass
-class _Window:
-    """Loss and throughput since the last progress report."""
-
-    start: float = field(default_factory=time.perf_counter)
-    samples: int = 0
-    loss: float = 0.0
-    batches: int = 0
-
-    def add(self, loss: torch.Tensor, batch_size: int) -> None:
-        self.samples += batch_size
-        self.loss += float(loss.detach())
-        self.batches += 1
-
-    def report(self, engine: Engine, world_size: int) -> dict[str, float]:
-        """The progress metrics; the window starts again."""
-        elapsed = time.perf_counter() - self.start
-        metrics = {
-            "loss": self.loss / max(self.batches, 1),
-            "lr": engine.lr,
-            "grad_norm": engine.last_grad_norm,
-            "samples_per_s": self.samples * world_size / max(elapsed, 1e-9),
-        }
-        self.start, self.samples, self.loss, self.batches = time.perf_counter(), 0, 0.0, 0
-        return metrics
-
-
-@dataclass
 class _Run:
     """What one call of :func:`train_events` works with, set up by :func:`_set_up`."""
 
@@ -217,7 +135,7 @@ class _Run:
     data: DataBundle
     engine: Engine
     store: StateStore
-    logger: _Logger
+    logger: MetricsLogger
     per_epoch: int
     total: int
     notes: list[str]
@@ -274,7 +192,7 @@ def _set_up(
             is_main=dist.is_main,
             barrier=_barrier(dist),
         )
-    logger = _Logger(folder if dist.is_main else None)
+    logger = MetricsLogger(folder if dist.is_main else None)
     return _Run(
         config=config,
         kind=kind,
@@ -350,7 +268,7 @@ def _batch_loss(run: _Run, batch: dict) -> torch.Tensor:
 
 
 def _train_epoch(
-    run: _Run, state: LoopState, window: _Window
+    run: _Run, state: LoopState, window: ProgressWindow
 ) -> Generator[TrainEvent, None, str | None]:
     """Step through the epoch's batches, yielding progress; returns why it stopped early
     (``None`` when the epoch ran to its end)."""
@@ -468,7 +386,7 @@ def train_events(
         started = time.perf_counter()
         if t.time_limit_minutes is not None:
             run.deadline = started + 60 * t.time_limit_minutes
-        window = _Window()
+        window = ProgressWindow()
         while state.epoch < t.epochs:
             epoch = state.epoch
             stop_reason = yield from _train_epoch(run, state, window)
