@@ -39,7 +39,25 @@ def test_volume_config_is_anisotropic_3d():
 def test_cluster_config_uses_ray_deepspeed_multiscale():
     config = load_config(Path(__file__).parents[2] / "configs" / "cluster_multiscale.yaml")
     assert config.training.backend == "ray" and config.deepspeed.enabled
-    assert config.data.multi_scale and len(config.data.scales) >= 2
+    assert len(config.data.scales) >= 2
+
+
+def test_deprecated_multi_scale_is_checked_against_scales_and_dropped():
+    from napari_rat.config import DataConfig
+
+    with pytest.warns(FutureWarning, match="multi_scale is deprecated"):
+        agreed = DataConfig.model_validate({"multi_scale": True, "scales": [1, 2]})
+    assert agreed.scales == [1, 2] and "multi_scale" not in agreed.model_dump()
+    with pytest.warns(FutureWarning):
+        single = DataConfig.model_validate({"multi_scale": False})  # a saved run's config.yaml
+    assert single.scales == [1]
+    # multi_scale: false used to feed one level whatever scales said: refuse the ambiguity.
+    with pytest.raises(
+        ValueError, match=r"multi_scale: false but scales is \[1, 4\].*scales: \[1\]"
+    ):
+        DataConfig.model_validate({"multi_scale": False, "scales": [1, 4]})
+    with pytest.raises(ValueError, match="multi_scale: true but scales is"):
+        DataConfig.model_validate({"multi_scale": True, "scales": [1]})
 
 
 def _write(tmp_path, data, name="c.yaml"):

@@ -120,6 +120,46 @@ def test_levels_default_to_those_the_checkpoint_was_trained_with(model2d, tmp_pa
     assert plain.extra["levels"] == [(1, 1)]  # no checkpoint: one level
     with pytest.raises(ValueError, match="levels must be 1 or more"):
         run_prediction(predict(model, img[None], (1.0, 1.0), options=PredictOptions(levels=0)))
+    # A checkpoint with its trained levels stored gets exactly those, not a plan from a count.
+    stored = load_checkpoint(
+        save_checkpoint(
+            model2d,
+            tmp_path / "l.safetensors",
+            ModelConfig(**SMALL),
+            level_factors=[[1, 1], [4, 4]],
+        )
+    )
+    trained = run_prediction(predict(stored, img[None], (1.0, 1.0), options=options))
+    assert trained.extra["levels"] == [(1, 1), (4, 4)]
+    # An explicit number of levels is planned from the spacing, as before.
+    two = PredictOptions(tile=(32, 32), instances=False, levels=2)
+    planned = run_prediction(predict(stored, img[None], (1.0, 1.0), options=two))
+    assert planned.extra["levels"] == [(1, 1), (2, 2)]
+
+
+def test_the_bundled_starter_gets_the_levels_it_got_before_level_factors():
+    """The starter predates level_factors (its extra says scales [1]): one level."""
+    from napari_rat.inference.model_loading import load_model_for_inference
+
+    model = load_model_for_inference("starter")
+    assert model.checkpoint_info.level_factors is None
+    assert model.checkpoint_info.extra["scales"] == [1]
+    img, _ = synthetic_nuclei((40, 40), (1.0, 1.0), seed=5)
+    options = PredictOptions(tile=(32, 32), instances=False)
+    result = run_prediction(predict(model, img[None], (1.0, 1.0), options=options))
+    assert result.extra["levels"] == [(1, 1)]
+
+
+def test_predict_gives_the_model_back_in_its_mode(model2d):
+    img, _ = synthetic_nuclei((24, 24), (1.0, 1.0), seed=5)
+    model2d.train()
+    try:
+        run_prediction(
+            predict(model2d, img[None], (1.0, 1.0), options=PredictOptions(instances=False))
+        )
+        assert model2d.training  # validation hands the training model in, and keeps training
+    finally:
+        model2d.eval()
 
 
 def test_3d_anisotropic_levels_do_not_halve_coarse_z():

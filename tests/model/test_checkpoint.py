@@ -53,6 +53,31 @@ def test_round_trip_gives_the_same_model(checkpoint):
     assert {"torch", "napari-rat", "spatial-grouping-attention"} <= set(info.versions)
 
 
+def test_level_factors_round_trip_and_bad_ones_are_refused(checkpoint, tmp_path):
+    model, path = checkpoint
+    assert read_checkpoint_info(path).level_factors is None  # not recorded
+    trained = save_checkpoint(
+        model, tmp_path / "levels.safetensors", CFG, level_factors=[(1, 1), (4, 4)]
+    )
+    assert read_checkpoint_info(trained).level_factors == [[1, 1], [4, 4]]
+    with pytest.raises(ValueError, match="level_factors must be one list of 2 integers"):
+        save_checkpoint(model, tmp_path / "bad.safetensors", CFG, level_factors=[[2, 2]])
+    assert not (tmp_path / "bad.safetensors").exists()
+    # A file whose stored factors are malformed (here: 3 axes for a 2D model) is named.
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(trained), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    meta["level_factors"] = "[[1, 1, 1], [2, 2, 2]]"
+    broken = tmp_path / "broken.safetensors"
+    save_file(load_file(str(trained)), str(broken), metadata=meta)
+    with pytest.raises(
+        CheckpointError, match=r"broken.safetensors: checkpoint metadata is invalid"
+    ):
+        read_checkpoint_info(broken)
+
+
 def test_metadata_reads_without_weights(checkpoint):
     _, path = checkpoint
     assert read_checkpoint_info(path).units == "micrometer"

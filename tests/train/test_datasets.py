@@ -11,7 +11,7 @@ from napari_rat.train.crops import (
     split_regions,
 )
 from napari_rat.train.data_sources import DatasetError, LabeledImage
-from napari_rat.train.datasets import build_data, collate
+from napari_rat.train.datasets import build_data, collate, level_factors
 
 
 def test_split_regions_bands_along_last_axis():
@@ -37,11 +37,13 @@ def test_2d_dataset_batches_share_spacing_and_stay_in_region(tiny):
 
 
 def test_multi_scale_levels_and_spacings(tiny):
-    config = tiny(data={"multi_scale": True, "scales": [1, 2]})
+    config = tiny(data={"scales": [1, 2]})
     item = build_data(config).train[0]
     assert [tuple(x.shape) for x in item["images"]] == [(1, 16, 16), (1, 8, 8)]
     s0, s1 = item["spacings"]
     assert np.allclose(np.array(s1), 2 * np.array(s0))
+    assert level_factors(config.data) == [[1, 1], [2, 2]]
+    assert len(build_data(tiny()).train[0]["images"]) == 1  # scales [1]: one level
 
 
 def test_spacing_augmentation_rescales_physically():

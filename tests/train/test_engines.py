@@ -72,3 +72,14 @@ def test_train_switches_the_called_model():
     assert not model.training
     engine.train(True)
     assert model.training
+
+
+def test_the_engine_says_when_no_gradient_is_half_accumulated(tiny):
+    config = tiny(training={"accumulation_steps": 2})
+    engine = LocalEngine(_Recorder(), config, 4, torch.device("cpu"), "fp32")
+    assert engine.at_accumulation_boundary
+    images, spacings = _batch(1)
+    assert not engine.backward(engine.forward(images, spacings)[0])
+    assert not engine.at_accumulation_boundary  # the loop must not stop and save here
+    assert engine.backward(engine.forward(images, spacings)[0])
+    assert engine.at_accumulation_boundary

@@ -57,7 +57,14 @@ def test_validation_picks_the_instance_size_only_when_unset(tiny):
     fg[40:41, 2:5] = True
 
     class Thresholder(torch.nn.Module):
-        def forward(self, x, spacings=None):
+        """A segmentation "model" the engine can run: 2D, one channel, two classes + boundary."""
+
+        num_outputs, spatial_dims, boundary = 3, 2, True
+        class_names = ["background", "nucleus"]
+        backbone = type("Backbone", (), {"input_features": 1})
+
+        def forward(self, x, input_spacing=None):
+            x = x[0] if isinstance(x, list) else x
             f = (x[:, :1] > 0.5).float() * 12 - 6
             return [torch.cat([-f, f, torch.full_like(f, -6.0)], dim=1)]
 

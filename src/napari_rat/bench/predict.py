@@ -139,7 +139,7 @@ def case_bare(
     """Set-up of the bare-forward case on tiles shaped like the engine's."""
     import torch
 
-    from napari_rat.inference.tiled_predict import autocast_for
+    from napari_rat.inference.devices import autocast_for
     from napari_rat.inference.tiling import tile_grid
 
     model = _model(config, dims, attention, model).to(device)

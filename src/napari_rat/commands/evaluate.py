@@ -34,14 +34,18 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     from pathlib import Path
 
     from napari_rat.errors import CommandError
-    from napari_rat.model import CheckpointError, load_checkpoint
+    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.inference.tiled_predict import PredictOptions
+    from napari_rat.model import CheckpointError
     from napari_rat.train.data_sources import DatasetError
     from napari_rat.train.datasets import build_data
     from napari_rat.train.loop import run_dir
     from napari_rat.train.robustness_report import factors_for_resolutions, write_report
 
     try:
-        model = load_checkpoint(checkpoint)
+        # As `napari-rat predict` loads it (dense attention runs as local), and predicted below
+        # with predict's default options: evaluate scores what predict gives.
+        model = load_model_for_inference(checkpoint)
     except CheckpointError as exc:
         raise CommandError(str(exc)) from None
     if model.checkpoint_info.model_config.model_dump() != config.model.model_dump():
@@ -60,7 +64,9 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         factors = factors_for_resolutions(longest, args.resolutions)
     else:
         factors = [1.0]
-    rows = robustness_table(model, regions, config, factors, baseline=not args.no_baseline)
+    rows = robustness_table(
+        model, regions, config, factors, baseline=not args.no_baseline, options=PredictOptions()
+    )
     out = Path(args.output) if args.output else run_dir(config) / "evaluation"
     try:
         files = write_report(

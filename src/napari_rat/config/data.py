@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -15,6 +16,11 @@ class DataConfig(StrictModel):
     ``source`` chooses the dataset: ``synthetic`` (generated nuclei with a known spacing),
     ``ome_zarr`` (images with a ``labels/`` group), ``tiff`` (image/label file pairs) or
     ``stardist_nuclei_2d`` (the bundled real 2D nuclei image, see the README).
+
+    ``scales`` are the pyramid levels fed to the model: ``[1]`` one level, ``[1, 2]`` the crop
+    and its 2x downsampled copy (the same factor on every axis). The former ``multi_scale``
+    switch only repeated ``len(scales) > 1``: it is still read, checked against ``scales``
+    and dropped, with a ``FutureWarning``.
     """
 
     source: Literal["synthetic", "ome_zarr", "tiff", "stardist_nuclei_2d"] = "synthetic"
@@ -24,9 +30,10 @@ class DataConfig(StrictModel):
     spacing: list[float] | None = Field(None, description="Physical voxel size when files lack it.")
     units: str = "micrometer"
     crop_size: list[int] = Field(default_factory=lambda: [64, 64], min_length=1, max_length=3)
-    multi_scale: bool = Field(False, description="Feed several pyramid levels to the model.")
     scales: list[int] = Field(
-        default_factory=lambda: [1], description="Downsampling factors of the levels fed."
+        default_factory=lambda: [1],
+        min_length=1,
+        description="Downsampling factors of the pyramid levels fed to the model ([1]: one).",
     )
     spacing_augmentation: tuple[float, float] | None = Field(
         None, description="Random rescale range (e.g. [0.5, 2.0]); the new spacing goes to RAT."
@@ -65,6 +72,36 @@ class DataConfig(StrictModel):
     synthetic_radius: float = Field(4.0, gt=0, description="Mean generated nucleus radius.")
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_multi_scale(cls, data: Any) -> Any:
+        """Accept the deprecated ``multi_scale`` key when it agrees with ``scales``."""
+        if not isinstance(data, dict) or "multi_scale" not in data:
+            return data
+        data = dict(data)
+        multi = data.pop("multi_scale")
+        scales = data.get("scales", [1])
+        levels = len(scales) if isinstance(scales, list) else None
+        if multi is True and levels is not None and levels < 2:
+            raise ValueError(
+                f"multi_scale: true but scales is {scales}; list the levels in scales "
+                "(e.g. scales: [1, 2]) and remove multi_scale"
+            )
+        if multi is False and levels is not None and levels > 1:
+            raise ValueError(
+                f"multi_scale: false but scales is {scales}, which feeds {levels} levels; write "
+                "scales: [1] for one level (or keep the scales) and remove multi_scale"
+            )
+        if multi not in (True, False):
+            raise ValueError(f"multi_scale must be true or false, got {multi!r}; remove it")
+        warnings.warn(
+            "data.multi_scale is deprecated and ignored: scales alone says which levels are fed "
+            f"(here {scales}); remove multi_scale from the config",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.source in ("ome_zarr", "tiff") and not self.paths:
@@ -99,6 +136,4 @@ class DataConfig(StrictModel):
             )
         if any(s < 1 for s in self.scales) or sorted(self.scales) != self.scales:
             raise ValueError(f"scales must be increasing factors >= 1, got {self.scales}")
-        if self.multi_scale and len(self.scales) < 2:
-            raise ValueError("multi_scale needs at least two scales, e.g. scales: [1, 2]")
         return self

@@ -2,10 +2,13 @@
 
 - :func:`predict` (a generator yielding :class:`Progress`, returning :class:`Prediction`) and
   :func:`run_prediction` to drive it; :class:`PredictOptions` for tile, halo, levels, device.
+  It is the package's one predictor: training's validation and ``evaluate`` run it too.
+- :mod:`~napari_rat.inference.devices` the one device rule and autocast helper.
 - :mod:`~napari_rat.inference.tiling` the tile grid; :mod:`~napari_rat.inference.chunked_labels`
   instance labels chunk by chunk; :mod:`~napari_rat.inference.normalization` input scaling.
 """
 
+from napari_rat.inference.devices import resolve_device
 from napari_rat.inference.normalization import IntensityStats, image_statistics
 from napari_rat.inference.tiled_predict import (
     Prediction,
@@ -13,7 +16,6 @@ from napari_rat.inference.tiled_predict import (
     PredictOptions,
     Progress,
     predict,
-    resolve_device,
     run_prediction,
 )
 from napari_rat.inference.tiling import Tile, tile_grid

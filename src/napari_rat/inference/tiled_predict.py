@@ -5,10 +5,12 @@ instance step) and returns a :class:`Prediction`. Stop iterating, call ``.close(
 ``cancel`` event to cancel between tiles: nothing half-written is left behind (results are built
 in a scratch zarr store that is moved into place only when complete, or deleted).
 
-Each tile is read with a halo, normalised, fed to the model (with ``levels > 1``, together with
-block-averaged coarser versions of the same region, each with its own physical spacing, as RAT
-expects a pyramid), cropped to its core and written. Peak memory depends on the tile, never on
-the image. RoSE gets the data's true spacing (resolution awareness); with
+Each tile is read with a halo, normalised, fed to the model (together with block-averaged
+coarser versions of the same region when the model was trained on several pyramid levels, each
+with its own physical spacing, as RAT expects a pyramid: the checkpoint's ``level_factors``),
+cropped to its core and written. Peak memory depends on the tile, never on the image. This is
+the package's one predictor: the CLI, the docks, and training's validation and ``evaluate``
+(on in-memory arrays) all run it. RoSE gets the data's true spacing (resolution awareness); with
 ``resample_to_training_spacing`` each tile is instead resampled to the model's training spacing
 and the prediction resampled back.
 """
@@ -22,21 +24,19 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from napari_rat.inference.chunked_labels import instances_chunked
+from napari_rat.inference.devices import Precision, autocast_for, resolve_device
 from napari_rat.inference.heap import release_freed_memory
 from napari_rat.inference.instances import BOUNDARY_RADIUS, min_instance_pixels
 from napari_rat.inference.normalization import IntensityStats, image_statistics
 from napari_rat.inference.tiling import tile_grid
 from napari_rat.io.units import to_model_units
-
-Precision = Literal["auto", "fp32", "bf16"]
-
 
 #: Most a tile may grow (in pixels) when resampled to the training spacing: far beyond it, the
 #: image's units or spacing are wrong rather than the image really that coarse.
@@ -61,8 +61,9 @@ class PredictOptions:
     """How to predict.
 
     ``tile``/``halo`` are in pixels of the input (defaults: 256/32 in 2D, 64/12 in 3D);
-    ``levels`` is the number of pyramid levels fed to the model (``None``: as many as the
-    checkpoint was trained with, its ``scales``, else 1); ``boundary_radius`` is how far
+    ``levels`` is the number of pyramid levels fed to the model (``None``: the levels the
+    checkpoint was trained on, see :func:`level_factors`; a number: that many levels planned
+    from the spacing); ``boundary_radius`` is how far
     (in pixels of the finest axis) instance seeds grow back into the foreground; instances
     smaller than ``min_instance_size`` (physical area or volume; ``None``: the checkpoint's head
     setting, chosen on validation during training, else 0) are dropped.
@@ -104,26 +105,23 @@ class Prediction:
     nan_pixels: int = 0
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available; use cpu")
-    return torch.device(device)
+def level_factors(
+    info, spacing: Sequence[float], levels: int | None = None
+) -> list[tuple[int, ...]]:
+    """The pyramid levels fed to the model: per level, its downsampling factor per axis.
 
-
-def autocast_for(device: torch.device, precision: Precision):
-    """The autocast context for ``precision`` on ``device`` (``auto``: bf16 on CUDA only)."""
-    if precision == "auto":
-        # bf16 pays off on GPUs; on CPUs it is usually slower than fp32.
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
-def _level_factors(spacing: Sequence[float], levels: int) -> list[tuple[int, ...]]:
+    ``levels=None`` gives the levels the model was trained on: the checkpoint's
+    ``level_factors``; a checkpoint written before they were stored (or no checkpoint) gets as
+    many levels as the count of its ``extra["scales"]`` (else 1), planned from ``spacing`` as
+    before. A number of ``levels`` plans that many from ``spacing``
+    (:func:`napari_rat.io.downsampling.plan_factors`: anisotropy-aware halving).
+    """
+    if levels is None:
+        if info is not None and info.level_factors is not None:
+            return [tuple(int(f) for f in level) for level in info.level_factors]
+        levels = len((info.extra or {}).get("scales") or [1]) if info is not None else 1
+    if levels < 1:
+        raise ValueError(f"levels must be 1 or more, got {levels}")
     from napari_rat.io.downsampling import plan_factors
 
     shape = [1 << 20] * len(spacing)  # the rule only depends on the spacing here
@@ -142,25 +140,25 @@ def _model_inputs(tile: torch.Tensor, spacing, factors) -> tuple[list[torch.Tens
     return xs, spacings
 
 
-def _tile_probabilities(model, tile, spacing, options, factors, training_spacing, boundary):
+def _tile_probabilities(model, tile, plan: _Plan, options: PredictOptions):
     shape = tile.shape[2:]
-    model_spacing = spacing
-    if options.resample_to_training_spacing and training_spacing is not None:
+    model_spacing = plan.model_spacing
+    if options.resample_to_training_spacing and plan.training_spacing is not None:
         size = [
             max(1, round(n * s / t))
-            for n, s, t in zip(shape, spacing, training_spacing, strict=True)
+            for n, s, t in zip(shape, model_spacing, plan.training_spacing, strict=True)
         ]
         mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(shape)]
         tile = F.interpolate(tile, size=size, mode=mode, align_corners=False)
-        model_spacing = tuple(training_spacing)
-    xs, spacings = _model_inputs(tile, model_spacing, factors)
+        model_spacing = tuple(plan.training_spacing)
+    xs, spacings = _model_inputs(tile, model_spacing, plan.factors)
     logits = model(xs, input_spacing=spacings)[0].float()
     if logits.shape[2:] != shape:
         mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(shape)]
         logits = F.interpolate(logits, size=list(shape), mode=mode, align_corners=False)
-    n_classes = logits.shape[1] - int(boundary)
+    n_classes = logits.shape[1] - int(plan.boundary)
     probs = torch.softmax(logits[:, :n_classes], dim=1)
-    if boundary:
+    if plan.boundary:
         probs = torch.cat([probs, torch.sigmoid(logits[:, n_classes:])], dim=1)
     return probs[0]
 
@@ -169,6 +167,196 @@ def _new_array(root, name, shape, chunks, dtype):
     if root is None:
         return np.zeros(shape, dtype=dtype)
     return root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a prediction computes before its first tile: checked inputs and settings."""
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    translation: tuple[float, ...]
+    model_spacing: tuple[float, ...]
+    training_spacing: Sequence[float] | None
+    tiles: list
+    chunks: tuple[int, ...]
+    factors: list[tuple[int, ...]]
+    device: torch.device
+    stats: IntensityStats
+    boundary: bool
+    class_names: list[str]
+    channel_names: list[str]
+
+
+def _check_model_and_image(model: torch.nn.Module, image, spacing: Sequence[float]):
+    """``(spatial dims, spacing)``, or an error naming what does not fit the model."""
+    if not hasattr(model, "num_outputs"):
+        raise TypeError(
+            f"{type(model).__name__} has no segmentation head; use a RATSegmentation model "
+            "(a checkpoint of variant 'rat_segmentation')"
+        )
+    dims = model.spatial_dims
+    if image.ndim != dims + 1:
+        raise ValueError(
+            f"image has shape {tuple(image.shape)}; the model expects [channels, "
+            f"{dims} spatial axes]"
+        )
+    if image.shape[0] != model.backbone.input_features:
+        raise ValueError(
+            f"image has {image.shape[0]} channels; the model expects "
+            f"{model.backbone.input_features}"
+        )
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != dims or any(s <= 0 for s in spacing):
+        raise ValueError(f"spacing must be {dims} positive values, got {spacing}")
+    return dims, spacing
+
+
+def _check_resample_growth(info, model_spacing, training_spacing) -> None:
+    growth = math.prod(m / t for m, t in zip(model_spacing, training_spacing, strict=True))
+    if growth > MAX_RESAMPLE_GROWTH:
+        unit = info.units if info else "the model's unit"
+        raise ValueError(
+            f"resampling to the training spacing {tuple(training_spacing)} ({unit}) would "
+            f"make every tile {growth:,.0f} times larger (spacing {model_spacing} in {unit}); "
+            "check the image's units, or predict without resampling"
+        )
+
+
+def _plan(model, image, spacing, translation, options, stats, units) -> _Plan:
+    """Check the inputs and settle every setting of the run (nothing is computed yet)."""
+    info = getattr(model, "checkpoint_info", None)
+    dims, spacing = _check_model_and_image(model, image, spacing)
+    translation = tuple(float(t) for t in (translation or (0.0,) * dims))
+    shape = tuple(int(n) for n in image.shape[1:])
+    tile = options.tile or ((256,) * dims if dims < 3 else (64,) * dims)
+    halo = options.halo or ((32,) * dims if dims < 3 else (12,) * dims)
+    tiles = tile_grid(shape, tile, halo, uniform_reads=True)
+    device = resolve_device(options.device)
+    normalization = dict(info.normalization) if info else {}
+    stats = stats or image_statistics(image, normalization)
+    training_spacing = info.training_spacing if info else None
+    to_model = to_model_units(units, info.units if info else None, dims)
+    model_spacing = tuple(s * f for s, f in zip(spacing, to_model, strict=True))
+    if options.resample_to_training_spacing and training_spacing is not None:
+        _check_resample_growth(info, model_spacing, training_spacing)
+    factors = level_factors(info, spacing, options.levels)
+    if len(factors[0]) != dims:
+        raise ValueError(
+            f"the checkpoint's level_factors {factors} are for {len(factors[0])} axes; the "
+            f"model has {dims}"
+        )
+    boundary = bool(getattr(model, "boundary", False))
+    class_names = list(getattr(model, "class_names", []))
+    return _Plan(
+        shape=shape,
+        spacing=spacing,
+        translation=translation,
+        model_spacing=model_spacing,
+        training_spacing=training_spacing,
+        tiles=tiles,
+        chunks=tuple(min(t, n) for t, n in zip(tile, shape, strict=True)),
+        factors=factors,
+        device=device,
+        stats=stats,
+        boundary=boundary,
+        class_names=class_names,
+        channel_names=[*class_names, *(["boundary"] if boundary else [])],
+    )
+
+
+class _StagedStore:
+    """Where the results are built: a scratch zarr group beside ``store``, moved into place by
+    :meth:`publish` only when complete and deleted by :meth:`discard` otherwise (or nothing,
+    for results kept in memory: ``root`` is ``None``)."""
+
+    def __init__(self, store: str | Path | None):
+        self.store = None if store is None else Path(store)
+        self.tmp_dir: Path | None = None
+        self.root = None
+        if self.store is None:
+            return
+        import zarr
+
+        if self.store.exists():
+            raise FileExistsError(
+                f"{self.store} already exists; choose another output or remove it"
+            )
+        self.store.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.store.name}.", dir=self.store.parent))
+        self.root = zarr.open_group(self.tmp_dir, mode="w")
+
+    def publish(self, result: Prediction, with_labels: bool) -> None:
+        """Record the placement, move the results into place and point ``result`` at them."""
+        if self.tmp_dir is None:
+            return
+        import zarr
+
+        self.root.attrs.update(
+            {
+                "napari_rat": {
+                    "spacing": list(result.spacing),
+                    "translation": list(result.translation),
+                    "class_names": result.class_names,
+                    "channel_names": result.channel_names,
+                    "num_instances": result.num_instances,
+                }
+            }
+        )
+        self.tmp_dir.rename(self.store)
+        self.tmp_dir = None
+        final = zarr.open_group(self.store, mode="r")
+        result.probabilities = final["probabilities"]
+        result.semantic = final["semantic"]
+        result.labels = final["labels"] if with_labels else None
+        result.store = self.store
+
+    def discard(self) -> None:
+        """Delete what was built, if it was not published."""
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir = None
+
+
+def _predict_tiles(model, image, plan: _Plan, options, probs, semantic, cancel):
+    """Every tile through the model into ``probs``/``semantic``; yields :class:`Progress`,
+    returns the count of non-finite input pixels."""
+    nan_pixels = 0
+    stats, n_classes = plan.stats, len(plan.class_names)
+    # no_grad, not inference_mode: RoSE caches position tensors across calls (lru_cache),
+    # and an inference tensor in that cache would break later training in this process.
+    with torch.no_grad():
+        for t in plan.tiles:
+            if cancel is not None and cancel.is_set():
+                raise PredictionCancelled("prediction cancelled")
+            data = np.asarray(image[(slice(None), *t.read)], dtype=np.float32)
+            data, missing = _mask_missing(data, stats)
+            x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(plan.device)
+            with autocast_for(plan.device, options.precision):
+                p = _tile_probabilities(model, x, plan, options)
+            p = p[(slice(None), *t.crop)].cpu().numpy()
+            if missing is not None:
+                missing = missing[t.crop]
+                nan_pixels += int(missing.sum())
+                p[:, missing] = 0.0
+                p[0, missing] = 1.0  # background, sure
+            probs[(slice(None), *t.core)] = p
+            semantic[t.core] = np.argmax(p[:n_classes], axis=0).astype(np.uint8)
+            del data, x, p
+            release_freed_memory()  # what the forward freed: else the peak grows with the run
+            yield Progress("tiles", t.index + 1, len(plan.tiles))
+    return nan_pixels
+
+
+def _min_pixels(model, plan: _Plan, options: PredictOptions) -> float:
+    """The instance size limit in pixels: the option in the image's unit, else the
+    checkpoint's setting in the model's."""
+    dims = len(plan.shape)
+    info = getattr(model, "checkpoint_info", None)
+    if options.min_instance_size is None and info is not None:
+        size = info.model_config.head.min_instance_size or 0.0
+        return min_instance_pixels(size, plan.model_spacing, dims)
+    return min_instance_pixels(options.min_instance_size or 0.0, plan.spacing, dims)
 
 
 def predict(
@@ -188,7 +376,8 @@ def predict(
     Parameters
     ----------
     model
-        A segmentation model (``RATSegmentation``, e.g. from ``load_checkpoint``).
+        A segmentation model (``RATSegmentation``, e.g. from ``load_checkpoint``). It is run in
+        eval mode on the chosen device and given back in the mode it came in.
     image
         ``[C, *spatial]`` array (NumPy, dask or zarr; read lazily, tile by tile).
     spacing, translation
@@ -218,145 +407,47 @@ def predict(
     Prediction
     """
     options = options or PredictOptions()
-    info = getattr(model, "checkpoint_info", None)
-    if not hasattr(model, "num_outputs"):
-        raise TypeError(
-            f"{type(model).__name__} has no segmentation head; use a RATSegmentation model "
-            "(a checkpoint of variant 'rat_segmentation')"
-        )
-    dims = model.spatial_dims
-    if image.ndim != dims + 1:
-        raise ValueError(
-            f"image has shape {tuple(image.shape)}; the model expects [channels, "
-            f"{dims} spatial axes]"
-        )
-    if image.shape[0] != model.backbone.input_features:
-        raise ValueError(
-            f"image has {image.shape[0]} channels; the model expects "
-            f"{model.backbone.input_features}"
-        )
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != dims or any(s <= 0 for s in spacing):
-        raise ValueError(f"spacing must be {dims} positive values, got {spacing}")
-    translation = tuple(float(t) for t in (translation or (0.0,) * dims))
-    shape = tuple(int(n) for n in image.shape[1:])
-    tile = options.tile or ((256,) * dims if dims < 3 else (64,) * dims)
-    halo = options.halo or ((32,) * dims if dims < 3 else (12,) * dims)
-    tiles = tile_grid(shape, tile, halo, uniform_reads=True)
-    device = resolve_device(options.device)
-    normalization = dict(info.normalization) if info else {}
-    stats = stats or image_statistics(image, normalization)
-    training_spacing = info.training_spacing if info else None
-    to_model = to_model_units(units, info.units if info else None, dims)
-    model_spacing = tuple(s * f for s, f in zip(spacing, to_model, strict=True))
-    if options.resample_to_training_spacing and training_spacing is not None:
-        growth = math.prod(m / t for m, t in zip(model_spacing, training_spacing, strict=True))
-        if growth > MAX_RESAMPLE_GROWTH:
-            unit = info.units if info else "the model's unit"
-            raise ValueError(
-                f"resampling to the training spacing {tuple(training_spacing)} ({unit}) would "
-                f"make every tile {growth:,.0f} times larger (spacing {model_spacing} in {unit}); "
-                "check the image's units, or predict without resampling"
-            )
-    levels = options.levels
-    if levels is None:
-        levels = len((info.extra or {}).get("scales") or [1]) if info is not None else 1
-    if levels < 1:
-        raise ValueError(f"levels must be 1 or more, got {levels}")
-    factors = _level_factors(spacing, levels)
-    boundary = bool(getattr(model, "boundary", False))
-    class_names = list(getattr(model, "class_names", []))
-    channel_names = [*class_names, *(["boundary"] if boundary else [])]
-
-    tmp_dir = root = None
-    if store is not None:
-        import zarr
-
-        store = Path(store)
-        if store.exists():
-            raise FileExistsError(f"{store} already exists; choose another output or remove it")
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{store.name}.", dir=store.parent))
-        root = zarr.open_group(tmp_dir, mode="w")
-    chunks = tuple(min(t, n) for t, n in zip(tile, shape, strict=True))
+    plan = _plan(model, image, spacing, translation, options, stats, units)
+    staged = _StagedStore(store)
+    root, shape, chunks = staged.root, plan.shape, plan.chunks
+    was_training = model.training
     try:
         probs = _new_array(
-            root, "probabilities", (len(channel_names), *shape), (1, *chunks), np.float32
+            root, "probabilities", (len(plan.channel_names), *shape), (1, *chunks), np.float32
         )
         semantic = _new_array(root, "semantic", shape, chunks, np.uint8)
-        model = model.to(device).eval()
-        nan_pixels = 0
-        # no_grad, not inference_mode: RoSE caches position tensors across calls (lru_cache),
-        # and an inference tensor in that cache would break later training in this process.
-        with torch.no_grad():
-            for t in tiles:
-                if cancel is not None and cancel.is_set():
-                    raise PredictionCancelled("prediction cancelled")
-                data = np.asarray(image[(slice(None), *t.read)], dtype=np.float32)
-                data, missing = _mask_missing(data, stats)
-                x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(device)
-                with autocast_for(device, options.precision):
-                    p = _tile_probabilities(
-                        model, x, model_spacing, options, factors, training_spacing, boundary
-                    )
-                p = p[(slice(None), *t.crop)].cpu().numpy()
-                if missing is not None:
-                    missing = missing[t.crop]
-                    nan_pixels += int(missing.sum())
-                    p[:, missing] = 0.0
-                    p[0, missing] = 1.0  # background, sure
-                probs[(slice(None), *t.core)] = p
-                semantic[t.core] = np.argmax(p[: len(class_names)], axis=0).astype(np.uint8)
-                del data, x, p
-                release_freed_memory()  # what the forward freed: else the peak grows with the run
-                yield Progress("tiles", t.index + 1, len(tiles))
+        model = model.to(plan.device).eval()
+        nan_pixels = yield from _predict_tiles(model, image, plan, options, probs, semantic, cancel)
         labels, n_instances = None, 0
         if options.instances:
-            # The option is in the image's unit, the checkpoint's setting in the model's.
-            min_pixels = min_instance_pixels(options.min_instance_size or 0.0, spacing, dims)
-            if options.min_instance_size is None and info is not None:
-                size = info.model_config.head.min_instance_size or 0.0
-                min_pixels = min_instance_pixels(size, model_spacing, dims)
             labels, n_instances = yield from _instances(
-                probs, root, shape, chunks, boundary, options, cancel, spacing, min_pixels
+                probs,
+                root,
+                shape,
+                chunks,
+                plan.boundary,
+                options,
+                cancel,
+                plan.spacing,
+                _min_pixels(model, plan, options),
             )
         result = Prediction(
             probs,
             semantic,
             labels,
-            class_names,
-            channel_names,
-            spacing,
-            translation,
+            plan.class_names,
+            plan.channel_names,
+            plan.spacing,
+            plan.translation,
             num_instances=n_instances,
-            extra={"stats": stats, "levels": factors},
+            extra={"stats": plan.stats, "levels": plan.factors},
             nan_pixels=nan_pixels,
         )
-        if tmp_dir is not None:
-            import zarr
-
-            root.attrs.update(
-                {
-                    "napari_rat": {
-                        "spacing": list(spacing),
-                        "translation": list(translation),
-                        "class_names": class_names,
-                        "channel_names": channel_names,
-                        "num_instances": n_instances,
-                    }
-                }
-            )
-            tmp_dir.rename(store)
-            tmp_dir = None
-            final = zarr.open_group(store, mode="r")
-            result.probabilities = final["probabilities"]
-            result.semantic = final["semantic"]
-            result.labels = final["labels"] if options.instances else None
-            result.store = store
+        staged.publish(result, with_labels=options.instances)
         return result
     finally:
-        if tmp_dir is not None:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+        staged.discard()
+        model.train(was_training)
 
 
 def _mask_missing(data: np.ndarray, stats: IntensityStats) -> tuple[np.ndarray, np.ndarray | None]:

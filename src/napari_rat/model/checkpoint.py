@@ -3,7 +3,8 @@
 A checkpoint is a `safetensors <https://huggingface.co/docs/safetensors>`_ file. Its tensors are
 the model's ``state_dict``; its string metadata holds ``format`` (``napari-rat-checkpoint``),
 ``format_version``, the full model config (JSON), the training spacing and units, channel and
-class names, the intensity normalisation and the package versions. Loading parses JSON and raw
+class names, the intensity normalisation, the pyramid levels the model was trained on
+(``level_factors``) and the package versions. Loading parses JSON and raw
 tensors only: no pickled code ever runs. Writing is atomic (temporary file, then rename), so a
 crash never leaves a half-written checkpoint under the final name.
 """
@@ -38,7 +39,13 @@ class CheckpointError(ValueError):
 
 @dataclass
 class CheckpointInfo:
-    """Everything in a checkpoint except the weights."""
+    """Everything in a checkpoint except the weights.
+
+    ``level_factors`` are the pyramid levels the model was trained on: per level, its
+    downsampling factor per spatial axis (level 0 is all ones), so inference feeds the same
+    levels. ``None`` in checkpoints written before the field existed (their levels follow from
+    the count in ``extra["scales"]``; see :mod:`napari_rat.inference.tiled_predict`).
+    """
 
     model_config: ModelConfig
     training_spacing: list[float] | None = None
@@ -47,11 +54,43 @@ class CheckpointInfo:
     normalization: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    level_factors: list[list[int]] | None = None
 
     @property
     def class_names(self) -> list[str]:
         """Semantic class names of the segmentation head."""
         return list(self.model_config.head.class_names)
+
+
+def check_level_factors(level_factors: Any, spatial_dims: int) -> list[list[int]]:
+    """``level_factors`` as lists of ints, or ``ValueError`` saying what is wrong with them.
+
+    One entry per level, each ``spatial_dims`` integers >= 1, the first all ones, and each
+    level at least as coarse as the one before on every axis.
+    """
+    ok = isinstance(level_factors, list | tuple) and len(level_factors) >= 1
+    levels: list[list[int]] = []
+    for level in level_factors if ok else []:
+        if not isinstance(level, list | tuple) or len(level) != spatial_dims:
+            ok = False
+            break
+        if not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in level):
+            ok = False
+            break
+        levels.append([int(f) for f in level])
+    ok = ok and bool(levels) and all(f == 1 for f in levels[0])
+    ok = ok and all(
+        b >= a
+        for prev, cur in zip(levels, levels[1:], strict=False)
+        for a, b in zip(prev, cur, strict=True)
+    )
+    if not ok:
+        raise ValueError(
+            f"level_factors must be one list of {spatial_dims} integers >= 1 per pyramid level, "
+            f"the first all ones and each level at least as coarse as the one before; got "
+            f"{level_factors!r}"
+        )
+    return levels
 
 
 def package_versions() -> dict[str, str]:
@@ -75,8 +114,12 @@ def save_checkpoint(
     channel_names: list[str] | None = None,
     normalization: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    level_factors: list[list[int]] | None = None,
 ) -> Path:
     """Write ``model``'s weights and metadata to ``path`` atomically.
+
+    ``level_factors``: the pyramid levels the model was trained on (see
+    :class:`CheckpointInfo`; ``None``: not recorded).
 
     Returns
     -------
@@ -94,6 +137,9 @@ def save_checkpoint(
         normalization=dict(normalization or {}),
         versions=package_versions(),
         extra=dict(extra or {}),
+        level_factors=None
+        if level_factors is None
+        else check_level_factors([list(v) for v in level_factors], model_config.spatial_dims),
     )
     metadata = {
         "format": FORMAT,
@@ -177,6 +223,10 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
             for k in meta
             if k in CheckpointInfo.__dataclass_fields__ and k != "model_config"
         }
+        if values.get("level_factors") is not None:
+            values["level_factors"] = check_level_factors(
+                values["level_factors"], model_config.spatial_dims
+            )
     except (KeyError, ValueError, ValidationError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is invalid ({exc})") from None
     return CheckpointInfo(model_config=model_config, **values)

@@ -103,12 +103,11 @@ class CropDataset(torch.utils.data.Dataset):
         factor = spacing_factor(batch_rng, cfg.spacing_augmentation)
         rng = np.random.default_rng((*key, index))
         region = self._pick(rng)
-        scales = cfg.scales if cfg.multi_scale else [1]
         sample = sample_crop(
             self.images[region.image],
             region,
             cfg.crop_size,
-            scales,
+            cfg.scales,
             rng,
             factor=factor,
             flips=cfg.flips,
@@ -121,6 +120,16 @@ class CropDataset(torch.utils.data.Dataset):
             "boundary": [torch.from_numpy(b) for b in boundary],
             "spacings": sample.spacings,
         }
+
+
+def level_factors(config: DataConfig) -> list[list[int]]:
+    """The pyramid levels the crops feed the model: per level, the factor per spatial axis.
+
+    Each level of a crop is ``crop_size // scale`` pixels over the same physical box (see
+    :func:`napari_rat.train.crops.level_shapes`), so ``scale`` applies to every axis, also on
+    anisotropic data. The checkpoint stores these, and inference feeds the same levels.
+    """
+    return [[int(s)] * len(config.crop_size) for s in config.scales]
 
 
 def collate(items: list[dict]) -> dict:

@@ -1,9 +1,9 @@
 """The two ways the one loop steps a model: plain torch (:class:`LocalEngine`) or DeepSpeed.
 
-Both give the loop the same small interface: ``forward`` (one implementation,
-:class:`EngineBase`), ``backward`` (returns ``True`` when an optimiser step happened:
-accumulation, clipping and the schedule are inside), ``lr``,
-``full_state_dict`` (collective under ZeRO-3), ``save_state``/``load_state`` for resuming.
+Both give the loop the same small interface, :class:`Engine`: ``forward`` (one
+implementation, :class:`EngineBase`), ``backward`` (returns ``True`` when an optimiser step
+happened: accumulation, clipping and the schedule are inside), ``at_accumulation_boundary``,
+``lr``, ``full_state_dict`` (collective under ZeRO-3), ``save_state``/``load_state`` for resuming.
 """
 
 from __future__ import annotations
@@ -12,13 +12,42 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from napari_rat.atomic_files import atomic_path
 from napari_rat.config import ExperimentConfig
-from napari_rat.train.precision import autocast_dtype
+from napari_rat.inference.devices import autocast_for, precision_dtype
+
+
+class Engine(Protocol):
+    """What the training loop needs of an engine (:class:`LocalEngine`, ``DeepSpeedEngine``)."""
+
+    module: torch.nn.Module
+    device: torch.device
+    precision: str
+    last_grad_norm: float
+
+    def train(self, mode: bool = True) -> None: ...
+
+    def forward(
+        self, images: Sequence[torch.Tensor], spacings: Sequence[Sequence[float]]
+    ) -> list[torch.Tensor]: ...
+
+    def backward(self, loss: torch.Tensor) -> bool: ...
+
+    @property
+    def at_accumulation_boundary(self) -> bool: ...
+
+    @property
+    def lr(self) -> float: ...
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def save_state(self, folder: Path, trainer_state: dict[str, Any], is_main: bool) -> None: ...
+
+    def load_state(self, folder: Path) -> dict[str, Any]: ...
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
@@ -51,32 +80,37 @@ class EngineBase:
     A subclass sets ``model`` (what is called: the module, its DDP wrapper or the DeepSpeed
     engine), ``device``, ``precision`` and ``cast_inputs``: ``True`` when the weights themselves
     are in the reduced precision (DeepSpeed casts them), so the inputs are cast to match;
-    ``False`` to run fp32 weights under autocast (the in-process loop).
+    ``False`` to run fp32 weights under autocast (the in-process loop). ``_micro`` counts the
+    backward passes and ``accumulation`` the passes per optimiser step.
     """
 
     model: torch.nn.Module
     device: torch.device
     precision: str
     cast_inputs: bool = False
+    accumulation: int = 1
+    _micro: int = 0
 
     def train(self, mode: bool = True) -> None:
         """Switch training/eval mode."""
         self.model.train(mode)
 
+    @property
+    def at_accumulation_boundary(self) -> bool:
+        """Whether no gradient is half-accumulated (safe to stop and save)."""
+        return self._micro % self.accumulation == 0
+
     def forward(
         self, images: Sequence[torch.Tensor], spacings: Sequence[Sequence[float]]
     ) -> list[torch.Tensor]:
         """Per-level logits of a batch."""
-        dtype = autocast_dtype(self.precision)
         if self.cast_inputs:
-            images = [x.to(self.device, dtype=dtype or torch.float32) for x in images]
+            dtype = precision_dtype(self.precision) or torch.float32
+            images = [x.to(self.device, dtype=dtype) for x in images]
         else:
             images = [x.to(self.device, non_blocking=True) for x in images]
-        with torch.autocast(
-            device_type=self.device.type,
-            dtype=dtype or torch.bfloat16,
-            enabled=dtype is not None and not self.cast_inputs,
-        ):
+        # Weights already in the reduced precision (cast_inputs) run without autocast.
+        with autocast_for(self.device, "fp32" if self.cast_inputs else self.precision):
             return self.model(images if len(images) > 1 else images[0], list(spacings))
 
 

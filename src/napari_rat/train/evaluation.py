@@ -1,29 +1,35 @@
 """Evaluation: metrics on whole regions, the resolution-robustness study, an Otsu floor.
 
 Resolution robustness: each region is resampled to ``1/f`` times as many pixels per axis
-(spacing ``f`` times coarser), predicted at that spacing, and the logits are resampled back onto
-the native grid, where they are scored against the native ground truth. So every row of the
-table is scored against the same labels; ``f = 1`` is the native spacing.
+(spacing ``f`` times coarser), predicted at that spacing, and the probabilities are resampled
+back onto the native grid, where they are scored against the native ground truth. So every row
+of the table is scored against the same labels; ``f = 1`` is the native spacing.
+
+Every prediction here is the inference engine's (:func:`napari_rat.inference.predict`, on the
+in-memory region, with the engine's tiles and the checkpoint's pyramid levels): validation and
+``napari-rat evaluate`` score the predictor that ``napari-rat predict`` and the docks run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from napari_rat.config import ExperimentConfig
 from napari_rat.inference.instances import (
     drop_small_instances,
-    instances_from_logits,
+    instances_from_probabilities,
     relabel_sequential,
 )
+from napari_rat.inference.normalization import IntensityStats
+from napari_rat.inference.tiled_predict import PredictOptions, predict, run_prediction
 from napari_rat.train.metrics import ap_from_counts, instance_counts
-from napari_rat.train.precision import autocast_dtype
-from napari_rat.train.tiled_predict import predict_logits, rescale_image, resize_logits
 
 
 @dataclass
@@ -60,38 +66,59 @@ class RegionScore:
 MIN_INSTANCE_PIXELS = (0, 8, 16, 32, 64, 128)
 
 
-def predict_region_logits(
+def validation_options(
+    config: ExperimentConfig, device: str | torch.device = "cpu", precision: str = "fp32"
+) -> PredictOptions:
+    """The engine's settings for validating ``config``'s model while it trains.
+
+    The engine's default tiles and halos (those of ``napari-rat predict``), except for the
+    package's ``dense`` attention, whose cost is quadratic in the tile: its tiles are read at
+    the training crop size (a core of 3/4 of it and a halo of 1/8 on each side).
+    """
+    options = PredictOptions(device=str(device), precision=precision)
+    if config.model.sga_attention_type == "dense":
+        crop = config.data.crop_size
+        halo = tuple(max(c // 8, 0) for c in crop)
+        options.tile = tuple(max(c - 2 * h, 1) for c, h in zip(crop, halo, strict=True))
+        options.halo = halo
+    return options
+
+
+def predict_region_probabilities(
     model: torch.nn.Module,
     image: np.ndarray,
     spacing: Sequence[float],
-    config: ExperimentConfig,
+    options: PredictOptions,
     *,
     factor: float = 1.0,
-    device: str | torch.device = "cpu",
-    autocast: str = "fp32",
 ) -> np.ndarray:
-    """Logits of a normalised region ``[C, *spatial]`` predicted at ``factor`` x spacing and
-    brought back onto the region's native grid."""
+    """The engine's probabilities of a normalised region ``[C, *spatial]`` predicted at
+    ``factor`` x spacing, brought back (linearly) onto the region's native grid."""
     scaled = rescale_image(image, factor)
     scaled_spacing = [s * image.shape[1 + d] / scaled.shape[1 + d] for d, s in enumerate(spacing)]
-    scales = config.data.scales if config.data.multi_scale else [1]
-    logits = predict_logits(
-        model,
-        scaled,
-        scaled_spacing,
-        config.data.crop_size,
-        scales=scales,
-        device=device,
-        autocast_dtype=autocast_dtype(autocast),
+    channels = image.shape[0]
+    already_normalised = IntensityStats((0.0,) * channels, (1.0,) * channels)
+    result = run_prediction(
+        predict(
+            model,
+            scaled,
+            scaled_spacing,
+            options=dataclasses.replace(options, instances=False),
+            stats=already_normalised,
+        )
     )
-    return resize_logits(logits, image.shape[1:])
+    return _resize(np.asarray(result.probabilities), image.shape[1:])
 
 
-def _instances(logits: np.ndarray, spacing, config: ExperimentConfig) -> np.ndarray:
-    """The head's instances, before any minimum-size filter."""
-    head = config.model.head
-    return instances_from_logits(
-        logits, len(head.class_names), boundary=head.boundary, spacing=list(spacing)
+def _instances(probs: np.ndarray, spacing, boundary: bool, options: PredictOptions) -> np.ndarray:
+    """The engine's instances of its probabilities, before any minimum-size filter."""
+    return instances_from_probabilities(
+        1.0 - probs[0],
+        probs[-1] if boundary else None,
+        threshold=options.threshold,
+        boundary_threshold=options.threshold,
+        spacing=list(spacing),
+        radius=options.boundary_radius,
     )
 
 
@@ -101,23 +128,24 @@ def evaluate_regions(
     config: ExperimentConfig,
     *,
     factor: float = 1.0,
-    device: str | torch.device = "cpu",
-    autocast: str = "fp32",
+    options: PredictOptions | None = None,
     select_min_instance_size: bool = False,
 ) -> dict[str, float]:
     """Pooled ``dice``, ``iou``, ``ap50`` and ``score`` (mean of Dice and AP) over regions.
 
+    The regions are predicted by the engine with ``options`` (default:
+    :func:`validation_options`, on the CPU in fp32).
+
     The instances use the head's ``min_instance_size``. With ``select_min_instance_size`` and
     the head's size unset (training, on the validation split), every size of
-    :data:`MIN_INSTANCE_PIXELS` is tried on the same logits and the best score is returned
+    :data:`MIN_INSTANCE_PIXELS` is tried on the same predictions and the best score is returned
     (ties go to the smaller size); the chosen physical size is returned as
     ``min_instance_size``. Never select on the data you report.
     """
     fixed = config.model.head.min_instance_size
-    logits = [
-        predict_region_logits(
-            model, r.image, r.spacing, config, factor=factor, device=device, autocast=autocast
-        )
+    options = options or validation_options(config)
+    probabilities = [
+        predict_region_probabilities(model, r.image, r.spacing, options, factor=factor)
         for r in regions
     ]
     if fixed is not None or not select_min_instance_size or not regions:
@@ -125,9 +153,13 @@ def evaluate_regions(
     else:
         pixel = float(np.prod(regions[0].spacing))
         candidates = [n * pixel for n in MIN_INSTANCE_PIXELS]
-    # The instances once per region; each candidate size only filters them (as
-    # ``instances_from_probabilities`` does last).
-    unfiltered = [_instances(lg, r.spacing, config) for r, lg in zip(regions, logits, strict=True)]
+    # The instances once per region; each candidate size only filters them (as the engine
+    # does last).
+    boundary = config.model.head.boundary
+    unfiltered = [
+        _instances(p, r.spacing, boundary, options)
+        for r, p in zip(regions, probabilities, strict=True)
+    ]
     scored = []
     for size in candidates:
         score = RegionScore()
@@ -193,9 +225,12 @@ def robustness_table(
     factors: Sequence[float],
     *,
     baseline: bool = True,
-    device: str | torch.device = "cpu",
+    options: PredictOptions | None = None,
 ) -> list[dict[str, float]]:
-    """One row per spacing factor: the model's metrics and, with ``baseline``, Otsu's."""
+    """One row per spacing factor: the model's metrics and, with ``baseline``, Otsu's.
+
+    ``options``: the engine's settings (default: :func:`validation_options`).
+    """
     rows = []
     for f in factors:
         row = {"factor": float(f)}
@@ -203,7 +238,7 @@ def robustness_table(
             {
                 f"model_{k}": v
                 for k, v in evaluate_regions(
-                    model, regions, config, factor=f, device=device
+                    model, regions, config, factor=f, options=options
                 ).items()
             }
         )
@@ -211,3 +246,23 @@ def robustness_table(
             row.update({f"otsu_{k}": v for k, v in evaluate_otsu(regions, f).items()})
         rows.append(row)
     return rows
+
+
+def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """Resample ``[C, *spatial]`` to ``1/factor`` times as many pixels per axis (area/linear)."""
+    if factor == 1:
+        return image
+    t = torch.from_numpy(np.ascontiguousarray(image))[None]
+    size = [max(1, int(round(s / factor))) for s in image.shape[1:]]
+    mode = "area" if factor > 1 else ("bilinear" if image.ndim == 3 else "trilinear")
+    kwargs = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(t, size=size, mode=mode, **kwargs)[0].numpy()
+
+
+def _resize(maps: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Linearly resample ``[K, *spatial]`` maps onto ``shape``."""
+    if tuple(maps.shape[1:]) == tuple(shape):
+        return maps
+    t = torch.from_numpy(np.ascontiguousarray(maps))[None]
+    mode = "bilinear" if maps.ndim == 3 else "trilinear"
+    return F.interpolate(t, size=list(shape), mode=mode, align_corners=False)[0].numpy()

@@ -9,12 +9,11 @@ the single-file ``best``/``last`` checkpoints.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,86 +21,26 @@ import numpy as np
 import torch
 
 from napari_rat.config import ExperimentConfig, save_config
+from napari_rat.inference.devices import resolve_device
 from napari_rat.model import build_model, load_checkpoint, save_checkpoint
 from napari_rat.train.checkpoint_store import LocalStore, StateStore
-from napari_rat.train.datasets import DataBundle, build_data, collate
+from napari_rat.train.datasets import DataBundle, build_data, collate, level_factors
 from napari_rat.train.distributed import DistEnv, configure_threads, detect_dist_env
-from napari_rat.train.evaluation import evaluate_regions
+from napari_rat.train.engines import Engine
+from napari_rat.train.evaluation import evaluate_regions, validation_options
+from napari_rat.train.events import (
+    EVENT_MARKER,
+    EventKind,
+    TrainEvent,
+    event_line,
+    parse_event_line,
+)
 from napari_rat.train.losses import segmentation_loss
-from napari_rat.train.precision import precision_support, resolve_device
+from napari_rat.train.precision import precision_support
+from napari_rat.train.progress import LoopState, MetricsLogger, ProgressWindow
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
-
-
-@dataclass
-class TrainEvent:
-    """One thing that happened; ``kind`` says which, the other fields what."""
-
-    kind: str
-    step: int = 0
-    total_steps: int = 0
-    epoch: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    message: str = ""
-    path: str | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "progress":
-            m = self.metrics
-            return (
-                f"step {self.step}/{self.total_steps} epoch {self.epoch} loss {m['loss']:.4f} "
-                f"lr {m['lr']:.2e} {m['samples_per_s']:.1f} samples/s"
-            )
-        if self.kind == "validation":
-            parts = " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
-            return f"validation epoch {self.epoch}: {parts}"
-        return f"{self.kind}: {self.message or self.path or ''}".rstrip(": ")
-
-
-#: Marks the machine-readable event lines in a training log (see :func:`event_line`).
-EVENT_MARKER = "napari-rat-event "
-_LINE_KINDS = ("progress", "validation", "checkpoint", "finished")
-
-
-def event_line(event: TrainEvent) -> str | None:
-    """One log line holding ``event`` as JSON, for the kinds a watcher plots or reports.
-
-    A cluster client finds these lines in a job's log (:func:`parse_event_line`), so metrics
-    stream without a shared disk. ``None`` for the other kinds.
-    """
-    if event.kind not in _LINE_KINDS:
-        return None
-    body = {
-        "kind": event.kind,
-        "step": event.step,
-        "total_steps": event.total_steps,
-        "epoch": event.epoch,
-        "metrics": {k: float(v) for k, v in event.metrics.items()},
-    }
-    if event.path:
-        body["path"] = event.path
-    return EVENT_MARKER + json.dumps(body, sort_keys=True)
-
-
-def parse_event_line(line: str) -> TrainEvent | None:
-    """The event of a line written by :func:`event_line`, wherever it sits in the line (Ray
-    prefixes worker output with the worker's name); ``None`` for any other line."""
-    at = line.find(EVENT_MARKER)
-    if at < 0:
-        return None
-    try:
-        body = json.loads(line[at + len(EVENT_MARKER) :])
-        return TrainEvent(
-            kind=str(body["kind"]),
-            step=int(body.get("step", 0)),
-            total_steps=int(body.get("total_steps", 0)),
-            epoch=int(body.get("epoch", 0)),
-            metrics={str(k): float(v) for k, v in body.get("metrics", {}).items()},
-            path=body.get("path"),
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def run_dir(config: ExperimentConfig) -> Path:
@@ -116,40 +55,6 @@ def steps_per_epoch(config: ExperimentConfig, world_size: int) -> int:
         return t.steps_per_epoch
     per_rank = max(config.data.num_samples // world_size, t.batch_size)
     return max(per_rank // (t.batch_size * t.accumulation_steps), 1)
-
-
-class _Logger:
-    """Rank-0 metrics: JSON lines always, TensorBoard when it is installed."""
-
-    def __init__(self, folder: Path | None):
-        self.file = None
-        self.tb = None
-        if folder is None:
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        self.file = open(folder / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(folder / "tensorboard"))
-        except ImportError:
-            self.tb = None
-
-    def log(self, kind: str, step: int, epoch: int, metrics: dict[str, float]) -> None:
-        if self.file is None:
-            return
-        record = {"kind": kind, "step": step, "epoch": epoch, "time": time.time(), **metrics}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for key, value in metrics.items():
-                self.tb.add_scalar(f"{kind}/{key}", value, step)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 def _seed_everything(seed: int) -> None:
@@ -171,7 +76,7 @@ def make_engine(
     total_steps: int,
     device: torch.device,
     dist: DistEnv,
-):
+) -> tuple[Engine, list[str]]:
     """A :class:`~napari_rat.train.engines.LocalEngine` or a DeepSpeed engine, and notes."""
     notes = []
     if kind == "deepspeed":
@@ -212,10 +117,224 @@ def checkpoint_metadata(config: ExperimentConfig, data: DataBundle) -> dict[str,
         "extra": {
             "experiment": config.name,
             "data_source": config.data.source,
-            "scales": config.data.scales if config.data.multi_scale else [1],
             "crop_size": config.data.crop_size,
         },
+        "level_factors": level_factors(config.data),
     }
+
+
+@dataclass
+class _Run:
+    """What one call of :func:`train_events` works with, set up by :func:`_set_up`."""
+
+    config: ExperimentConfig
+    kind: str
+    dist: DistEnv
+    device: torch.device
+    folder: Path
+    data: DataBundle
+    engine: Engine
+    store: StateStore
+    logger: MetricsLogger
+    per_epoch: int
+    total: int
+    notes: list[str]
+    cancel: threading.Event | Callable[[], bool] | None
+    deadline: float | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.dist.is_main
+
+    def event(self, kind: EventKind, state: LoopState, **fields: Any) -> TrainEvent:
+        """An event at the loop's current step (and ``epoch``, unless given)."""
+        fields.setdefault("epoch", state.epoch)
+        return TrainEvent(kind, step=state.step, **fields)
+
+    def stop_reason(self) -> str | None:
+        """``cancelled`` or ``time limit`` when the run must stop, else ``None``."""
+        if _is_cancelled(self.cancel):
+            return "cancelled"
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            return "time limit"
+        return None
+
+
+def _set_up(
+    config: ExperimentConfig,
+    backend: str | None,
+    init_from: str | None,
+    cancel: threading.Event | Callable[[], bool] | None,
+    store: StateStore | None,
+    dist: DistEnv | None,
+) -> _Run:
+    """Threads, seed, device, data, model (from ``init_from``), engine, state store, logger."""
+    t = config.training
+    dist = dist or detect_dist_env()
+    configure_threads(dist.local_world_size)
+    kind = backend or (
+        "deepspeed" if t.backend != "local" and config.deepspeed.enabled else "local"
+    )
+    _seed_everything(t.seed)
+    device = resolve_device(t.device, dist.local_rank)
+    folder = run_dir(config)
+    data = build_data(config, rank=dist.rank, world_size=dist.world_size)
+    model = build_model(config.model)
+    if init_from is not None:
+        _load_initial_weights(model, init_from, config)
+    per_epoch = steps_per_epoch(config, dist.world_size)
+    total = per_epoch * t.epochs
+    engine, notes = make_engine(kind, model, config, total, device, dist)
+    if store is None:
+        store = LocalStore(
+            folder / "state",
+            keep=config.cluster.num_to_keep,
+            is_main=dist.is_main,
+            barrier=_barrier(dist),
+        )
+    logger = MetricsLogger(folder if dist.is_main else None)
+    return _Run(
+        config=config,
+        kind=kind,
+        dist=dist,
+        device=device,
+        folder=folder,
+        data=data,
+        engine=engine,
+        store=store,
+        logger=logger,
+        per_epoch=per_epoch,
+        total=total,
+        notes=notes,
+        cancel=cancel,
+    )
+
+
+def _load_initial_weights(model: torch.nn.Module, init_from: str, config: ExperimentConfig) -> None:
+    start = load_checkpoint(init_from)
+    if start.checkpoint_info.model_config.model_dump(exclude={"head"}) != config.model.model_dump(
+        exclude={"head"}
+    ):
+        raise ValueError(
+            f"--init-from {init_from}: its model config differs from the experiment's model "
+            "section; use the same model settings to fine-tune"
+        )
+    model.load_state_dict(start.state_dict())
+
+
+def _resume(run: _Run, state: LoopState) -> Iterator[TrainEvent]:
+    """Restore the newest saved state into ``state`` and the engine, saying what happened."""
+    restored = run.store.load_latest(run.engine)
+    if restored is None:
+        yield TrainEvent("note", message="no saved state to resume from; starting fresh")
+        return
+    state.restore(restored)
+    yield run.event("note", state, message=f"resumed at step {state.step} (epoch {state.epoch})")
+
+
+def _batches(run: _Run, state: LoopState) -> torch.utils.data.DataLoader:
+    """The rest of the current epoch's batches (all of them unless resumed mid-epoch)."""
+    t = run.config.training
+    dataset = run.data.train
+    dataset.set_epoch(state.epoch)
+    first = state.batch_in_epoch * t.accumulation_steps * t.batch_size
+    needed = run.per_epoch * t.accumulation_steps * t.batch_size
+    indices = [i % len(dataset) for i in range(first, needed)]
+    return torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=t.batch_size,
+        collate_fn=collate,
+        num_workers=t.num_workers,
+        drop_last=True,
+    )
+
+
+def _batch_loss(run: _Run, batch: dict) -> torch.Tensor:
+    """The loss of one batch: the mean over its pyramid levels."""
+    t = run.config.training
+    logits = run.engine.forward(batch["images"], batch["spacings"])
+    losses = []
+    for lv, out in enumerate(logits):
+        loss, _ = segmentation_loss(
+            out,
+            batch["classes"][lv].to(out.device),
+            batch["boundary"][lv].to(out.device),
+            len(run.config.model.head.class_names),
+            dice_weight=t.dice_weight,
+            boundary_weight=t.boundary_weight,
+        )
+        losses.append(loss)
+    return torch.stack(losses).mean()
+
+
+def _train_epoch(
+    run: _Run, state: LoopState, window: ProgressWindow
+) -> Generator[TrainEvent, None, str | None]:
+    """Step through the epoch's batches, yielding progress; returns why it stopped early
+    (``None`` when the epoch ran to its end)."""
+    t = run.config.training
+    engine = run.engine
+    engine.train(True)
+    for batch in _batches(run, state):
+        # Stop only where no gradient is half-accumulated, so the saved state is whole.
+        reason = run.stop_reason()
+        if reason is not None and engine.at_accumulation_boundary:
+            return reason
+        loss = _batch_loss(run, batch)
+        stepped = engine.backward(loss)
+        window.add(loss, t.batch_size)
+        if not stepped:
+            continue
+        state.step += 1
+        state.batch_in_epoch += 1
+        if state.step % t.log_every == 0 or state.step == run.total:
+            metrics = window.report(engine, run.dist.world_size)
+            if run.main:
+                run.logger.log("train", state.step, state.epoch, metrics)
+            yield run.event("progress", state, total_steps=run.total, metrics=metrics)
+    return run.stop_reason()
+
+
+def _validate(run: _Run, state: LoopState) -> Generator[TrainEvent, None, dict[str, float]]:
+    """The engine's scores on the validation regions, when this epoch validates; returns
+    them (empty when it does not)."""
+    t = run.config.training
+    epoch = state.epoch
+    if not run.data.val or ((epoch + 1) % t.val_every != 0 and epoch + 1 != t.epochs):
+        return {}
+    precision = run.engine.precision if run.kind == "local" else "fp32"
+    metrics = evaluate_regions(
+        run.engine.module,
+        run.data.val,
+        run.config,
+        options=validation_options(run.config, run.device, precision),
+        select_min_instance_size=True,
+    )
+    if run.main:
+        run.logger.log("val", state.step, epoch, metrics)
+    yield run.event("validation", state, total_steps=run.total, metrics=metrics)
+    return metrics
+
+
+def _save(
+    run: _Run, state: LoopState, epoch: int, metrics: dict[str, float], best: bool
+) -> Iterator[TrainEvent]:
+    """The resumable state (every rank), then the single-file ``last`` and, when ``best``,
+    ``best`` checkpoints (main rank)."""
+    weights = run.engine.full_state_dict()  # collective under ZeRO-3
+    run.store.save(run.engine, state.as_dict(), metrics)
+    if not run.main:
+        return
+    meta = checkpoint_metadata(run.config, run.data)
+    meta["extra"] = {**meta["extra"], "step": state.step, "metrics": metrics}
+    model_for_save = _StateHolder(weights)
+    # The instance size picked on this validation goes with the weights it suits.
+    model_config = _with_min_instance_size(run.config.model, metrics or state.best_metrics)
+    last = save_checkpoint(model_for_save, run.folder / LAST_NAME, model_config, **meta)
+    yield run.event("checkpoint", state, epoch=epoch, path=str(last))
+    if best:
+        path = save_checkpoint(model_for_save, run.folder / BEST_NAME, model_config, **meta)
+        yield run.event("checkpoint", state, epoch=epoch, path=str(path), message="best")
 
 
 def train_events(
@@ -247,208 +366,59 @@ def train_events(
     on_epoch_end
         Test hook called with ``(epoch, step)`` after each epoch's state is saved.
     """
+    run = _set_up(config, backend, init_from, cancel, store, dist)
     t = config.training
-    dist = dist or detect_dist_env()
-    configure_threads(dist.local_world_size)
-    kind = backend or (
-        "deepspeed" if t.backend != "local" and config.deepspeed.enabled else "local"
-    )
-    _seed_everything(t.seed)
-    device = resolve_device(t.device, dist.local_rank)
-    folder = run_dir(config)
-    main = dist.is_main
-    data = build_data(config, rank=dist.rank, world_size=dist.world_size)
-    model = build_model(config.model)
-    if init_from is not None:
-        start = load_checkpoint(init_from)
-        if start.checkpoint_info.model_config.model_dump(
-            exclude={"head"}
-        ) != config.model.model_dump(exclude={"head"}):
-            raise ValueError(
-                f"--init-from {init_from}: its model config differs from the experiment's model "
-                "section; use the same model settings to fine-tune"
-            )
-        model.load_state_dict(start.state_dict())
-    per_epoch = steps_per_epoch(config, dist.world_size)
-    total = per_epoch * t.epochs
-    engine, notes = make_engine(kind, model, config, total, device, dist)
-    if store is None:
-        store = LocalStore(
-            folder / "state", keep=config.cluster.num_to_keep, is_main=main, barrier=_barrier(dist)
-        )
-    state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "best_score": -1.0, "best_metrics": {}}
-    logger = _Logger(folder if main else None)
+    state = LoopState()
     try:
-        if main:
-            save_config(config, folder / "config.yaml")
-        for note in notes:
+        if run.main:
+            save_config(config, run.folder / "config.yaml")
+        for note in run.notes:
             yield TrainEvent("note", message=note)
         if resume:
-            restored = store.load_latest(engine)
-            if restored is None:
-                yield TrainEvent("note", message="no saved state to resume from; starting fresh")
-            else:
-                state.update(restored)
-                yield TrainEvent(
-                    "note",
-                    step=state["step"],
-                    epoch=state["epoch"],
-                    message=f"resumed at step {state['step']} (epoch {state['epoch']})",
-                )
-        yield TrainEvent(
+            yield from _resume(run, state)
+        yield run.event(
             "start",
-            step=state["step"],
-            total_steps=total,
-            epoch=state["epoch"],
-            message=f"{kind} on {device}, rank {dist.rank}/{dist.world_size}, "
-            f"{engine.precision}, {per_epoch} steps/epoch",
+            state,
+            total_steps=run.total,
+            message=f"{run.kind} on {run.device}, rank {run.dist.rank}/{run.dist.world_size}, "
+            f"{run.engine.precision}, {run.per_epoch} steps/epoch",
         )
-        accumulation = t.accumulation_steps
         started = time.perf_counter()
-        deadline = None if t.time_limit_minutes is None else started + 60 * t.time_limit_minutes
-        window_start, window_samples, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
-        while state["epoch"] < t.epochs:
-            epoch = state["epoch"]
-            dataset = data.train
-            dataset.set_epoch(epoch)
-            first = state["batch_in_epoch"] * accumulation * t.batch_size
-            needed = per_epoch * accumulation * t.batch_size
-            indices = [i % len(dataset) for i in range(first, needed)]
-            loader = torch.utils.data.DataLoader(
-                torch.utils.data.Subset(dataset, indices),
-                batch_size=t.batch_size,
-                collate_fn=collate,
-                num_workers=t.num_workers,
-                drop_last=True,
-            )
-            engine.train(True)
-            stop_reason = None
-            for batch in loader:
-                if _is_cancelled(cancel):
-                    stop_reason = "cancelled"
-                elif deadline is not None and time.perf_counter() > deadline:
-                    stop_reason = "time limit"
-                if stop_reason and engine_at_boundary(engine):
-                    break
-                stop_reason = None
-                logits = engine.forward(batch["images"], batch["spacings"])
-                losses = []
-                for lv, out in enumerate(logits):
-                    loss, parts = segmentation_loss(
-                        out,
-                        batch["classes"][lv].to(out.device),
-                        batch["boundary"][lv].to(out.device),
-                        len(config.model.head.class_names),
-                        dice_weight=t.dice_weight,
-                        boundary_weight=t.boundary_weight,
-                    )
-                    losses.append(loss)
-                loss = torch.stack(losses).mean()
-                stepped = engine.backward(loss)
-                window_samples += t.batch_size
-                window_loss += float(loss.detach())
-                window_n += 1
-                if not stepped:
-                    continue
-                state["step"] += 1
-                state["batch_in_epoch"] += 1
-                if state["step"] % t.log_every == 0 or state["step"] == total:
-                    elapsed = time.perf_counter() - window_start
-                    metrics = {
-                        "loss": window_loss / max(window_n, 1),
-                        "lr": engine.lr,
-                        "grad_norm": engine.last_grad_norm,
-                        "samples_per_s": window_samples * dist.world_size / max(elapsed, 1e-9),
-                    }
-                    if main:
-                        logger.log("train", state["step"], epoch, metrics)
-                    yield TrainEvent(
-                        "progress",
-                        step=state["step"],
-                        total_steps=total,
-                        epoch=epoch,
-                        metrics=metrics,
-                    )
-                    window_start, window_samples, window_loss, window_n = (
-                        time.perf_counter(),
-                        0,
-                        0.0,
-                        0,
-                    )
-            if stop_reason is None and _is_cancelled(cancel):
-                stop_reason = "cancelled"
-            if stop_reason is None and deadline is not None and time.perf_counter() > deadline:
-                stop_reason = "time limit"
-            epoch_done = stop_reason is None
-            metrics: dict[str, float] = {}
-            if epoch_done and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
-                if data.val:
-                    metrics = evaluate_regions(
-                        engine.module,
-                        data.val,
-                        config,
-                        device=device,
-                        autocast=engine.precision if kind == "local" else "fp32",
-                        select_min_instance_size=True,
-                    )
-                    if main:
-                        logger.log("val", state["step"], epoch, metrics)
-                    yield TrainEvent(
-                        "validation",
-                        step=state["step"],
-                        total_steps=total,
-                        epoch=epoch,
-                        metrics=metrics,
-                    )
-            if epoch_done:
-                state["epoch"] = epoch + 1
-                state["batch_in_epoch"] = 0
-            improved = bool(metrics) and metrics["score"] > state["best_score"]
+        if t.time_limit_minutes is not None:
+            run.deadline = started + 60 * t.time_limit_minutes
+        window = ProgressWindow()
+        while state.epoch < t.epochs:
+            epoch = state.epoch
+            stop_reason = yield from _train_epoch(run, state, window)
+            metrics = {} if stop_reason is not None else (yield from _validate(run, state))
+            if stop_reason is None:
+                state.epoch, state.batch_in_epoch = epoch + 1, 0
+            improved = bool(metrics) and metrics["score"] > state.best_score
             if improved:
-                state["best_score"] = metrics["score"]
-                state["best_metrics"] = metrics
-            weights = engine.full_state_dict()  # collective under ZeRO-3
-            store.save(engine, dict(state), metrics)
-            if main:
-                meta = checkpoint_metadata(config, data)
-                meta["extra"] = {**meta["extra"], "step": state["step"], "metrics": metrics}
-                model_for_save = _StateHolder(weights)
-                # The instance size picked on this validation goes with the weights it suits.
-                chosen = metrics or state["best_metrics"]
-                model_config = _with_min_instance_size(config.model, chosen)
-                last = save_checkpoint(model_for_save, folder / LAST_NAME, model_config, **meta)
-                yield TrainEvent("checkpoint", step=state["step"], epoch=epoch, path=str(last))
-                if improved or (not data.val and epoch_done):
-                    best = save_checkpoint(model_for_save, folder / BEST_NAME, model_config, **meta)
-                    yield TrainEvent(
-                        "checkpoint",
-                        step=state["step"],
-                        epoch=epoch,
-                        path=str(best),
-                        message="best",
-                    )
+                state.best_score, state.best_metrics = metrics["score"], metrics
+            best = improved or (not run.data.val and stop_reason is None)
+            yield from _save(run, state, epoch, metrics, best)
             if on_epoch_end is not None:
-                on_epoch_end(epoch, state["step"])
+                on_epoch_end(epoch, state.step)
             if stop_reason is not None:
-                yield TrainEvent(
+                yield run.event(
                     "cancelled",
-                    step=state["step"],
-                    total_steps=total,
+                    state,
+                    total_steps=run.total,
                     epoch=epoch,
                     message=f"stopped ({stop_reason}); resume with --resume",
                 )
                 return
-        yield TrainEvent(
+        yield run.event(
             "finished",
-            step=state["step"],
-            total_steps=total,
-            epoch=state["epoch"],
-            metrics=state["best_metrics"],
-            path=str(folder / BEST_NAME),
+            state,
+            total_steps=run.total,
+            metrics=state.best_metrics,
+            path=str(run.folder / BEST_NAME),
             message=f"{time.perf_counter() - started:.1f} s",
         )
     finally:
-        logger.close()
+        run.logger.close()
 
 
 def _with_min_instance_size(model_config, metrics: dict[str, float]):
@@ -458,11 +428,6 @@ def _with_min_instance_size(model_config, metrics: dict[str, float]):
         return model_config
     head = head.model_copy(update={"min_instance_size": float(metrics["min_instance_size"])})
     return model_config.model_copy(update={"head": head})
-
-
-def engine_at_boundary(engine) -> bool:
-    """Whether no gradient is half-accumulated (safe to stop and save)."""
-    return getattr(engine, "_micro", 0) % getattr(engine, "accumulation", 1) == 0
 
 
 class _StateHolder(torch.nn.Module):
@@ -495,4 +460,13 @@ def train(
     return last
 
 
-__all__ = ["TrainEvent", "run_dir", "steps_per_epoch", "train", "train_events"]
+__all__ = [
+    "EVENT_MARKER",
+    "TrainEvent",
+    "event_line",
+    "parse_event_line",
+    "run_dir",
+    "steps_per_epoch",
+    "train",
+    "train_events",
+]

@@ -3,6 +3,8 @@
 The RoSE package computes its rotations with complex numbers, which torch does not implement
 for bfloat16 on every device (on the CPU: "view_as_complex is only supported for half, float
 and double"). A tiny forward pass on the run's device decides, once per process and setting.
+The device itself and the autocast context come from :mod:`napari_rat.inference.devices`, the
+same rule prediction uses.
 """
 
 from __future__ import annotations
@@ -13,15 +15,6 @@ from functools import lru_cache
 import torch
 
 from napari_rat.config import ModelConfig
-
-
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` is the local rank's GPU when CUDA is available, else the CPU."""
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 @lru_cache(maxsize=16)
@@ -71,8 +64,3 @@ def precision_support(
             "training in fp32",
         )
     return precision, None
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a resolved precision (``None`` for fp32)."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
