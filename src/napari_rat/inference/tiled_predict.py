@@ -18,10 +18,9 @@ and the prediction resampled back.
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Generator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_rat.atomic_files import atomic_path
 from napari_rat.inference.chunked_labels import instances_chunked
 from napari_rat.inference.devices import Precision, autocast_for, resolve_device
 from napari_rat.inference.heap import release_freed_memory
@@ -265,57 +265,44 @@ def _plan(model, image, spacing, translation, options, stats, units) -> _Plan:
     )
 
 
-class _StagedStore:
-    """Where the results are built: a scratch zarr group beside ``store``, moved into place by
-    :meth:`publish` only when complete and deleted by :meth:`discard` otherwise (or nothing,
-    for results kept in memory: ``root`` is ``None``)."""
+def _staged(store: str | Path | None):
+    """Where the results are built: ``None`` (kept in memory) or a path beside ``store`` that
+    :func:`~napari_rat.atomic_files.atomic_path` moves into place when the block ends normally
+    (and deletes otherwise: a cancel, an error, the generator closed)."""
+    if store is None:
+        return nullcontext(None)
+    if Path(store).exists():  # said before any work, in predict's words
+        raise FileExistsError(f"{store} already exists; choose another output or remove it")
+    return atomic_path(Path(store), overwrite=False)
 
-    def __init__(self, store: str | Path | None):
-        self.store = None if store is None else Path(store)
-        self.tmp_dir: Path | None = None
-        self.root = None
-        if self.store is None:
-            return
-        import zarr
 
-        if self.store.exists():
-            raise FileExistsError(
-                f"{self.store} already exists; choose another output or remove it"
-            )
-        self.store.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.store.name}.", dir=self.store.parent))
-        self.root = zarr.open_group(self.tmp_dir, mode="w")
+def _open_group(path: Path):
+    import zarr
 
-    def publish(self, result: Prediction, with_labels: bool) -> None:
-        """Record the placement, move the results into place and point ``result`` at them."""
-        if self.tmp_dir is None:
-            return
-        import zarr
+    return zarr.open_group(path, mode="w")
 
-        self.root.attrs.update(
-            {
-                "napari_rat": {
-                    "spacing": list(result.spacing),
-                    "translation": list(result.translation),
-                    "class_names": result.class_names,
-                    "channel_names": result.channel_names,
-                    "num_instances": result.num_instances,
-                }
-            }
-        )
-        self.tmp_dir.rename(self.store)
-        self.tmp_dir = None
-        final = zarr.open_group(self.store, mode="r")
-        result.probabilities = final["probabilities"]
-        result.semantic = final["semantic"]
-        result.labels = final["labels"] if with_labels else None
-        result.store = self.store
 
-    def discard(self) -> None:
-        """Delete what was built, if it was not published."""
-        if self.tmp_dir is not None:
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
-            self.tmp_dir = None
+def _placement_attrs(result: Prediction) -> dict:
+    """What a reader of the store needs to place and name the results."""
+    return {
+        "spacing": list(result.spacing),
+        "translation": list(result.translation),
+        "class_names": result.class_names,
+        "channel_names": result.channel_names,
+        "num_instances": result.num_instances,
+    }
+
+
+def _published(result: Prediction, store: Path, with_labels: bool) -> Prediction:
+    """``result`` pointed at the store moved into place."""
+    import zarr
+
+    final = zarr.open_group(store, mode="r")
+    result.probabilities = final["probabilities"]
+    result.semantic = final["semantic"]
+    result.labels = final["labels"] if with_labels else None
+    result.store = Path(store)
+    return result
 
 
 def _predict_tiles(model, image, plan: _Plan, options, probs, semantic, cancel):
@@ -408,45 +395,50 @@ def predict(
     """
     options = options or PredictOptions()
     plan = _plan(model, image, spacing, translation, options, stats, units)
-    staged = _StagedStore(store)
-    root, shape, chunks = staged.root, plan.shape, plan.chunks
     was_training = model.training
     try:
-        probs = _new_array(
-            root, "probabilities", (len(plan.channel_names), *shape), (1, *chunks), np.float32
-        )
-        semantic = _new_array(root, "semantic", shape, chunks, np.uint8)
-        model = model.to(plan.device).eval()
-        nan_pixels = yield from _predict_tiles(model, image, plan, options, probs, semantic, cancel)
-        labels, n_instances = None, 0
-        if options.instances:
-            labels, n_instances = yield from _instances(
-                probs,
-                root,
-                shape,
-                chunks,
-                plan.boundary,
-                options,
-                cancel,
-                plan.spacing,
-                _min_pixels(model, plan, options),
+        with _staged(store) as built:
+            root = None if built is None else _open_group(built)
+            shape, chunks = plan.shape, plan.chunks
+            probs = _new_array(
+                root, "probabilities", (len(plan.channel_names), *shape), (1, *chunks), np.float32
             )
-        result = Prediction(
-            probs,
-            semantic,
-            labels,
-            plan.class_names,
-            plan.channel_names,
-            plan.spacing,
-            plan.translation,
-            num_instances=n_instances,
-            extra={"stats": plan.stats, "levels": plan.factors},
-            nan_pixels=nan_pixels,
-        )
-        staged.publish(result, with_labels=options.instances)
-        return result
+            semantic = _new_array(root, "semantic", shape, chunks, np.uint8)
+            model = model.to(plan.device).eval()
+            nan_pixels = yield from _predict_tiles(
+                model, image, plan, options, probs, semantic, cancel
+            )
+            labels, n_instances = None, 0
+            if options.instances:
+                labels, n_instances = yield from _instances(
+                    probs,
+                    root,
+                    shape,
+                    chunks,
+                    plan.boundary,
+                    options,
+                    cancel,
+                    plan.spacing,
+                    _min_pixels(model, plan, options),
+                )
+            result = Prediction(
+                probs,
+                semantic,
+                labels,
+                plan.class_names,
+                plan.channel_names,
+                plan.spacing,
+                plan.translation,
+                num_instances=n_instances,
+                extra={"stats": plan.stats, "levels": plan.factors},
+                nan_pixels=nan_pixels,
+            )
+            if root is not None:
+                root.attrs.update({"napari_rat": _placement_attrs(result)})
+        if store is None:
+            return result
+        return _published(result, Path(store), with_labels=options.instances)
     finally:
-        staged.discard()
         model.train(was_training)
 
 
