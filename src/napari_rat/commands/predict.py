@@ -162,7 +162,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--levels",
         type=int,
-        help="pyramid levels fed to the model (default: as many as it was trained with)",
+        help="pyramid levels fed to the model, planned from the spacing (default: the levels it "
+        "was trained on, stored in the checkpoint)",
     )
     p.add_argument("--channel", type=int, nargs="+", help="channel indices (default: all)")
     p.add_argument(
