@@ -270,7 +270,7 @@ class _StagedStore:
     :meth:`publish` only when complete and deleted by :meth:`discard` otherwise (or nothing,
     for results kept in memory: ``root`` is ``None``)."""
 
-    def __init__(self, store: str | Path | None):
+    def __init__(self, store: str | Path | None, scratch: Path | None = None):
         self.store = None if store is None else Path(store)
         self.tmp_dir: Path | None = None
         self.root = None
@@ -283,6 +283,10 @@ class _StagedStore:
                 f"{self.store} already exists; choose another output or remove it"
             )
         self.store.parent.mkdir(parents=True, exist_ok=True)
+        if scratch is not None:  # a resumable run's own folder beside the store, kept between runs
+            self.tmp_dir = Path(scratch)
+            self.root = zarr.open_group(self.tmp_dir, mode="a")
+            return
         self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.store.name}.", dir=self.store.parent))
         self.root = zarr.open_group(self.tmp_dir, mode="w")
 
@@ -318,34 +322,106 @@ class _StagedStore:
             self.tmp_dir = None
 
 
-def _predict_tiles(model, image, plan: _Plan, options, probs, semantic, cancel):
-    """Every tile through the model into ``probs``/``semantic``; yields :class:`Progress`,
-    returns the count of non-finite input pixels."""
+def _predict_tiles(
+    model, image, plan: _Plan, options, probs, semantic, cancel, tiles=None, within=None
+):
+    """Every tile (of ``tiles``, default the plan's) through the model into
+    ``probs``/``semantic``, writing only inside ``within`` (slices; default everywhere);
+    yields :class:`Progress`, returns the count of non-finite input pixels written."""
     nan_pixels = 0
     stats, n_classes = plan.stats, len(plan.class_names)
+    tiles = plan.tiles if tiles is None else tiles
     # no_grad, not inference_mode: RoSE caches position tensors across calls (lru_cache),
     # and an inference tensor in that cache would break later training in this process.
     with torch.no_grad():
-        for t in plan.tiles:
+        for done, t in enumerate(tiles, 1):
             if cancel is not None and cancel.is_set():
                 raise PredictionCancelled("prediction cancelled")
+            core, crop = _clipped(t, within)
             data = np.asarray(image[(slice(None), *t.read)], dtype=np.float32)
             data, missing = _mask_missing(data, stats)
             x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(plan.device)
             with autocast_for(plan.device, options.precision):
                 p = _tile_probabilities(model, x, plan, options)
-            p = p[(slice(None), *t.crop)].cpu().numpy()
+            p = p[(slice(None), *crop)].cpu().numpy()
             if missing is not None:
-                missing = missing[t.crop]
+                missing = missing[crop]
                 nan_pixels += int(missing.sum())
                 p[:, missing] = 0.0
                 p[0, missing] = 1.0  # background, sure
-            probs[(slice(None), *t.core)] = p
-            semantic[t.core] = np.argmax(p[:n_classes], axis=0).astype(np.uint8)
+            probs[(slice(None), *core)] = p
+            semantic[core] = np.argmax(p[:n_classes], axis=0).astype(np.uint8)
             del data, x, p
             release_freed_memory()  # what the forward freed: else the peak grows with the run
-            yield Progress("tiles", t.index + 1, len(plan.tiles))
+            yield Progress("tiles", done, len(tiles))
     return nan_pixels
+
+
+def _clipped(t, within):
+    """The tile's core and crop, cut to ``within`` (slices of the image; ``None``: whole)."""
+    if within is None:
+        return t.core, t.crop
+    core, crop = [], []
+    for c, k, w in zip(t.core, t.crop, within, strict=True):
+        lo, hi = max(c.start, w.start), min(c.stop, w.stop)
+        core.append(slice(lo, hi))
+        crop.append(slice(k.start + lo - c.start, k.start + hi - c.start))
+    return tuple(core), tuple(crop)
+
+
+def tiles_within(plan: _Plan, region: Sequence[slice]) -> list:
+    """The plan's tiles whose core meets ``region`` (slices of the image)."""
+    return [
+        t
+        for t in plan.tiles
+        if all(c.start < r.stop and r.start < c.stop for c, r in zip(t.core, region, strict=True))
+    ]
+
+
+def plan_prediction(
+    model, image, spacing, translation=None, *, options=None, stats=None, units=None
+) -> _Plan:
+    """Check the inputs and settle every setting of a run, as :func:`predict` does first.
+
+    The seam for running the engine elsewhere (``napari_rat.cluster.predict``): the plan is
+    made once, then :func:`predict_tiles_into` runs any subset of its tiles and
+    :func:`instances_into` the instance step, each exactly as :func:`predict` runs them.
+    """
+    return _plan(model, image, spacing, translation, options or PredictOptions(), stats, units)
+
+
+def predict_tiles_into(
+    model, image, plan: _Plan, probs, semantic, *, options=None, tiles=None, within=None
+) -> Generator[Progress, None, int]:
+    """Run ``tiles`` of ``plan`` (default all) into the open arrays ``probs``/``semantic``,
+    writing only inside ``within`` (slices: a block of the image; default everywhere).
+    A generator like :func:`predict`'s tile step; returns the count of non-finite pixels.
+    ``model`` must already be on ``plan.device`` in eval mode."""
+    options = options or PredictOptions()
+    return (
+        yield from _predict_tiles(model, image, plan, options, probs, semantic, None, tiles, within)
+    )
+
+
+def instances_into(
+    model, plan: _Plan, probs, root, *, options=None, cancel=None
+) -> Generator[Progress, None, tuple[Any, int]]:
+    """The instance step of :func:`predict` over ``probs``, its arrays made in the zarr group
+    ``root``; returns ``(labels, count)``."""
+    options = options or PredictOptions()
+    return (
+        yield from _instances(
+            probs,
+            root,
+            plan.shape,
+            plan.chunks,
+            plan.boundary,
+            options,
+            cancel,
+            plan.spacing,
+            _min_pixels(model, plan, options),
+        )
+    )
 
 
 def _min_pixels(model, plan: _Plan, options: PredictOptions) -> float:
