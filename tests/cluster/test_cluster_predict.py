@@ -93,9 +93,7 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_cluster_run_equals_the_single_process_run(head, tmp_path, dims):
-    from napari_rat.cluster.predict import predict_on_cluster, work_folder
-
-    from napari_rat.cluster.predict import _check_address
+    from napari_rat.cluster.predict import _check_address, predict_on_cluster, work_folder
 
     _check_address(head.address, timeout=5)  # a real head's GCS passes the address check
     model, img, spacing, tile, halo = _case(dims)
@@ -244,3 +242,35 @@ def test_a_missing_cluster_is_a_clear_error_within_10_s(tmp_path):
     with pytest.raises(ClusterError, match="not a Ray cluster address"):
         next(predict_on_cluster(model, img, spacing, store=tmp_path / "o.zarr", cluster="nowhere"))
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_predict_command_on_the_local_head_writes_what_predict_writes(head, tmp_path, capsys):
+    """``napari-rat predict --cluster local``: the same OME-Zarr (probabilities, instance labels)
+    as the single-process command; no scratch left; cluster options need --cluster."""
+    import zarr
+
+    from napari_rat.cli import main
+    from napari_rat.io import write_image
+    from napari_rat.model import save_checkpoint
+
+    model, img, spacing, tile, halo = _case(2)
+    ckpt = save_checkpoint(model, tmp_path / "m.safetensors", ModelConfig(**SMALL))
+    src = write_image(tmp_path / "img.zarr", img[0], axes="yx", scale=spacing)
+    common = ["predict", str(src), "--checkpoint", str(ckpt), "--tile", "24", "--halo", "8"]
+    assert main([*common, "--output", str(tmp_path / "one.zarr")]) == 0
+    cluster = ["--cluster", "local", "--workers", "2", "--block", "1"]
+    assert main([*common, "--output", str(tmp_path / "many.zarr"), *cluster]) == 0
+    one, many = zarr.open_group(tmp_path / "one.zarr"), zarr.open_group(tmp_path / "many.zarr")
+    np.testing.assert_allclose(many["0"][:], one["0"][:], atol=1e-5, rtol=0)
+    a, b = one["labels/instances/0"][:], many["labels/instances/0"][:]
+    np.testing.assert_array_equal(b, a)
+    assert a.max() > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "img.zarr",
+        "m.safetensors",
+        "many.zarr",
+        "one.zarr",
+    ]
+    capsys.readouterr()
+    assert main([*common, "--output", str(tmp_path / "x.zarr"), "--resume"]) == 2
+    assert "--resume only apply with --cluster" in capsys.readouterr().err
