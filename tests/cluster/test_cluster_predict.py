@@ -274,3 +274,16 @@ def test_predict_command_on_the_local_head_writes_what_predict_writes(head, tmp_
     capsys.readouterr()
     assert main([*common, "--output", str(tmp_path / "x.zarr"), "--resume"]) == 2
     assert "--resume only apply with --cluster" in capsys.readouterr().err
+    # the same command as a job on the head (submit-predict): it runs `predict --cluster auto`
+    from napari_rat.cluster import connect
+
+    job = [*common[1:], "--output", str(tmp_path / "job.zarr"), "--block", "1"]
+    assert main(["submit-predict", *job]) == 0
+    job_id = capsys.readouterr().out.strip().splitlines()[-1]
+    client = connect()
+    status = client.wait(job_id, timeout=400)
+    assert status == "SUCCEEDED", client.logs(job_id)[-3000:]
+    assert head.token not in client.logs(job_id)
+    done = zarr.open_group(tmp_path / "job.zarr")
+    np.testing.assert_allclose(done["0"][:], one["0"][:], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(done["labels/instances/0"][:], a)

@@ -108,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.levels is not None and args.levels < 1:
         raise CommandError(f"--levels {args.levels}: give 1 or more pyramid levels")
     _check_cluster_options(args)
+    _check_job_version()
     try:
         device = resolve_device(args.device)
         pyramid = open_pyramid(args.input)
@@ -184,6 +185,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_job_version() -> None:
+    """In a job sent by ``submit-predict``: refuse a cluster running another napari-rat."""
+    from napari_rat.errors import CommandError
+    from napari_rat.train.run import VersionMismatchError, check_job_version
+
+    try:
+        check_job_version()
+    except VersionMismatchError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _cluster_errors() -> tuple[type[BaseException], ...]:
     from napari_rat.cluster import ClusterError
 
@@ -228,15 +240,22 @@ def _cluster_steps(args, model, source, options, store):
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="segment an OME-Zarr image with a RAT checkpoint")
     p.add_argument("input", metavar="IN.zarr", help="OME-Zarr image (path or URL)")
-    p.add_argument(
-        "--checkpoint",
-        default="starter",
-        help="checkpoint file, or 'starter' for the bundled model (default)",
-    )
     p.add_argument("--output", metavar="OUT.zarr", help="write probabilities + labels here")
     p.add_argument("--into-labels", metavar="NAME", help="write labels into IN.zarr/labels/NAME")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing label image (--into-labels)"
+    )
+    add_prediction_arguments(p)
+    add_cluster_run_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def add_prediction_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and tiling options (shared by ``predict`` and ``submit-predict``)."""
+    p.add_argument(
+        "--checkpoint",
+        default="starter",
+        help="checkpoint file, or 'starter' for the bundled model (default)",
     )
     p.add_argument("--level", type=int, default=0, help="pyramid level to predict on")
     p.add_argument(
@@ -274,19 +293,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="drop instances smaller than this physical area (2D) or volume (3D), in the image's "
         "units (default: the size the checkpoint chose on its validation split)",
     )
-    add_cluster_run_arguments(p)
-    p.set_defaults(func=_run)
 
 
-def add_cluster_run_arguments(p: argparse.ArgumentParser) -> None:
-    """``--cluster``, ``--workers``, ``--cpus-per-worker``, ``--gpus-per-worker``, ``--block``,
-    ``--resume`` (shared by ``predict`` and ``submit-predict``)."""
-    p.add_argument(
-        "--cluster",
-        metavar="local|ADDRESS",
-        help="predict across a Ray cluster: 'local' (the local head, started if none runs), "
-        "'auto' (inside a Ray job) or a head's HOST:PORT (token in RAY_AUTH_TOKEN)",
-    )
+def add_cluster_run_arguments(p: argparse.ArgumentParser, *, cluster: bool = True) -> None:
+    """``--cluster`` (unless ``cluster`` is false: a submitted job runs on its own cluster),
+    ``--workers``, ``--cpus-per-worker``, ``--gpus-per-worker``, ``--block``, ``--resume``
+    (shared by ``predict`` and ``submit-predict``)."""
+    if cluster:
+        p.add_argument(
+            "--cluster",
+            metavar="local|ADDRESS",
+            help="predict across a Ray cluster: 'local' (the local head, started if none "
+            "runs), 'auto' (inside a Ray job) or a head's HOST:PORT (token in RAY_AUTH_TOKEN)",
+        )
     p.add_argument("--workers", type=int, default=2, help="blocks computed at once (--cluster)")
     p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker")
