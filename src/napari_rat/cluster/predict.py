@@ -340,7 +340,8 @@ def predict_on_cluster(
     ``"blocks"``), then during the instance step, and returns the
     :class:`~napari_rat.inference.Prediction` read from ``store``; its ``extra`` holds
     ``blocks`` (the block count), ``blocks_computed`` (this run's; fewer on a resume) and
-    ``reports`` (a :class:`BlockReport` per computed block).
+    ``reports`` (a :class:`BlockReport` per computed block) and ``blocks_seconds`` (the block
+    phase's wall time).
 
     Parameters
     ----------
@@ -407,6 +408,7 @@ def predict_on_cluster(
         boxed = [ray.put(model.cpu().eval()), ray.put(image)]
         pending: dict[Any, Block] = {}
         queue = list(todo)
+        started = time.perf_counter()
         try:
             while queue or pending:
                 while queue and len(pending) < workers:
@@ -425,6 +427,7 @@ def predict_on_cluster(
             if pending:
                 ray.wait(list(pending), num_returns=len(pending), timeout=10)
             model.train(was_training)
+        blocks_seconds = time.perf_counter() - started
     nan_pixels = sum(done.values()) + sum(r.nan_pixels for r in reports)
     for name in ("seeds", "labels"):  # a resumed run that had reached the instance step
         if name in root:
@@ -449,6 +452,7 @@ def predict_on_cluster(
             "blocks": len(blocks),
             "blocks_computed": len(reports),
             "reports": reports,
+            "blocks_seconds": blocks_seconds,
         },
         nan_pixels=nan_pixels,
     )
