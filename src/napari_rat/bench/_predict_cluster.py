@@ -7,8 +7,8 @@ peak memory belongs to that case alone; the workers are started and have importe
 the timing starts (their start-up is reported apart), as the single-process engine's imports and
 model are set up before its timing. Reported per case: time, pixels per second, the highest peak
 resident memory of a worker process (absolute: torch and the model included), and the
-scheduling overhead per block: ``(workers x block-phase wall time - sum of the blocks' own
-compute times) / blocks``.
+scheduling overhead per block: ``(busy workers x block-phase wall time - sum of the blocks' own
+compute times) / blocks`` (busy workers: the workers, or the blocks if fewer).
 """
 
 from __future__ import annotations
@@ -91,12 +91,13 @@ def case_cluster(
         reports = result.extra["reports"]
         blocks = len(reports)
         busy = sum(r.seconds for r in reports)
+        busy_workers = min(workers, blocks)  # fewer blocks than workers: some stay idle
         return {
             "instances": result.num_instances,
             "blocks": blocks,
             "worker_peak": max(r.peak_rss for r in reports),
             "worker_processes": len({r.pid for r in reports}),
-            "overhead_per_block": (workers * result.extra["blocks_seconds"] - busy) / blocks,
+            "overhead_per_block": (busy_workers * result.extra["blocks_seconds"] - busy) / blocks,
             "startup": startup,
         }
 
