@@ -139,7 +139,11 @@ def run_block(boxed, plan, options, work: str, block: Block, threads: int) -> Bl
     import zarr
 
     from napari_rat.inference.devices import resolve_device
-    from napari_rat.inference.tiled_predict import predict_tiles_into, tiles_within
+    from napari_rat.inference.tiled_predict import (
+        predict_tiles_into,
+        run_prediction,
+        tiles_within,
+    )
 
     start = time.perf_counter()
     if threads > 0:
@@ -159,19 +163,11 @@ def run_block(boxed, plan, options, work: str, block: Block, threads: int) -> Bl
         tiles=tiles_within(plan, block.region),
         within=block.region,
     )
-    nan_pixels = _drain(steps)
+    nan_pixels = run_prediction(steps)  # drives the generator, returns its value
     _mark_done(Path(work), block.index, nan_pixels)
     return BlockReport(
         block.index, nan_pixels, time.perf_counter() - start, os.getpid(), _peak_rss()
     )
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 # --- connecting --------------------------------------------------------------------------------
