@@ -207,7 +207,7 @@ def test_stop_then_resume_computes_only_the_missing_blocks(head, tmp_path):
         )
 
 
-def test_a_missing_cluster_is_a_clear_error_within_10_s(tmp_path):
+def test_a_missing_cluster_is_a_clear_error_within_10_s(tmp_path, capsys):
     pytest.importorskip("ray")
     from napari_rat.cluster import ClusterError
     from napari_rat.cluster.predict import predict_on_cluster
@@ -239,6 +239,20 @@ def test_a_missing_cluster_is_a_clear_error_within_10_s(tmp_path):
             )
         assert time.monotonic() - start < 10
     silent.close()
+    # the command says it in one line, and leaves nothing behind
+    from napari_rat.cli import main
+    from napari_rat.io import write_image
+    from napari_rat.model import save_checkpoint
+
+    ckpt = save_checkpoint(model, tmp_path / "m.safetensors", ModelConfig(**SMALL))
+    src = write_image(tmp_path / "img.zarr", img[0], axes="yx", scale=spacing)
+    before = sorted(tmp_path.iterdir())
+    argv = ["predict", str(src), "--checkpoint", str(ckpt), "--output", str(tmp_path / "o.zarr")]
+    assert main([*argv, "--cluster", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari-rat predict: error: cannot reach the Ray cluster at 127.0.0.1:")
+    assert len(err.strip().splitlines()) == 1 and "6379" in err
+    assert sorted(tmp_path.iterdir()) == before
     with pytest.raises(ClusterError, match="not a Ray cluster address"):
         next(predict_on_cluster(model, img, spacing, store=tmp_path / "o.zarr", cluster="nowhere"))
     assert not (tmp_path / "o.zarr").exists()

@@ -135,6 +135,11 @@ def _run(args: argparse.Namespace) -> int:
         resample_to_training_spacing=args.resample,
         min_instance_size=args.min_size,
     )
+    if args.cluster == "local":
+        from napari_rat.cluster.local_head import recorded_head
+
+        if recorded_head() is None:
+            print("starting the local Ray head (it keeps running: `napari-rat cluster stop`)")
     if args.cluster:
         scratch = _cluster_scratch_folder(args)
         steps = _cluster_steps(args, model, source, options, scratch / "prediction.zarr")
