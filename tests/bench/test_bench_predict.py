@@ -108,3 +108,40 @@ def test_starter_model_cases_build_and_run_on_tiny_inputs(tmp_path):
     assert (tmp_path / "out.zarr").is_dir()
     with pytest.raises(ValueError, match="starter model is 2D"):
         predict._model("", 3, None, "starter")
+
+
+def test_cluster_cases_follow_the_engine_and_the_table_compares_them():
+    """``--cluster local --workers 1 2``: per size the engine then 1 and 2 workers; the table
+    gives each against the engine, the worker's peak memory between sizes, and the overhead."""
+    args = _args("--cluster", "local", "--sizes", "64x64", "64x512", "--skip-bare")
+    assert args.workers == [1, 2] and args.cores >= 1
+    assert predict.plan_cases(args) == [
+        ("engine", (64, 64)),
+        ("cluster 1", (64, 64)),
+        ("cluster 2", (64, 64)),
+        ("engine", (64, 512)),
+        ("cluster 1", (64, 512)),
+        ("cluster 2", (64, 512)),
+    ]
+
+    def row(case, shape, seconds, peak, **result):
+        return {
+            "case": case,
+            "shape": shape,
+            "seconds": seconds,
+            "px_per_s": 1000 / seconds,
+            "peak": peak,
+            "error": None,
+            "result": result or None,
+        }
+
+    extra = {"overhead_per_block": 0.05, "blocks": 4, "startup": 3.0}
+    rows = [
+        row("engine", "64x64", 10.0, 100),
+        row("cluster 1", "64x64", 11.0, 500, **extra),
+        row("cluster 1", "64x512", 80.0, 550, **extra),
+    ]
+    lines = predict._cluster_lines(rows)
+    assert lines[0].startswith("- 64x64: cluster 1 worker(s) = 0.91 x single-process engine")
+    assert "overhead 0.050 s per block (4 blocks" in lines[0]
+    assert lines[-1] == "- cluster 1: peak memory per worker 64x512 / 64x64: 1.10 x"

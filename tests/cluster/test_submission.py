@@ -122,3 +122,56 @@ def test_a_taken_run_name_is_refused_unless_resuming(quick, tmp_path, monkeypatc
     spec = build_job(quick, local_cluster=True, resume=True)
     spec.cleanup()
     assert "--resume" in spec.entrypoint
+
+
+def test_a_predict_job_runs_predict_on_its_own_cluster_with_the_same_package(tmp_path):
+    """submit-predict's job: `predict --cluster auto` with the forwarded options, the version
+    pinned, the checkpoint uploaded; paths relative to this machine refused for a remote
+    cluster; no token anywhere."""
+    import shlex
+
+    from napari_rat import __version__
+    from napari_rat.cli import build_parser
+    from napari_rat.cluster.submission import SubmissionError, build_predict_job
+    from napari_rat.commands.submit_predict import predict_arguments
+    from napari_rat.train.run import JOB_VERSION_ENV
+
+    parser = build_parser()
+    argv = ["submit-predict", "s3://bucket/img.zarr", "--output", "/shared/out.zarr"]
+    argv += ["--tile", "128", "--region", "y=0:512", "x=0:256", "--resample", "--workers", "8"]
+    args = parser.parse_args(argv)
+    forwarded = predict_arguments(args.parser, args)
+    assert forwarded == [
+        "--region",
+        "y=0:512",
+        "x=0:256",
+        "--tile",
+        "128",
+        "--resample",
+        "--workers",
+        "8",
+    ]
+    spec = build_predict_job(
+        "s3://bucket/img.zarr", "/shared/out.zarr", local_cluster=False, predict_args=forwarded
+    )
+    try:
+        words = shlex.split(spec.entrypoint)
+        assert words[:5] == ["python", "-m", "napari_rat.cli", "predict", "s3://bucket/img.zarr"]
+        assert words[5:] == [
+            "--output",
+            "/shared/out.zarr",
+            "--checkpoint",
+            "starter",
+            "--cluster",
+            "auto",
+            *forwarded,
+        ]
+        assert spec.runtime_env["env_vars"][JOB_VERSION_ENV] == __version__
+        assert spec.metadata["kind"] == "predict" and spec.metadata["output"] == "/shared/out.zarr"
+        assert "TOKEN" not in repr(spec.runtime_env).upper()
+    finally:
+        spec.cleanup()
+    with pytest.raises(SubmissionError, match="relative to this machine"):
+        build_predict_job("img.zarr", "/shared/out.zarr", local_cluster=False)
+    with pytest.raises(SubmissionError, match="does not exist"):
+        build_predict_job(str(tmp_path / "none.zarr"), str(tmp_path / "o"), local_cluster=True)

@@ -388,3 +388,51 @@ def test_the_bundled_choice_takes_a_3d_model_for_volumes_when_there_is_one(
     _run(widget, qtbot)
     assert widget.status.value.startswith("done"), widget.status.value
     assert viewer.layers["vol foreground (RAT)"].data.shape == img.shape  # the whole volume
+
+
+@pytest.mark.slow
+def test_run_on_the_local_cluster_gives_the_layers_of_a_run_here(
+    make_napari_viewer, qtbot, checkpoints, tmp_path, monkeypatch
+):
+    """ "run on: local cluster" starts the local head (a real one, stopped by its pid after) and
+    spreads the blocks over 2 workers; the layers equal those of a run on this machine, placed
+    the same, and the scratch store is gone."""
+    pytest.importorskip("ray")
+    import tempfile
+
+    from napari_rat.cluster import stop_local_head
+
+    monkeypatch.setenv("NAPARI_RAT_STATE_DIR", str(tmp_path / "state"))
+    from pathlib import Path
+
+    def scratch():
+        return set(Path(tempfile.gettempdir()).glob("napari-rat-dock-cluster-*"))
+
+    before = scratch()
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((96, 80), seed=5)
+    viewer.add_image(img, name="img", scale=(0.5, 0.5), translate=(3.0, -2.0))
+    widget = _widget(viewer, checkpoints[0], "img")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    here = {
+        name: np.asarray(viewer.layers[f"img {name} (RAT)"].data)
+        for name in ("foreground", "instances")
+    }
+    viewer.layers.remove("img foreground (RAT)")
+    viewer.layers.remove("img instances (RAT)")
+    widget.run_on.value = "local cluster"
+    widget.workers.value = 2
+    try:
+        widget.run()
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=300_000)
+        assert widget.status.value.startswith("done"), widget.status.value
+        fg = viewer.layers["img foreground (RAT)"]
+        np.testing.assert_allclose(np.asarray(fg.data), here["foreground"], atol=1e-5, rtol=0)
+        labels = viewer.layers["img instances (RAT)"]
+        np.testing.assert_array_equal(np.asarray(labels.data), here["instances"])
+        assert tuple(labels.scale) == (0.5, 0.5) and tuple(labels.translate) == (3.0, -2.0)
+        assert scratch() == before
+    finally:
+        stopped = stop_local_head()
+    assert stopped is not None  # the run had started the local head

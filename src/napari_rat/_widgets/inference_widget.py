@@ -36,6 +36,8 @@ REGIONS = {
     "current slice": "slice",
 }
 ALL_CHANNELS = "all"
+#: Where a run computes: here, or across the local Ray head (started if none runs).
+RUN_ON = {"this machine": None, "local cluster": "local"}
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,26 @@ def run_plan(layer, model_dims: int, region: str, step, level: int, note: str = 
 
 
 def _prediction_job(
-    checkpoint, device, layer, region, step, level, view_box, tile, levels, channel, note=""
+    checkpoint,
+    device,
+    layer,
+    region,
+    step,
+    level,
+    view_box,
+    tile,
+    levels,
+    channel,
+    note="",
+    cluster=None,
+    workers=2,
 ):
     """Generator run in the worker: load the model, say the plan, cut the input, predict.
 
     ``layer``: a :class:`~napari_rat._widgets.layer_input.LayerSnapshot` taken on the GUI
-    thread.
+    thread. ``cluster``: ``None`` (here) or a cluster for
+    :func:`napari_rat.cluster.predict.predict_on_cluster` with ``workers`` (every plane of a
+    stack still runs here, one plane after the other).
     """
     keep_triton_out()
     from napari_rat.inference import PredictOptions, resolve_device
@@ -96,9 +112,39 @@ def _prediction_job(
         layer, dims, "whole" if region == "planes" else region, step, level, view_box, channel
     )
     check_result_memory(source.image.shape[1:], _ways_out(layer, region, level))
-    result = yield from predict_input(model, source, options=options)
-    arrays = result_arrays(result, source)
+    if cluster is not None:
+        result, arrays = yield from _on_cluster(model, source, options, cluster, workers)
+    else:
+        result = yield from predict_input(model, source, options=options)
+        arrays = result_arrays(result, source)
     return RunResult(arrays, source, result.num_instances, result.nan_pixels, plan)
+
+
+def _on_cluster(model, source, options, cluster, workers):
+    """The run across a Ray cluster, built in a scratch store read back into memory (the
+    result layers) and removed, whether it finishes or not."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from napari_rat.cluster.predict import predict_on_cluster
+
+    scratch = Path(tempfile.mkdtemp(prefix="napari-rat-dock-cluster-"))
+    try:
+        result = yield from predict_on_cluster(
+            model,
+            source.image,
+            source.spacing,
+            source.translation,
+            units=source.units,
+            store=scratch / "prediction.zarr",
+            options=options,
+            cluster=cluster,
+            workers=workers,
+        )
+        return result, result_arrays(result, source)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def check_channels(layer, channel: int | None, model_channels: int) -> None:
@@ -296,6 +342,12 @@ class InferenceWidget(ModelDock):
         self.level = SpinBox(label="level", min=0, max=16, value=0)
         self.tile = SpinBox(label="tile (px)", min=16, max=4096, step=16, value=256)
         self.levels = SpinBox(label="levels fed", min=1, max=4, value=1)
+        self.run_on = ComboBox(label="run on", choices=list(RUN_ON), value="this machine")
+        self.run_on.tooltip = (
+            "local cluster: the same prediction spread over the local Ray head's workers "
+            "(started if none runs; `napari-rat cluster stop` stops it)"
+        )
+        self.workers = SpinBox(label="cluster workers", min=1, max=256, value=2)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
@@ -303,7 +355,15 @@ class InferenceWidget(ModelDock):
         self.plan = Label(value="")
         super().__init__(
             napari_viewer,
-            options=[self.region, self.channel, self.level, self.tile, self.levels],
+            options=[
+                self.region,
+                self.channel,
+                self.level,
+                self.tile,
+                self.levels,
+                self.run_on,
+                self.workers,
+            ],
             actions=[self.run_button, self.cancel_button, self.progress, self.plan],
         )
         wrap_status_label(self.plan.native)
@@ -358,6 +418,8 @@ class InferenceWidget(ModelDock):
             self.levels.value,
             channel,
             self.model.note(spatial),
+            RUN_ON[self.run_on.value],
+            self.workers.value,
             yielded=self._on_progress,
             returned=partial(self._on_result, source_name=layer.name),
         )

@@ -17,12 +17,18 @@ default: local attention) with random weights (speed does not depend on the weig
 attention), small enough for the full-size 2D run on 2 CPU cores. ``--no-bare-at-large`` runs
 the bare forward at the first size only: the throughput ratio is then measured there and the
 memory ratio between all sizes.
+
+``--cluster local --workers 1 2`` adds the engine across a Ray cluster with 1 and 2 workers
+sharing ``--cores`` CPUs, against the single-process engine on as many threads
+(:mod:`napari_rat.bench._predict_cluster`): throughput ratio, peak memory per worker between
+sizes, and the scheduling overhead per block.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -104,9 +110,16 @@ def case_engine(
     attention: str | None,
     precision: str = "auto",
     model: str = "config",
+    threads: int | None = None,
 ):
-    """Set-up of the engine case: returns ``(run, device)``."""
+    """Set-up of the engine case: returns ``(run, device)``; ``threads``: torch's CPU threads
+    (the cores the cluster cases share among their workers)."""
+    import torch
+
     from napari_rat.inference import PredictOptions, predict, run_prediction
+
+    if threads:
+        torch.set_num_threads(threads)
     from napari_rat.inference.sources import input_from_pyramid
     from napari_rat.io import open_pyramid
 
@@ -169,6 +182,7 @@ def _row(name, shape, runs) -> dict[str, Any]:
         "peak": max((r.peak_bytes for r in runs if r.peak_bytes is not None), default=None),
         "error": failed[0].error if failed else None,
         "runs": len(runs),
+        "result": runs[-1].result if not failed else None,
     }
 
 
@@ -188,6 +202,8 @@ def plan_cases(args: argparse.Namespace) -> list[tuple[str, tuple[int, ...]]]:
     plan = []
     for i, shape in enumerate(bench_sizes(args)):
         plan.append(("engine", shape))
+        if getattr(args, "cluster", None):
+            plan += [(f"cluster {w}", shape) for w in args.workers]
         if not args.skip_bare and (i == 0 or not args.no_bare_at_large):
             plan.append(("bare forward", shape))
     return plan
@@ -221,19 +237,15 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if any(r.error for r in runs.get((case, shape), [])):
                     continue
                 name = "x".join(map(str, shape))
-                if case == "engine":
+                if case == "engine" or case.startswith("cluster"):
                     image = work / f"img_{name}.zarr"
                     if not image.exists():
                         make_image(image, shape, spacing)
                     store = work / f"pred_{name}.zarr"
-                    res = measure(
-                        "napari_rat.bench.predict:case_engine",
-                        image=str(image),
-                        store=str(store),
-                        **common,
-                    )
+                    res = _measure_engine(case, args, image, store, common)
                     shutil.rmtree(store, ignore_errors=True)
-                    if turn == repeat - 1 or res.error:  # the image's last run
+                    last = [c for c, s in plan if s == shape and c != "bare forward"][-1]
+                    if (turn == repeat - 1 and case == last) or res.error:  # the image's last run
                         shutil.rmtree(image, ignore_errors=True)
                 else:
                     res = measure("napari_rat.bench.predict:case_bare", shape=list(shape), **common)
@@ -243,6 +255,33 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return [_row(case, shape, runs[(case, shape)]) for case, shape in plan]
+
+
+def _measure_engine(case: str, args, image: Path, store: Path, common: dict):
+    """The single-process engine on ``--cores`` threads, or ``cluster W``: W workers sharing
+    those cores (a worker's peak memory is the row's)."""
+    if case == "engine":
+        threads = args.cores if getattr(args, "cluster", None) else None
+        return measure(
+            "napari_rat.bench.predict:case_engine",
+            image=str(image),
+            store=str(store),
+            threads=threads,
+            **common,
+        )
+    res = measure(
+        "napari_rat.bench._predict_cluster:case_cluster",
+        image=str(image),
+        store=str(store),
+        workers=int(case.split()[1]),
+        cores=args.cores,
+        cluster=args.cluster,
+        block=args.block,
+        **common,
+    )
+    if not res.error:
+        res.peak_bytes = res.result["worker_peak"]
+    return res
 
 
 def _format_row(r) -> str:
@@ -281,7 +320,35 @@ def format_table(rows, args) -> str:
             f"- peak memory {big['shape']} / {small['shape']}: "
             f"{big['peak'] / max(small['peak'], 1):.2f} x"
         )
+    lines += _cluster_lines(rows)
     return "\n".join(lines)
+
+
+def _cluster_lines(rows) -> list[str]:
+    """Cluster throughput against the engine, worker memory between sizes, overhead per block."""
+    ok = [r for r in rows if not r["error"]]
+    engine = {r["shape"]: r for r in ok if r["case"] == "engine"}
+    lines = []
+    cases = sorted({r["case"] for r in ok if r["case"].startswith("cluster")})
+    for case in cases:
+        mine = [r for r in ok if r["case"] == case]
+        for r in mine:
+            extra = r.get("result") or {}
+            if r["shape"] in engine:
+                ratio = r["px_per_s"] / engine[r["shape"]]["px_per_s"]
+                lines.append(
+                    f"- {r['shape']}: {case} worker(s) = {ratio:.2f} x single-process engine "
+                    f"throughput; scheduling overhead {extra.get('overhead_per_block', 0):.3f} s "
+                    f"per block ({extra.get('blocks', 0)} blocks; worker start-up "
+                    f"{extra.get('startup', 0):.1f} s, not timed)"
+                )
+        if len(mine) >= 2:
+            small, big = mine[0], mine[-1]
+            lines.append(
+                f"- {case}: peak memory per worker {big['shape']} / {small['shape']}: "
+                f"{big['peak'] / max(small['peak'], 1):.2f} x"
+            )
+    return lines
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -328,6 +395,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run every case this many times, interleaved; report the fastest time and the "
         "highest peak memory (times on a shared machine are noisy, memory is not); the "
         "images stay on disk until their last run",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="local|ADDRESS",
+        help="also run the engine across a Ray cluster ('local': a private head per case on "
+        "--cores CPUs) and compare it with the single-process engine on the same cores",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="worker counts of the --cluster cases (default: 1 2)",
+    )
+    p.add_argument("--block", type=int, help="tiles per block side of the --cluster cases")
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="CPUs of the comparison: the engine's threads, shared by the workers (default: "
+        "this process's)",
     )
     p.add_argument("--output", help="also write the table here")
     p.set_defaults(func=_main)

@@ -9,7 +9,10 @@ over these functions.
 - :mod:`~napari_rat.cluster.client`: :func:`connect` to the local head or to a remote dashboard
   URL with a token, and :class:`ClusterClient` over ``ray.job_submission.JobSubmissionClient``.
 - :mod:`~napari_rat.cluster.submission`: a validated config becomes a job that runs
-  ``napari-rat train --backend ray`` on the cluster.
+  ``napari-rat train --backend ray`` on the cluster (and ``submit-predict``'s job, one that runs
+  ``napari-rat predict --cluster auto``).
+- :mod:`~napari_rat.cluster.predict`: the tiled prediction engine across a Ray cluster, block
+  by block (:func:`~napari_rat.cluster.predict.predict_on_cluster`), resumable.
 """
 
 from napari_rat.cluster.client import ClusterClient, ClusterError, JobSummary, connect

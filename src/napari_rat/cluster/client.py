@@ -261,6 +261,31 @@ class ClusterClient:
             num_workers=num_workers,
             num_gpus=num_gpus,
         )
+        return self._submit_spec(spec)
+
+    def submit_predict(
+        self,
+        image: str,
+        output: str,
+        *,
+        checkpoint: str = "starter",
+        predict_args: list[str] | None = None,
+    ) -> str:
+        """Submit ``napari-rat predict IMAGE --output OUTPUT --cluster auto`` (plus
+        ``predict_args``) as a job; returns its submission id. See
+        :func:`~napari_rat.cluster.submission.build_predict_job`."""
+        from napari_rat.cluster.submission import build_predict_job
+
+        spec = build_predict_job(
+            image,
+            output,
+            local_cluster=self.local,
+            checkpoint=checkpoint,
+            predict_args=predict_args,
+        )
+        return self._submit_spec(spec)
+
+    def _submit_spec(self, spec) -> str:
         try:
             return self._call(
                 self._jobs.submit_job,

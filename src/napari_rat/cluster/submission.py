@@ -1,5 +1,6 @@
 """A validated :class:`~napari_rat.config.ExperimentConfig` as a Ray job: what is uploaded, the
 entrypoint, the runtime environment and the metadata, all checked before anything is sent.
+:func:`build_predict_job` lays out a ``napari-rat predict --cluster auto`` job the same way.
 
 The job runs ``napari-rat train --config config.yaml --backend ray`` on the cluster (as
 ``python -m napari_rat.cli``: the local head's job gets this very interpreter) with the same
@@ -159,6 +160,58 @@ def build_job(
             "run_name": run,
             "storage": run_storage(placed),
             "resume": "yes" if resume else "no",
+        },
+        workdir=workdir,
+    )
+
+
+def build_predict_job(
+    image: str,
+    output: str,
+    *,
+    local_cluster: bool,
+    checkpoint: str = "starter",
+    predict_args: list[str] | None = None,
+) -> JobSpec:
+    """Lay out ``napari-rat predict IMAGE --output OUTPUT --cluster auto PREDICT_ARGS`` as a job
+    (nothing is sent): the same package pinned as a training job's, the checkpoint shipped in
+    the upload (``starter`` and URLs are passed on), ``image`` and ``output`` placed as the
+    cluster sees them (a URL, or an absolute path on storage the cluster shares).
+
+    Raises
+    ------
+    SubmissionError
+        A relative path for a remote cluster, a missing local image, an unreadable checkpoint,
+        or an upload over Ray's 100 MiB limit.
+    """
+    image = _place_path("the image", image, local_cluster)
+    output = _place_path("--output", output, local_cluster)
+    if local_cluster and not _is_url(image) and not Path(image).exists():
+        raise SubmissionError(f"the image {image!r} does not exist; give an OME-Zarr path or URL")
+    workdir = Path(tempfile.mkdtemp(prefix="napari-rat-job-"))
+    try:
+        python = shlex.quote(sys.executable) if local_cluster else "python"
+        model = checkpoint if checkpoint == "starter" else _ship_checkpoint(checkpoint, workdir)
+        args = [python, "-m", "napari_rat.cli", "predict", image, "--output", output]
+        args += ["--checkpoint", model, "--cluster", "auto", *(predict_args or [])]
+        check_upload_size(workdir)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    name = Path(output).name
+    return JobSpec(
+        submission_id=f"napari-rat-predict-{Path(name).stem}-{secrets.token_hex(4)}",
+        entrypoint=" ".join(shlex.quote(a) if i else a for i, a in enumerate(args)),
+        runtime_env={
+            "working_dir": str(workdir),
+            "env_vars": {JOB_VERSION_ENV: __version__, "PYTHONUNBUFFERED": "1"},
+        },
+        metadata={
+            "napari_rat_version": __version__,
+            "run_name": name,
+            "kind": "predict",
+            "output": output,
+            "resume": "yes" if "--resume" in (predict_args or []) else "no",
         },
         workdir=workdir,
     )

@@ -52,6 +52,32 @@ def _check_targets(args, pyramid) -> None:
             raise CommandError(str(exc)) from None
 
 
+def _check_cluster_options(args) -> None:
+    from napari_rat.errors import CommandError
+
+    if not args.cluster:
+        given = [
+            name
+            for name, value, default in (
+                ("--workers", args.workers, 2),
+                ("--cpus-per-worker", args.cpus_per_worker, 1),
+                ("--gpus-per-worker", args.gpus_per_worker, 0.0),
+                ("--block", args.block, None),
+                ("--resume", args.resume, False),
+            )
+            if value != default
+        ]
+        if given:
+            raise CommandError(f"{', '.join(given)} only apply with --cluster local|ADDRESS")
+        return
+    if args.workers < 1 or args.cpus_per_worker < 1 or args.gpus_per_worker < 0:
+        raise CommandError(
+            "--workers and --cpus-per-worker must be 1 or more, --gpus-per-worker 0 or more"
+        )
+    if args.block is not None and args.block < 1:
+        raise CommandError(f"--block {args.block}: give 1 or more tiles per block side")
+
+
 def _scratch_folder(args):
     """Where the prediction is built (on the destination's file system), removed at the end."""
     import tempfile
@@ -81,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(f"--min-size {args.min_size} is negative; give 0 or a positive size")
     if args.levels is not None and args.levels < 1:
         raise CommandError(f"--levels {args.levels}: give 1 or more pyramid levels")
+    _check_cluster_options(args)
+    _check_job_version()
     try:
         device = resolve_device(args.device)
         pyramid = open_pyramid(args.input)
@@ -101,25 +129,37 @@ def _run(args: argparse.Namespace) -> int:
         tile=tile,
         halo=halo,
         levels=args.levels,
-        device=str(device),
+        # on a cluster, the device is each worker's (a GPU there, whatever this machine has)
+        device=args.device if args.cluster else str(device),
         precision=args.precision,
         resample_to_training_spacing=args.resample,
         min_instance_size=args.min_size,
     )
-    scratch = _scratch_folder(args)
+    if args.cluster == "local":
+        from napari_rat.cluster.local_head import recorded_head
+
+        if recorded_head() is None:
+            print("starting the local Ray head (it keeps running: `napari-rat cluster stop`)")
+    if args.cluster:
+        scratch = _cluster_scratch_folder(args)
+        steps = _cluster_steps(args, model, source, options, scratch / "prediction.zarr")
+    else:
+        scratch = _scratch_folder(args)
+        steps = predict_input(model, source, options=options, store=scratch / "prediction.zarr")
     bar = ProgressBar()
+    written = False
     try:
         try:
-            result = run_prediction(
-                predict_input(model, source, options=options, store=scratch / "prediction.zarr"),
-                lambda p: bar(p.done, p.total, p.stage),
-            )
-        except ValueError as exc:
+            result = run_prediction(steps, lambda p: bar(p.done, p.total, p.stage))
+        except (ValueError, FileExistsError) as exc:
+            raise CommandError(str(exc)) from None
+        except _cluster_errors() as exc:
             raise CommandError(str(exc)) from None
         except (RuntimeError, MemoryError) as exc:
             raise CommandError(
                 f"the prediction failed: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
                 "try a smaller --tile, --device cpu, or a --region"
+                + ("; the blocks done are kept: add --resume" if args.cluster else "")
             ) from None
         finally:
             bar.close()
@@ -140,23 +180,87 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"wrote {path} ({result.num_instances} instances)")
         except (OmeZarrError, ValueError, FileExistsError, PermissionError) as exc:
             raise CommandError(str(exc)) from None
+        written = True
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        # A cluster run that did not finish keeps its blocks for --resume.
+        if written or not args.cluster:
+            shutil.rmtree(scratch, ignore_errors=True)
+        elif not any(scratch.iterdir()):  # stopped before any block: nothing to resume
+            scratch.rmdir()
     return 0
+
+
+def _check_job_version() -> None:
+    """In a job sent by ``submit-predict``: refuse a cluster running another napari-rat."""
+    from napari_rat.errors import CommandError
+    from napari_rat.train.run import VersionMismatchError, check_job_version
+
+    try:
+        check_job_version()
+    except VersionMismatchError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _cluster_errors() -> tuple[type[BaseException], ...]:
+    from napari_rat.cluster import ClusterError
+
+    return (ClusterError,)
+
+
+def _cluster_scratch_folder(args):
+    """Where a cluster run is built: a folder beside the destination named after it, found
+    again by ``--resume`` (every worker must reach it: a shared folder on a real cluster)."""
+    from pathlib import Path
+
+    if args.output:
+        out = Path(args.output).expanduser().absolute()
+        folder = out.parent / f".napari-rat-predict-{out.name}"
+    else:
+        folder = Path(args.input).absolute().parent / f".napari-rat-predict-{args.into_labels}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _cluster_steps(args, model, source, options, store):
+    """The prediction as :func:`napari_rat.cluster.predict.predict_on_cluster` runs it."""
+    from napari_rat.cluster.predict import predict_on_cluster
+
+    return predict_on_cluster(
+        model,
+        source.image,
+        source.spacing,
+        source.translation,
+        units=source.units,
+        store=store,
+        options=options,
+        cluster=args.cluster,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        block=args.block,
+        resume=args.resume,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="segment an OME-Zarr image with a RAT checkpoint")
     p.add_argument("input", metavar="IN.zarr", help="OME-Zarr image (path or URL)")
-    p.add_argument(
-        "--checkpoint",
-        default="starter",
-        help="checkpoint file, or 'starter' for the bundled model (default)",
-    )
     p.add_argument("--output", metavar="OUT.zarr", help="write probabilities + labels here")
     p.add_argument("--into-labels", metavar="NAME", help="write labels into IN.zarr/labels/NAME")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing label image (--into-labels)"
+    )
+    add_prediction_arguments(p)
+    add_cluster_run_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def add_prediction_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and tiling options (shared by ``predict`` and ``submit-predict``)."""
+    p.add_argument(
+        "--checkpoint",
+        default="starter",
+        help="checkpoint file, or 'starter' for the bundled model (default)",
     )
     p.add_argument("--level", type=int, default=0, help="pyramid level to predict on")
     p.add_argument(
@@ -195,4 +299,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="drop instances smaller than this physical area (2D) or volume (3D), in the image's "
         "units (default: the size the checkpoint chose on its validation split)",
     )
-    p.set_defaults(func=_run)
+
+
+def add_cluster_run_arguments(p: argparse.ArgumentParser, *, cluster: bool = True) -> None:
+    """``--cluster`` (unless ``cluster`` is false: a submitted job runs on its own cluster),
+    ``--workers``, ``--cpus-per-worker``, ``--gpus-per-worker``, ``--block``, ``--resume``
+    (shared by ``predict`` and ``submit-predict``)."""
+    if cluster:
+        p.add_argument(
+            "--cluster",
+            metavar="local|ADDRESS",
+            help="predict across a Ray cluster: 'local' (the local head, started if none "
+            "runs), 'auto' (inside a Ray job) or a head's HOST:PORT (token in RAY_AUTH_TOKEN)",
+        )
+    p.add_argument("--workers", type=int, default=2, help="blocks computed at once (--cluster)")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker")
+    p.add_argument(
+        "--block",
+        type=int,
+        metavar="N",
+        help="tiles per block side (default 4 in 2D, 2 in 3D); a Ray task computes a block",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish a stopped --cluster run to the same --output: only its missing blocks",
+    )

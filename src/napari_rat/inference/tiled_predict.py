@@ -18,6 +18,7 @@ and the prediction resampled back.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable, Generator, Sequence
 from contextlib import nullcontext
@@ -305,34 +306,123 @@ def _published(result: Prediction, store: Path, with_labels: bool) -> Prediction
     return result
 
 
-def _predict_tiles(model, image, plan: _Plan, options, probs, semantic, cancel):
-    """Every tile through the model into ``probs``/``semantic``; yields :class:`Progress`,
-    returns the count of non-finite input pixels."""
+def publish_work(
+    result: Prediction, work: Path, store: str | Path, with_labels: bool
+) -> Prediction:
+    """A resumable run's complete work folder (a zarr group beside ``store``, kept between runs
+    so that a stopped run can finish) moved into place as ``store``, and ``result`` pointed at
+    it. Like :func:`~napari_rat.atomic_files.atomic_path`, the move is one rename on the same
+    file system: readers see nothing, then the whole store."""
+    import zarr
+
+    store = Path(store)
+    zarr.open_group(work, mode="a").attrs.update({"napari_rat": _placement_attrs(result)})
+    if store.exists():
+        raise FileExistsError(f"{store} already exists; choose another output or remove it")
+    os.rename(work, store)
+    return _published(result, store, with_labels)
+
+
+def _predict_tiles(
+    model, image, plan: _Plan, options, probs, semantic, cancel, tiles=None, within=None
+):
+    """Every tile (of ``tiles``, default the plan's) through the model into
+    ``probs``/``semantic``, writing only inside ``within`` (slices; default everywhere);
+    yields :class:`Progress`, returns the count of non-finite input pixels written."""
     nan_pixels = 0
     stats, n_classes = plan.stats, len(plan.class_names)
+    tiles = plan.tiles if tiles is None else tiles
     # no_grad, not inference_mode: RoSE caches position tensors across calls (lru_cache),
     # and an inference tensor in that cache would break later training in this process.
     with torch.no_grad():
-        for t in plan.tiles:
+        for done, t in enumerate(tiles, 1):
             if cancel is not None and cancel.is_set():
                 raise PredictionCancelled("prediction cancelled")
+            core, crop = _clipped(t, within)
             data = np.asarray(image[(slice(None), *t.read)], dtype=np.float32)
             data, missing = _mask_missing(data, stats)
             x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(plan.device)
             with autocast_for(plan.device, options.precision):
                 p = _tile_probabilities(model, x, plan, options)
-            p = p[(slice(None), *t.crop)].cpu().numpy()
+            p = p[(slice(None), *crop)].cpu().numpy()
             if missing is not None:
-                missing = missing[t.crop]
+                missing = missing[crop]
                 nan_pixels += int(missing.sum())
                 p[:, missing] = 0.0
                 p[0, missing] = 1.0  # background, sure
-            probs[(slice(None), *t.core)] = p
-            semantic[t.core] = np.argmax(p[:n_classes], axis=0).astype(np.uint8)
+            probs[(slice(None), *core)] = p
+            semantic[core] = np.argmax(p[:n_classes], axis=0).astype(np.uint8)
             del data, x, p
             release_freed_memory()  # what the forward freed: else the peak grows with the run
-            yield Progress("tiles", t.index + 1, len(plan.tiles))
+            yield Progress("tiles", done, len(tiles))
     return nan_pixels
+
+
+def _clipped(t, within):
+    """The tile's core and crop, cut to ``within`` (slices of the image; ``None``: whole)."""
+    if within is None:
+        return t.core, t.crop
+    core, crop = [], []
+    for c, k, w in zip(t.core, t.crop, within, strict=True):
+        lo, hi = max(c.start, w.start), min(c.stop, w.stop)
+        core.append(slice(lo, hi))
+        crop.append(slice(k.start + lo - c.start, k.start + hi - c.start))
+    return tuple(core), tuple(crop)
+
+
+def tiles_within(plan: _Plan, region: Sequence[slice]) -> list:
+    """The plan's tiles whose core meets ``region`` (slices of the image)."""
+    return [
+        t
+        for t in plan.tiles
+        if all(c.start < r.stop and r.start < c.stop for c, r in zip(t.core, region, strict=True))
+    ]
+
+
+def plan_prediction(
+    model, image, spacing, translation=None, *, options=None, stats=None, units=None
+) -> _Plan:
+    """Check the inputs and settle every setting of a run, as :func:`predict` does first.
+
+    The seam for running the engine elsewhere (``napari_rat.cluster.predict``): the plan is
+    made once, then :func:`predict_tiles_into` runs any subset of its tiles and
+    :func:`instances_into` the instance step, each exactly as :func:`predict` runs them.
+    """
+    return _plan(model, image, spacing, translation, options or PredictOptions(), stats, units)
+
+
+def predict_tiles_into(
+    model, image, plan: _Plan, probs, semantic, *, options=None, tiles=None, within=None
+) -> Generator[Progress, None, int]:
+    """Run ``tiles`` of ``plan`` (default all) into the open arrays ``probs``/``semantic``,
+    writing only inside ``within`` (slices: a block of the image; default everywhere).
+    A generator like :func:`predict`'s tile step; returns the count of non-finite pixels.
+    ``model`` must already be on ``plan.device`` in eval mode."""
+    options = options or PredictOptions()
+    return (
+        yield from _predict_tiles(model, image, plan, options, probs, semantic, None, tiles, within)
+    )
+
+
+def instances_into(
+    model, plan: _Plan, probs, root, *, options=None, cancel=None
+) -> Generator[Progress, None, tuple[Any, int]]:
+    """The instance step of :func:`predict` over ``probs``, its arrays made in the zarr group
+    ``root``; returns ``(labels, count)``."""
+    options = options or PredictOptions()
+    return (
+        yield from _instances(
+            probs,
+            root,
+            plan.shape,
+            plan.chunks,
+            plan.boundary,
+            options,
+            cancel,
+            plan.spacing,
+            _min_pixels(model, plan, options),
+        )
+    )
 
 
 def _min_pixels(model, plan: _Plan, options: PredictOptions) -> float:

@@ -110,6 +110,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports free right now on ``host``. Each socket stays bound until
+    all are chosen: asking :func:`free_port` ``count`` times can give the same port twice (the
+    system may hand a just-released port out again), which Ray refuses at start-up."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def communication_backend(requested: str, device_type: str) -> str:
     """``nccl`` on CUDA, ``gloo`` on the CPU, unless the config asks for one."""
     if requested != "auto":

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from napari_rat.train.distributed import free_port
+from napari_rat.train.distributed import free_ports
 
 HOST = "127.0.0.1"
 #: Keeps Ray from swapping 127.0.0.1 for the machine's address (single-node cluster).
@@ -192,9 +192,9 @@ def _start_head_once(
         raise ImportError('Ray is not installed: pip install "napari-rat[train]"') from exc
     temp_dir = tempfile.mkdtemp(prefix="napari-rat-ray-")
     token = secrets.token_hex(32)
-    gcs_port = free_port()
-    dashboard_port = free_port() if include_dashboard else None
-    ports = [free_port() for _ in range(7)]
+    gcs_port, dashboard_port, *ports = free_ports(9)  # distinct: Ray refuses a port used twice
+    if not include_dashboard:
+        dashboard_port = None
     cmd = [
         *_ray_executable(),
         "start",
