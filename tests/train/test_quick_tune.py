@@ -298,11 +298,20 @@ def test_cancel_stops_promptly_and_leaves_the_model_untouched():
         ({"labels": np.ones((90, 96), np.int32)}, "not the image's spatial shape"),
         ({"labels": np.zeros((96, 96), np.int32)}, "labels are empty"),
         ({"labels": np.ones((96, 96), np.float32)}, "not instance labels"),
+        ({"labels": np.full((96, 96), -1, np.int32)}, "negative values"),
         ({"scribbles": np.zeros((96, 96), np.uint8)}, "scribbles are empty"),
         ({"scribbles": np.full((96, 96), 3, np.uint8)}, "value 3 but the model has 2 classes"),
         ({}, "nothing to learn from"),
     ],
-    ids=["shape", "empty-labels", "float-labels", "empty-scribbles", "class", "nothing"],
+    ids=[
+        "shape",
+        "empty-labels",
+        "float-labels",
+        "negative",
+        "empty-scribbles",
+        "class",
+        "nothing",
+    ],
 )
 def test_bad_input_is_refused_before_training(kwargs, message):
     image = nuclei_2d()[0][TRAIN_2D]
