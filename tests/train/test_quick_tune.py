@@ -72,6 +72,7 @@ def tuned_2d():
         labels=labels[TRAIN_2D],
         steps=40,
         learning_rate=3e-3,
+        crop_size=(64, 64),
         progress=events.append,
         name="nuclei[96:192, 0:96]",
     )
@@ -255,7 +256,13 @@ def test_scribble_only_quick_tune_improves_a_bad_start():
     args = (image[SCORE_2D], (1.0, 1.0), labels[SCORE_2D])
     start = _foreground_dice(bad, *args)
     tuned = quick_tune(
-        bad, image[TRAIN_2D], (1.0, 1.0), scribbles=scribbles, steps=40, learning_rate=3e-3
+        bad,
+        image[TRAIN_2D],
+        (1.0, 1.0),
+        scribbles=scribbles,
+        steps=40,
+        learning_rate=3e-3,
+        crop_size=(64, 64),
     )
     after = _foreground_dice(tuned, *args)
     assert after > 0.8 and after > start + 0.15, (start, after)
@@ -341,7 +348,8 @@ def test_quick_tune_config_follows_the_checkpoint():
     info = starter_model().checkpoint_info
     config = quick_tune_config(info, (40, 300), steps=7)
     assert config.data.source == "in_memory" and config.training.freeze_backbone
-    assert config.data.crop_size == [40, 64]  # the checkpoint's crops, no larger than the image
+    # The checkpoint's 64^2 crops enlarged to 128^2, no larger than the image.
+    assert config.data.crop_size == [40, 128]
     assert config.training.steps_per_epoch == 7 and config.training.epochs == 1
     assert config.model.sga_attention_type == "local"
     assert config.model.model_dump(exclude={"sga_attention_type"}) == info.model_config.model_dump(

@@ -21,6 +21,7 @@ between two steps, leaving the model it started from untouched.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 import threading
@@ -39,11 +40,15 @@ from napari_rat.train.events import TrainEvent
 from napari_rat.train.loop import BEST_NAME, train_events
 from napari_rat.train.normalization import Normalization
 
-#: Defaults: enough steps to move a decoder, few enough for seconds on a laptop's CPU.
+#: Defaults: enough steps to move a decoder, few enough for seconds on a laptop's CPU
+#: (measured with ``napari-rat bench tune``, see the README).
 DEFAULT_STEPS = 60
 DEFAULT_BATCH_SIZE = 4
-DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_LEARNING_RATE = 2e-3
 DEFAULT_CROP = 64
+#: Crops smaller than this many pixels are enlarged towards it: the attention prediction runs
+#: is linear in pixels, and larger crops keep the cores busier per step.
+DEFAULT_CROP_PIXELS = 128 * 128
 
 Cancel = threading.Event | Callable[[], bool] | None
 
@@ -92,8 +97,9 @@ def quick_tune_config(
     attention: str | None = None,
 ) -> ExperimentConfig:
     """The experiment a quick tune runs: ``info``'s model with its backbone frozen, trained
-    ``steps`` steps on in-memory crops (the checkpoint's crop size and levels, no larger than
-    the image), normalised as the checkpoint says.
+    ``steps`` steps on in-memory crops (by default the checkpoint's crop, enlarged to about
+    :data:`DEFAULT_CROP_PIXELS`, no larger than the image; its pyramid levels), normalised as
+    the checkpoint says.
 
     ``attention``: the backbone's implementation while tuning; by default the one prediction
     runs (:func:`~napari_rat.inference.model_loading.inference_attention`: ``local`` for a
@@ -106,8 +112,11 @@ def quick_tune_config(
     model = info.model_config.model_copy(
         update={"sga_attention_type": attention or inference_attention(stored_attention)}
     )
-    stored = info.extra.get("crop_size") or [DEFAULT_CROP] * dims
-    crop = list(crop_size or stored)
+    if crop_size is None:
+        stored = info.extra.get("crop_size") or [DEFAULT_CROP] * dims
+        grow = max(1.0, (DEFAULT_CROP_PIXELS / math.prod(stored)) ** (1 / dims))
+        crop_size = [round(c * grow) for c in stored]
+    crop = list(crop_size)
     if len(crop) != dims:
         raise ValueError(f"crop_size {crop} must have {dims} values (the model is {dims}D)")
     crop = [max(1, min(int(c), int(s))) for c, s in zip(crop, spatial_shape, strict=True)]
