@@ -355,3 +355,47 @@ def test_quick_tune_config_follows_the_checkpoint():
     assert config.model.model_dump(exclude={"sga_attention_type"}) == info.model_config.model_dump(
         exclude={"sga_attention_type"}
     )
+
+
+def test_scribbles_win_over_labels_where_painted():
+    from napari_rat.train.datasets import targets_from_labels
+
+    labels = np.zeros((6, 6), np.int32)
+    labels[1:4, 1:4] = 1
+    painted = np.full((6, 6), -1, np.int32)
+    painted[2, 2] = 0  # "this pixel is background", against the labels
+    painted[5, 5] = 1  # "this pixel is the object class", against the labels
+    classes, boundary = targets_from_labels(labels, painted)
+    expected = (labels > 0).astype(np.int64)
+    expected[2, 2], expected[5, 5] = 0, 1
+    np.testing.assert_array_equal(classes, expected)
+    assert boundary[2, 2] == 0 and boundary[5, 5] == -1  # objects painted: boundary unknown
+    assert boundary[1, 1] == 1 and boundary[0, 0] == 0  # elsewhere from the labels
+
+
+def test_spacing_in_other_units_reaches_the_model_in_its_unit():
+    image, labels = nuclei_2d()
+    events = quick_tune_events(
+        "starter",
+        image[TRAIN_2D],
+        (1000.0, 1000.0),
+        units="nanometer",
+        labels=labels[TRAIN_2D],
+        steps=1,
+        crop_size=(32, 32),
+    )
+    while True:
+        try:
+            next(events)
+        except StopIteration as stop:
+            tuned = stop.value
+            break
+    assert tuned.checkpoint_info.extra["trained_on"][0]["spacing"] == [1.0, 1.0]
+    assert tuned.checkpoint_info.training_spacing == [1.0, 1.0]
+
+
+def test_a_model_without_its_checkpoint_is_refused(tiny):
+    model = build_model(tiny().model)
+    image, labels = nuclei_2d()
+    with pytest.raises(ValueError, match="load it with napari_rat.model.load_checkpoint"):
+        quick_tune(model, image[TRAIN_2D], (1.0, 1.0), labels=labels[TRAIN_2D])
