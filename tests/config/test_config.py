@@ -148,3 +148,23 @@ def test_unknown_keys_name_the_nearest_valid_key_of_their_section(tmp_path):
     # Nothing close: the section's keys instead of a guess.
     assert problems["data.colour"].startswith("unknown key 'colour'; valid keys: ")
     assert "crop_size" in problems["data.colour"] and "did you mean" not in problems["data.colour"]
+
+
+def test_freeze_backbone_needs_a_decoder(tmp_path):
+    assert ExperimentConfig.model_validate({"training": {"freeze_backbone": True}})
+    path = _write(tmp_path, {"model": {"variant": "rat"}, "training": {"freeze_backbone": True}})
+    problems, _ = check_config_file(path)
+    assert len(problems) == 1
+    assert "variant 'rat' has none" in problems[0].message
+    assert "rat_segmentation" in problems[0].message
+
+
+def test_in_memory_source_trains_on_everything_and_is_refused_from_a_file(tmp_path):
+    path = _write(tmp_path, {"data": {"source": "in_memory"}})
+    problems, _ = check_config_file(path)
+    assert "set val_fraction: 0 and holdout_fraction: 0" in problems[0].message
+    config = load_config(_write(tmp_path, {"data": {"source": "in_memory", "val_fraction": 0}}))
+    from napari_rat.train.data_sources import DatasetError, load_images
+
+    with pytest.raises(DatasetError, match="export them with napari_rat.train.training_set"):
+        load_images(config.data, 2)

@@ -175,3 +175,23 @@ def test_deepspeed_two_local_ranks_over_gloo(tiny, monkeypatch):
     last = load_checkpoint(folder / "last.safetensors").state_dict()
     for key, value in last.items():
         torch.testing.assert_close(weights[key], value)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_trains_with_the_backbone_frozen(
+    tiny, tmp_path, monkeypatch, process_group
+):
+    from napari_rat.model import build_model, save_checkpoint
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = tiny(
+        training={"backend": "deepspeed", "epochs": 1, "freeze_backbone": True},
+        deepspeed={"enabled": True, "zero_stage": 2},
+    )
+    start = save_checkpoint(build_model(config.model), tmp_path / "start.safetensors", config.model)
+    initial = load_checkpoint(start).state_dict()
+    events = list(train_events(config, init_from=str(start)))
+    assert events[-1].kind == "finished"
+    trained = load_checkpoint(config.training.output_dir + "/tiny/last.safetensors").state_dict()
+    assert all(torch.equal(initial[k], trained[k]) for k in initial if k.startswith("backbone."))
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial if k.startswith("out."))

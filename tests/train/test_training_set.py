@@ -55,6 +55,9 @@ def test_bad_inputs_are_refused_and_leave_nothing(crop, tmp_path):
         export_training_set(tmp_path / "a.zarr", image, labels[:50], **kwargs)
     with pytest.raises(TrainingSetError, match="not instance labels"):
         export_training_set(tmp_path / "a.zarr", image, labels.astype(float), **kwargs)
+    # Negative values would wrap around to huge uint32 labels in the written set.
+    with pytest.raises(TrainingSetError, match="negative values"):
+        export_training_set(tmp_path / "a.zarr", image, labels.astype(np.int32) - 1, **kwargs)
     assert list(tmp_path.iterdir()) == []
     export_training_set(tmp_path / "a.zarr", image, labels, **kwargs)
     with pytest.raises(OmeZarrError, match="already exists"):

@@ -15,7 +15,9 @@ class DataConfig(StrictModel):
 
     ``source`` chooses the dataset: ``synthetic`` (generated nuclei with a known spacing),
     ``ome_zarr`` (images with a ``labels/`` group), ``tiff`` (image/label file pairs) or
-    ``stardist_nuclei_2d`` (the bundled real 2D nuclei image, see the README).
+    ``stardist_nuclei_2d`` (the bundled real 2D nuclei image, see the README) or ``in_memory``
+    (arrays handed to the training loop in code, e.g. by
+    :func:`napari_rat.train.quick_tune.quick_tune`; a YAML file cannot hold them).
 
     ``scales`` are the pyramid levels fed to the model: ``[1]`` one level, ``[1, 2]`` the crop
     and its 2x downsampled copy (the same factor on every axis). The former ``multi_scale``
@@ -23,7 +25,9 @@ class DataConfig(StrictModel):
     and dropped, with a ``FutureWarning``.
     """
 
-    source: Literal["synthetic", "ome_zarr", "tiff", "stardist_nuclei_2d"] = "synthetic"
+    source: Literal["synthetic", "ome_zarr", "tiff", "stardist_nuclei_2d", "in_memory"] = (
+        "synthetic"
+    )
     paths: list[str] = Field(default_factory=list, description="Images (OME-Zarr or TIFF).")
     label_paths: list[str] = Field(default_factory=list, description="Label TIFFs (tiff source).")
     label_name: str | None = Field(None, description="Which labels/<name> of an OME-Zarr.")
@@ -106,6 +110,11 @@ class DataConfig(StrictModel):
     def _check(self) -> DataConfig:
         if self.source in ("ome_zarr", "tiff") and not self.paths:
             raise ValueError(f"data.source is {self.source!r} but data.paths is empty; list files")
+        if self.source == "in_memory" and (self.val_fraction or self.holdout_fraction):
+            raise ValueError(
+                "data.source 'in_memory' trains on every annotation it is given; set "
+                "val_fraction: 0 and holdout_fraction: 0"
+            )
         if self.source == "tiff" and len(self.label_paths) != len(self.paths):
             raise ValueError(
                 f"data.source 'tiff' needs one label file per image: {len(self.paths)} images, "

@@ -58,6 +58,12 @@ class ExperimentConfig(StrictModel):
                 "training.backend is 'deepspeed' but deepspeed.enabled is false; "
                 "set deepspeed.enabled: true"
             )
+        if self.training.freeze_backbone and self.model.variant != "rat_segmentation":
+            raise ValueError(
+                f"training.freeze_backbone trains the decoder and head, but model.variant "
+                f"{self.model.variant!r} has none; use variant: rat_segmentation or set "
+                "freeze_backbone: false"
+            )
         if self.training.precision == "fp16" and self.training.device == "cpu":
             raise ValueError("fp16 is not supported on the CPU; use precision: bf16 or fp32")
         return self

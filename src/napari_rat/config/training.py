@@ -35,3 +35,8 @@ class TrainingConfig(StrictModel):
         None, gt=0, description="Stop (and save) after this long; the schedule is unchanged."
     )
     log_every: int = Field(10, ge=1, description="Steps between progress reports.")
+    freeze_backbone: bool = Field(
+        False,
+        description="Train only the decoder and head: the RAT backbone's weights stay as they "
+        "were loaded (quick fine-tuning on a few corrected labels or scribbles).",
+    )

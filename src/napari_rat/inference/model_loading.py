@@ -32,6 +32,11 @@ def checkpoint_path(checkpoint: str | os.PathLike) -> Path:
     return Path(checkpoint)
 
 
+def inference_attention(stored: str) -> str:
+    """The attention implementation prediction runs for a checkpoint stored with ``stored``."""
+    return "local" if stored == "dense" else stored
+
+
 def load_model_for_inference(
     checkpoint: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -51,6 +56,5 @@ def load_model_for_inference(
     except FileNotFoundError as exc:
         raise CheckpointError(str(exc)) from None
     if attention is None:
-        stored = read_checkpoint_info(path).model_config.sga_attention_type
-        attention = "local" if stored == "dense" else stored
+        attention = inference_attention(read_checkpoint_info(path).model_config.sga_attention_type)
     return load_checkpoint(path, device=device, sga_attention_type=attention)

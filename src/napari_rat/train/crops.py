@@ -58,14 +58,17 @@ def split_regions(
 
 @dataclass
 class CropSample:
-    """One training sample: per level an image ``[C, *crop]`` and labels ``[*crop]``.
+    """One training sample: per level an image ``[C, *crop]`` and labels ``[*crop]``, and,
+    when the image has scribbled classes (:attr:`LabeledImage.classes`), those ``[*crop]``.
 
-    Label ``-1`` marks pixels outside the image (padding), ignored by losses and metrics.
+    ``-1`` marks pixels outside the image (padding) or not annotated, ignored by losses and
+    metrics.
     """
 
     images: list[np.ndarray]
     labels: list[np.ndarray]
     spacings: list[tuple[float, ...]]
+    classes: list[np.ndarray] | None = None
 
 
 def _source_level(
@@ -114,23 +117,35 @@ def resample_box(
     for c in range(patch.shape[0]):
         channel = ndi.gaussian_filter(patch[c], sigma) if max(sigma) > 0 else patch[c]
         out[c] = ndi.map_coordinates(channel, coords, order=1, mode="mirror")
-    lab = None
-    if labels:
-        lab_axes = [
-            (origin[d] + (np.arange(shape[d]) + 0.5) * box_spacing[d]) / image.spacing[d]
-            for d in range(ndim)
-        ]
-        idx = [np.floor(a).astype(int) for a in lab_axes]
-        inside = [(i >= 0) & (i < image.labels.shape[d]) for d, i in enumerate(idx)]
-        clipped = [np.clip(i, 0, image.labels.shape[d] - 1) for d, i in enumerate(idx)]
-        lab = np.asarray(image.labels[np.ix_(*clipped)], dtype=np.int32)
-        valid = np.ones(shape, dtype=bool)
-        for d, ins in enumerate(inside):
-            shape_d = [1] * ndim
-            shape_d[d] = -1
-            valid &= ins.reshape(shape_d)
-        lab = np.where(valid, lab, -1)
+    lab = (
+        nearest_labels(image.labels, image.spacing, origin, box_spacing, shape) if labels else None
+    )
     return out, lab
+
+
+def nearest_labels(
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    origin: Sequence[float],
+    box_spacing: Sequence[float],
+    shape: Sequence[int],
+) -> np.ndarray:
+    """Nearest-neighbour sample of level-0 ``labels`` (pixel size ``spacing``) on the grid of
+    :func:`resample_box`; ``-1`` outside the array."""
+    ndim = len(shape)
+    lab_axes = [
+        (origin[d] + (np.arange(shape[d]) + 0.5) * box_spacing[d]) / spacing[d] for d in range(ndim)
+    ]
+    idx = [np.floor(a).astype(int) for a in lab_axes]
+    inside = [(i >= 0) & (i < labels.shape[d]) for d, i in enumerate(idx)]
+    clipped = [np.clip(i, 0, labels.shape[d] - 1) for d, i in enumerate(idx)]
+    lab = np.asarray(labels[np.ix_(*clipped)], dtype=np.int32)
+    valid = np.ones(tuple(shape), dtype=bool)
+    for d, ins in enumerate(inside):
+        shape_d = [1] * ndim
+        shape_d[d] = -1
+        valid &= ins.reshape(shape_d)
+    return np.where(valid, lab, -1)
 
 
 def _equal_spacing_groups(spacing: Sequence[float]) -> list[list[int]]:
@@ -209,6 +224,7 @@ def sample_crop(
         origin.append(r0 + (rng.uniform(0, room) if room > 0 else room / 2))
     perm, flip = random_orientation(spacing, rng, flips=flips, rotations=rotations)
     images, labels, spacings = [], [], []
+    classes: list[np.ndarray] | None = None if image.classes is None else []
     for shape in level_shapes(crop_size, scales):
         box_spacing = [e / n for e, n in zip(extent, shape, strict=True)]
         img, lab = resample_box(image, origin, box_spacing, shape)
@@ -217,7 +233,11 @@ def sample_crop(
         images.append(apply_orientation(img, perm, flip))
         labels.append(apply_orientation(lab, perm, flip))
         spacings.append(tuple(box_spacing[p] for p in perm))
-    return CropSample(images, labels, spacings)
+        if classes is not None:
+            cls = nearest_labels(image.classes, image.spacing, origin, box_spacing, shape)
+            cls = _mask_outside(cls, origin, box_spacing, region, image.spacing)
+            classes.append(apply_orientation(cls, perm, flip))
+    return CropSample(images, labels, spacings, classes)
 
 
 def _mask_outside(

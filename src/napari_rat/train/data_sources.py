@@ -1,4 +1,5 @@
-"""Where labelled images come from: OME-Zarr, TIFF pairs, generated and bundled nuclei.
+"""Where labelled images come from: OME-Zarr, TIFF pairs, generated and bundled nuclei, and
+arrays held in memory (:class:`InMemoryImage`: a napari layer's corrected labels or scribbles).
 
 Every source gives :class:`LabeledImage` objects: a normalised image ``[C, *spatial]`` with its
 instance labels, the physical spacing and, for OME-Zarr, the coarser pyramid levels (used for
@@ -10,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from napari_rat.config import DataConfig
+from napari_rat.config import DataConfig, ModelConfig
 from napari_rat.train.normalization import Normalization
 
 
@@ -32,11 +34,156 @@ class LabeledImage:
     #: Coarser stored pyramid levels: ``(image [C, *spatial], spacing)``, finest first.
     levels: list[tuple[np.ndarray, tuple[float, ...]]] = field(default_factory=list)
     synthetic: bool = False
+    #: Painted class targets (scribbles): ``-1`` not painted, ``0`` background, ``k`` the head's
+    #: class ``k``. Where painted they win over ``labels``; ``None``: classes follow ``labels``.
+    classes: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
         """Spatial shape."""
         return tuple(self.labels.shape)
+
+
+def check_label_array(
+    labels: Any,
+    spatial_shape: Sequence[int],
+    *,
+    what: str = "labels",
+    kind: str = "instance labels",
+    empty: str = "paint or correct some objects first (0 is background)",
+    error: type[ValueError] = DatasetError,
+) -> np.ndarray:
+    """``labels`` as an array after checking it can annotate an image of ``spatial_shape``:
+    the same shape, integer values >= 0, not all 0. ``what`` names it in the messages, ``kind``
+    says what it should be and ``empty`` what to do about an empty one.
+
+    Raises
+    ------
+    DatasetError
+        (or ``error``) naming the problem and the fix.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != tuple(spatial_shape):
+        raise error(
+            f"the {what}' shape {labels.shape} is not the image's spatial shape "
+            f"{tuple(spatial_shape)}; choose the Labels layer painted on this image"
+        )
+    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise error(f"the {what} are {labels.dtype}, not {kind}; use a Labels layer")
+    if not labels.any():
+        raise error(f"the {what} are empty: {empty}")
+    if labels.min() < 0:
+        raise error(
+            f"the {what} have negative values (min {labels.min()}); 0 is unlabelled "
+            "background and objects are positive: use a Labels layer"
+        )
+    return labels
+
+
+@dataclass(frozen=True)
+class InMemoryImage:
+    """An image and its annotations held in memory (``data.source: in_memory``).
+
+    Parameters
+    ----------
+    image
+        Raw intensities ``[*spatial]`` or ``[C, *spatial]`` (normalised like every source).
+    spacing
+        Physical pixel size per spatial axis, in the model's unit.
+    labels
+        Instance labels (0 background, each object its own value); every pixel counts.
+    scribbles
+        Painted classes: 0 not painted (ignored by the loss), 1 background, 2 the head's first
+        class after background, and so on. Where painted they win over ``labels``.
+    name
+        What the model card calls the image.
+    """
+
+    image: np.ndarray
+    spacing: Sequence[float]
+    labels: np.ndarray | None = None
+    scribbles: np.ndarray | None = None
+    name: str = "in-memory image"
+
+    def spatial_shape(self, spatial_dims: int) -> tuple[int, ...]:
+        """The image's spatial shape (raises :class:`DatasetError` for wrong axes)."""
+        return tuple(_with_channels(np.asarray(self.image), spatial_dims).shape[1:])
+
+    def check(self, model: ModelConfig) -> None:
+        """Raise :class:`DatasetError` naming what makes this unusable to train ``model``."""
+        dims = model.spatial_dims
+        shape = self.spatial_shape(dims)
+        channels = 1 if np.ndim(self.image) == dims else int(np.shape(self.image)[0])
+        if channels != model.input_features:
+            raise DatasetError(
+                f"{self.name}: the image has {channels} channel(s) but the model takes "
+                f"{model.input_features}; choose an image with {model.input_features}"
+            )
+        spacing = [float(s) for s in self.spacing]
+        if len(spacing) != dims or not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise DatasetError(
+                f"{self.name}: spacing {spacing} must be {dims} positive numbers (one per "
+                "spatial axis)"
+            )
+        if self.labels is None and self.scribbles is None:
+            raise DatasetError(
+                f"{self.name}: nothing to learn from; give corrected instance labels, "
+                "scribbles, or both"
+            )
+        if self.labels is not None:
+            check_label_array(self.labels, shape)
+        if self.scribbles is not None:
+            classes = list(model.head.class_names)
+            scribbles = check_label_array(
+                self.scribbles,
+                shape,
+                what="scribbles",
+                kind="painted classes",
+                empty=f"paint background (1) and {classes[1]} (2) first",
+            )
+            top = int(scribbles.max())
+            if top > len(classes):
+                raise DatasetError(
+                    f"the scribbles use value {top} but the model has {len(classes)} classes "
+                    f"({', '.join(f'{i + 1} {c}' for i, c in enumerate(classes))}); repaint "
+                    f"those pixels with a value from 1 to {len(classes)}"
+                )
+
+    def note(self, class_names: Sequence[str]) -> dict[str, Any]:
+        """What a model card says this image taught: shape, spacing, objects and pixels."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "shape": list(np.shape(self.image)),
+            "spacing": [float(s) for s in self.spacing],
+        }
+        if self.labels is not None:
+            labels = np.asarray(self.labels)
+            out["objects"] = int(np.unique(labels[labels > 0]).size)
+            out["labelled_pixels"] = int(labels.size)
+        if self.scribbles is not None:
+            values, counts = np.unique(np.asarray(self.scribbles), return_counts=True)
+            out["scribbled_pixels"] = {
+                class_names[int(v) - 1]: int(n)
+                for v, n in zip(values, counts, strict=True)
+                if 0 < v <= len(class_names)
+            }
+        return out
+
+
+def in_memory_images(
+    sources: Sequence[InMemoryImage], spatial_dims: int, norm: Normalization
+) -> list[LabeledImage]:
+    """The :class:`LabeledImage` of each in-memory image: labels ``-1`` where only scribbles
+    say anything, scribbles as :attr:`LabeledImage.classes` (value minus one)."""
+    out = []
+    for src in sources:
+        shape = src.spatial_shape(spatial_dims)
+        labels = np.full(shape, -1, np.int32) if src.labels is None else src.labels
+        item = _finish(src.name, src.image, labels, src.spacing, norm, spatial_dims)
+        if src.scribbles is not None:
+            item.classes = np.asarray(src.scribbles).astype(np.int32) - 1
+        out.append(item)
+    return out
 
 
 def normalization_from_config(config: DataConfig) -> Normalization:
@@ -215,8 +362,14 @@ def ome_zarr_images(
     return out
 
 
-def load_images(config: DataConfig, spatial_dims: int) -> tuple[list[LabeledImage], Normalization]:
+def load_images(
+    config: DataConfig,
+    spatial_dims: int,
+    in_memory: Sequence[InMemoryImage] | None = None,
+) -> tuple[list[LabeledImage], Normalization]:
     """Every labelled image of ``config.data``'s source plus generated nuclei if mixed in.
+
+    ``in_memory``: the images of ``data.source: in_memory``.
 
     Raises
     ------
@@ -224,7 +377,18 @@ def load_images(config: DataConfig, spatial_dims: int) -> tuple[list[LabeledImag
         For a missing file or unreadable data, naming it.
     """
     norm = normalization_from_config(config)
-    if config.source == "synthetic":
+    if (config.source == "in_memory") != bool(in_memory):
+        raise DatasetError(
+            "data.source 'in_memory' trains on images handed to the loop in code "
+            "(napari_rat.train.quick_tune); to train from files, export them with "
+            "napari_rat.train.training_set and use data.source: ome_zarr"
+            if config.source == "in_memory"
+            else f"in-memory images were given but data.source is {config.source!r}; "
+            "set data.source: in_memory"
+        )
+    if config.source == "in_memory":
+        images = in_memory_images(in_memory, spatial_dims, norm)
+    elif config.source == "synthetic":
         images = synthetic_images(config, spatial_dims, norm)
     elif config.source == "stardist_nuclei_2d":
         images = stardist_images(config, spatial_dims, norm)

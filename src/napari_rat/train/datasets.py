@@ -6,12 +6,19 @@ validation and evaluation predict the whole validation or hold-out band. Generat
 into a real dataset (``data.synthetic_fraction``) are training-only.
 
 Targets per level: ``classes`` (0 background, 1 foreground, -1 ignored) and ``boundary``
-(:func:`napari_rat.inference.instances.boundary_from_instances` of the instance labels).
+(:func:`napari_rat.inference.instances.boundary_from_instances` of the instance labels; -1
+where unknown). Scribbled classes (in-memory images) win over the labels where painted; a
+scribble tells no boundary, except that background is never one.
+
+In-memory images (``data.source: in_memory``) are training-only, and their crops are drawn
+around what is annotated (:func:`annotated_box`), so sparse scribbles are not missed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +26,7 @@ import torch
 from napari_rat.config import DataConfig, ExperimentConfig
 from napari_rat.inference.instances import boundary_from_instances
 from napari_rat.train.crops import Region, sample_crop, spacing_factor, split_regions
-from napari_rat.train.data_sources import DatasetError, LabeledImage, load_images
+from napari_rat.train.data_sources import DatasetError, InMemoryImage, LabeledImage, load_images
 from napari_rat.train.normalization import Normalization
 
 
@@ -42,13 +49,23 @@ class DataBundle:
     holdout: list[EvalRegion]
     normalization: Normalization
     spacing: tuple[float, ...]
+    #: What the in-memory images taught (:meth:`InMemoryImage.note`), for the model card.
+    notes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def targets_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(classes int64, boundary float32)`` from instance labels (``-1`` = ignore)."""
-    classes = np.where(labels < 0, -1, (labels > 0).astype(np.int64))
-    boundary = boundary_from_instances(labels).astype(np.float32)
-    return classes.astype(np.int64), boundary
+def targets_from_labels(
+    labels: np.ndarray, classes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes int64, boundary float32)`` from instance labels (``-1`` = ignore) and, where
+    painted (``>= 0``), scribbled ``classes``; boundary ``-1`` where it is unknown."""
+    target = np.where(labels < 0, -1, (labels > 0).astype(np.int64))
+    boundary = np.where(labels < 0, -1.0, boundary_from_instances(labels))
+    if classes is not None:
+        painted = classes >= 0
+        target = np.where(painted, classes, target)
+        # Background is never boundary (inner contours only); painted objects say nothing.
+        boundary = np.where(painted, np.where(classes == 0, 0.0, -1.0), boundary)
+    return target.astype(np.int64), boundary.astype(np.float32)
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -113,7 +130,14 @@ class CropDataset(torch.utils.data.Dataset):
             flips=cfg.flips,
             rotations=cfg.rotations,
         )
-        classes, boundary = zip(*(targets_from_labels(lab) for lab in sample.labels), strict=True)
+        painted = sample.classes or [None] * len(sample.labels)
+        classes, boundary = zip(
+            *(
+                targets_from_labels(lab, cls)
+                for lab, cls in zip(sample.labels, painted, strict=True)
+            ),
+            strict=True,
+        )
         return {
             "images": [torch.from_numpy(a) for a in sample.images],
             "classes": [torch.from_numpy(c) for c in classes],
@@ -153,8 +177,37 @@ def _band(image: LabeledImage, box, kind: str) -> EvalRegion | None:
     )
 
 
-def build_data(config: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> DataBundle:
+def annotated_box(image: LabeledImage, crop_size: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """``(start, stop)`` of the box around every annotated pixel (labels ``>= 0`` or painted
+    classes), widened to at least ``crop_size`` where the image allows."""
+    annotated = image.labels >= 0
+    if image.classes is not None:
+        annotated |= image.classes >= 0
+    if not annotated.any():
+        raise DatasetError(f"{image.name}: nothing is annotated; paint labels or scribbles")
+    start, stop = [], []
+    for axis, (size, crop) in enumerate(zip(image.shape, crop_size, strict=True)):
+        other = tuple(a for a in range(annotated.ndim) if a != axis)
+        hits = np.flatnonzero(annotated.any(axis=other))
+        lo, hi = int(hits[0]), int(hits[-1]) + 1
+        grow = max(int(crop) - (hi - lo), 0)
+        lo = max(lo - grow // 2, 0)
+        hi = min(max(hi + (grow - grow // 2), lo + int(crop)), size)
+        start.append(lo)
+        stop.append(hi)
+    return tuple(start), tuple(stop)
+
+
+def build_data(
+    config: ExperimentConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    in_memory: Sequence[InMemoryImage] | None = None,
+) -> DataBundle:
     """Load the images, split them by region and build the training dataset.
+
+    ``in_memory``: the images of ``data.source: in_memory`` (checked against the model first).
 
     Raises
     ------
@@ -162,13 +215,18 @@ def build_data(config: ExperimentConfig, *, rank: int = 0, world_size: int = 1) 
         For a missing file or unreadable data, naming it.
     """
     data = config.data
-    images, norm = load_images(data, config.model.spatial_dims)
+    for source in in_memory or []:
+        source.check(config.model)
+    images, norm = load_images(data, config.model.spatial_dims, in_memory)
     regions: list[Region] = []
     val: list[EvalRegion] = []
     holdout: list[EvalRegion] = []
     for i, image in enumerate(images):
         if image.synthetic and data.source != "synthetic":
             regions.append(Region(i, (0,) * len(image.shape), image.shape))
+            continue
+        if data.source == "in_memory":
+            regions.append(Region(i, *annotated_box(image, data.crop_size)))
             continue
         boxes = split_regions(image.shape, data.val_fraction, data.holdout_fraction)
         if boxes["train"] is not None:
@@ -181,4 +239,6 @@ def build_data(config: ExperimentConfig, *, rank: int = 0, world_size: int = 1) 
         images, regions, data, config.training.batch_size, rank=rank, world_size=world_size
     )
     spacing = tuple(data.spacing) if data.spacing else images[0].spacing
-    return DataBundle(train, val, holdout, norm, spacing)
+    names = config.model.head.class_names
+    notes = [source.note(names) for source in in_memory or []]
+    return DataBundle(train, val, holdout, norm, spacing, notes)

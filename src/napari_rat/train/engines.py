@@ -74,6 +74,24 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
+def freeze_backbone(model: torch.nn.Module) -> None:
+    """Train only what sits on top of ``model.backbone``: its parameters stop requiring
+    gradients, so no optimiser sees them and their values stay bit-identical.
+
+    Raises
+    ------
+    ValueError
+        ``model`` has no ``backbone`` (the plain ``rat`` variant).
+    """
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, torch.nn.Module):
+        raise ValueError(
+            f"{type(model).__name__} has no backbone to freeze; freeze_backbone needs the "
+            "rat_segmentation variant"
+        )
+    backbone.requires_grad_(False)
+
+
 class EngineBase:
     """What both engines share: mode switching and the forward step of a batch.
 

@@ -24,9 +24,10 @@ from napari_rat.config import ExperimentConfig, save_config
 from napari_rat.inference.devices import resolve_device
 from napari_rat.model import build_model, load_checkpoint, save_checkpoint
 from napari_rat.train.checkpoint_store import LocalStore, StateStore
+from napari_rat.train.data_sources import InMemoryImage
 from napari_rat.train.datasets import DataBundle, build_data, collate, level_factors
 from napari_rat.train.distributed import DistEnv, configure_threads, detect_dist_env
-from napari_rat.train.engines import Engine
+from napari_rat.train.engines import Engine, freeze_backbone
 from napari_rat.train.evaluation import evaluate_regions, validation_options
 from napari_rat.train.events import (
     EVENT_MARKER,
@@ -108,7 +109,13 @@ def _barrier(dist: DistEnv) -> Callable[[], None]:
 
 
 def checkpoint_metadata(config: ExperimentConfig, data: DataBundle) -> dict[str, Any]:
-    """Keyword arguments of :func:`save_checkpoint` that describe the training data."""
+    """Keyword arguments of :func:`save_checkpoint` that describe the training data (and, as
+    a model card, what in-memory images taught and which weights were trained)."""
+    extra: dict[str, Any] = {}
+    if data.notes:
+        extra["trained_on"] = data.notes
+    if config.training.freeze_backbone:
+        extra["trained"] = "decoder and head (backbone frozen)"
     return {
         "training_spacing": list(data.spacing),
         "units": config.data.units,
@@ -118,6 +125,7 @@ def checkpoint_metadata(config: ExperimentConfig, data: DataBundle) -> dict[str,
             "experiment": config.name,
             "data_source": config.data.source,
             "crop_size": config.data.crop_size,
+            **extra,
         },
         "level_factors": level_factors(config.data),
     }
@@ -141,6 +149,8 @@ class _Run:
     notes: list[str]
     cancel: threading.Event | Callable[[], bool] | None
     deadline: float | None = None
+    #: Where the starting weights came from (the checkpoint, or the model in memory).
+    init_from: str | None = None
 
     @property
     def main(self) -> bool:
@@ -163,12 +173,14 @@ class _Run:
 def _set_up(
     config: ExperimentConfig,
     backend: str | None,
-    init_from: str | None,
+    init_from: str | torch.nn.Module | None,
     cancel: threading.Event | Callable[[], bool] | None,
     store: StateStore | None,
     dist: DistEnv | None,
+    in_memory: list[InMemoryImage] | None = None,
 ) -> _Run:
-    """Threads, seed, device, data, model (from ``init_from``), engine, state store, logger."""
+    """Threads, seed, device, data, model (from ``init_from``, the backbone frozen when the
+    config says so), engine, state store, logger."""
     t = config.training
     dist = dist or detect_dist_env()
     configure_threads(dist.local_world_size)
@@ -178,10 +190,11 @@ def _set_up(
     _seed_everything(t.seed)
     device = resolve_device(t.device, dist.local_rank)
     folder = run_dir(config)
-    data = build_data(config, rank=dist.rank, world_size=dist.world_size)
+    data = build_data(config, rank=dist.rank, world_size=dist.world_size, in_memory=in_memory)
     model = build_model(config.model)
-    if init_from is not None:
-        _load_initial_weights(model, init_from, config)
+    start = None if init_from is None else _load_initial_weights(model, init_from, config)
+    if t.freeze_backbone:
+        freeze_backbone(model)
     per_epoch = steps_per_epoch(config, dist.world_size)
     total = per_epoch * t.epochs
     engine, notes = make_engine(kind, model, config, total, device, dist)
@@ -207,19 +220,38 @@ def _set_up(
         total=total,
         notes=notes,
         cancel=cancel,
+        init_from=start,
     )
 
 
-def _load_initial_weights(model: torch.nn.Module, init_from: str, config: ExperimentConfig) -> None:
-    start = load_checkpoint(init_from)
-    if start.checkpoint_info.model_config.model_dump(exclude={"head"}) != config.model.model_dump(
-        exclude={"head"}
+def _load_initial_weights(
+    model: torch.nn.Module, init_from: str | torch.nn.Module, config: ExperimentConfig
+) -> str:
+    """Copy the weights of ``init_from`` (a checkpoint file, or a model loaded from one, which
+    stays untouched) into ``model``; returns what the model card calls the start.
+
+    The model configs must agree except for the head and the attention implementation (whose
+    weights are interchangeable)."""
+    if isinstance(init_from, torch.nn.Module):
+        start, info = init_from, getattr(init_from, "checkpoint_info", None)
+        if info is None:
+            raise ValueError(
+                "init_from: the model has no checkpoint_info; load it with "
+                "napari_rat.model.load_checkpoint, or pass its checkpoint file"
+            )
+        name = f"model in memory ({info.extra.get('experiment', 'unnamed')})"
+    else:
+        start, name = load_checkpoint(init_from), str(init_from)
+    same = {"head", "sga_attention_type"}
+    if start.checkpoint_info.model_config.model_dump(exclude=same) != config.model.model_dump(
+        exclude=same
     ):
         raise ValueError(
-            f"--init-from {init_from}: its model config differs from the experiment's model "
+            f"--init-from {name}: its model config differs from the experiment's model "
             "section; use the same model settings to fine-tune"
         )
     model.load_state_dict(start.state_dict())
+    return name
 
 
 def _resume(run: _Run, state: LoopState) -> Iterator[TrainEvent]:
@@ -327,6 +359,8 @@ def _save(
         return
     meta = checkpoint_metadata(run.config, run.data)
     meta["extra"] = {**meta["extra"], "step": state.step, "metrics": metrics}
+    if run.init_from is not None:
+        meta["extra"]["init_from"] = run.init_from
     model_for_save = _StateHolder(weights)
     # The instance size picked on this validation goes with the weights it suits.
     model_config = _with_min_instance_size(run.config.model, metrics or state.best_metrics)
@@ -342,11 +376,12 @@ def train_events(
     *,
     backend: str | None = None,
     resume: bool = False,
-    init_from: str | None = None,
+    init_from: str | torch.nn.Module | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
     store: StateStore | None = None,
     dist: DistEnv | None = None,
     on_epoch_end: Callable[[int, int], None] | None = None,
+    in_memory: list[InMemoryImage] | None = None,
 ) -> Iterator[TrainEvent]:
     """Train ``config``'s model, yielding :class:`TrainEvent` objects.
 
@@ -358,15 +393,18 @@ def train_events(
     resume
         Continue from the newest saved state of this run (a fresh start when there is none).
     init_from
-        A single-file checkpoint whose weights start the run (fine-tuning).
+        A single-file checkpoint whose weights start the run (fine-tuning), or a model loaded
+        from one (its weights are copied; it is left untouched).
     cancel
         A :class:`threading.Event` or a callable; when set, the loop saves and stops.
     store
         Where resumable state goes (default: ``<run>/state``).
     on_epoch_end
         Test hook called with ``(epoch, step)`` after each epoch's state is saved.
+    in_memory
+        The images of ``data.source: in_memory`` (see :mod:`napari_rat.train.quick_tune`).
     """
-    run = _set_up(config, backend, init_from, cancel, store, dist)
+    run = _set_up(config, backend, init_from, cancel, store, dist, in_memory)
     t = config.training
     state = LoopState()
     try:

@@ -15,7 +15,8 @@ def segmentation_loss(
     dice_weight: float = 1.0,
     boundary_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one level's logits ``[B, K(+1), *spatial]``; ``classes`` ``-1`` is ignored.
+    """Loss of one level's logits ``[B, K(+1), *spatial]``; ``classes`` ``-1`` is ignored, and
+    so is ``boundary`` ``-1`` (unknown there, e.g. under a scribble).
 
     Returns the loss and its parts (floats, for logging).
     """
@@ -35,10 +36,11 @@ def segmentation_loss(
     loss = ce + dice_weight * dice
     parts = {"ce": float(ce.detach()), "dice_loss": float(dice.detach())}
     if boundary is not None and logits.shape[1] > num_classes:
+        known = valid & (boundary >= 0)
         bce = F.binary_cross_entropy_with_logits(
-            logits[:, num_classes], boundary.float(), reduction="none"
+            logits[:, num_classes], boundary.float().clamp(min=0), reduction="none"
         )
-        bce = (bce * valid).sum() / n_valid
+        bce = (bce * known).sum() / known.sum().clamp(min=1)
         loss = loss + boundary_weight * bce
         parts["boundary_bce"] = float(bce.detach())
     return loss, parts

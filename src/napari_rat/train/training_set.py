@@ -18,6 +18,7 @@ import numpy as np
 from napari_rat.config import ExperimentConfig
 from napari_rat.io import write_image, write_labels
 from napari_rat.io.ome_zarr_writer import staged_store
+from napari_rat.train.data_sources import check_label_array
 
 DEFAULT_LABEL_NAME = "training"
 
@@ -55,19 +56,7 @@ def export_training_set(
             f"the image has {image.ndim} axes but axes {axes!r} name {len(axes)}"
         )
     spatial_shape = tuple(s for s, a in zip(image.shape, axes, strict=True) if a in "zyx")
-    if labels.shape != spatial_shape:
-        raise TrainingSetError(
-            f"the labels' shape {labels.shape} is not the image's spatial shape {spatial_shape}; "
-            "choose the Labels layer painted on this image"
-        )
-    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
-        raise TrainingSetError(
-            f"the labels are {labels.dtype}, not instance labels; use a Labels layer"
-        )
-    if not labels.any():
-        raise TrainingSetError(
-            "the labels are empty: paint or correct some objects first (0 is background)"
-        )
+    check_label_array(labels, spatial_shape, error=TrainingSetError)
     dest = Path(dest).expanduser().absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with staged_store(dest, overwrite) as staged:
