@@ -257,3 +257,13 @@ def test_a_second_process_reuses_the_cache(tmp_path):
     assert first[1] == "False" and second[1] == "True"
     assert first[2] == second[2]  # the same features
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_a_moved_image_reuses_the_entry_at_its_own_place(model2d, tmp_path):
+    cache = FeatureCache(tmp_path / "cache")
+    src = _source(seed=1)
+    first = features_for(model2d, src, options=TILES, cache=cache)
+    moved = PyramidInput(src.image, src.spacing, (5.0, -2.0), src.axis_names, src.units)
+    again = features_for(model2d, moved, options=TILES, cache=cache)
+    assert again.from_cache and again.path == first.path
+    assert first.translation == (0.0, 0.0) and again.translation == (5.0, -2.0)

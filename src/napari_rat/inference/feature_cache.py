@@ -76,22 +76,18 @@ def model_fingerprint(model) -> str:
     Two loads of one checkpoint give the same fingerprint; another checkpoint, a fine-tuned
     copy or the same weights run by another attention implementation give another.
     """
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         t = tensor.detach().cpu().contiguous()
         h.update(str(t.dtype).encode())
         h.update(repr(tuple(t.shape)).encode())
-        h.update(t.view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     for module in model.modules():
         h.update(type(module).__qualname__.encode())
     return h.hexdigest()
-
-
-def _byte_dtype():
-    import torch
-
-    return torch.uint8
 
 
 def array_fingerprint(image) -> str:

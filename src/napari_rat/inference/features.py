@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,22 +60,6 @@ class FeatureMaps:
     def shape(self) -> tuple[int, ...]:
         """The spatial shape."""
         return tuple(self.features.shape[1:])
-
-    @property
-    def foreground(self):
-        """``P(foreground)`` per pixel (1 - P(background)), a NumPy float32 array."""
-        import numpy as np
-
-        return 1.0 - np.asarray(self.probabilities[0], dtype=np.float32)
-
-    @property
-    def boundary(self):
-        """``P(boundary)`` per pixel (NumPy), or ``None`` for a model without boundary."""
-        import numpy as np
-
-        if "boundary" not in self.channel_names:
-            return None
-        return np.asarray(self.probabilities[-1], dtype=np.float32)
 
 
 def data_identity(source) -> str:
@@ -175,7 +159,10 @@ def compute_features(
     key = feature_key(model, source, options, identity)
     group = cache.get(key)
     if group is not None:
-        return _maps(None, None, from_cache=True, path=cache.path_for(key), group=group)
+        maps = _maps(None, None, from_cache=True, path=cache.path_for(key), group=group)
+        # features do not depend on where the image lies: one entry serves any placement
+        maps.translation = tuple(float(t) for t in source.translation)
+        return maps
     with cache.writing(key) as path:
         yield from predict(
             model,
@@ -221,12 +208,3 @@ def _maps(result, probabilities, *, from_cache: bool, path: Path | None, group) 
 def features_for(model, source, *, options: PredictOptions | None = None, **kwargs) -> FeatureMaps:
     """:func:`compute_features` driven to the end (for scripts and tests)."""
     return run_prediction(compute_features(model, source, options=options, **kwargs))
-
-
-__all__: Sequence[str] = [
-    "FeatureMaps",
-    "compute_features",
-    "data_identity",
-    "feature_key",
-    "features_for",
-]

@@ -141,7 +141,7 @@ class InteractiveSegmenter:
         self._boundary_channel = (
             maps.channel_names.index("boundary") if "boundary" in maps.channel_names else None
         )
-        self._mean, self._std = self._statistics()
+        self._stats: tuple[np.ndarray, np.ndarray] | None = None  # for the MLP, on first use
         self._head = None
         self._head_classes: list[int] | None = None
         self._lock = threading.Lock()
@@ -169,7 +169,10 @@ class InteractiveSegmenter:
         return self._inputs[box].reshape(-1, self._inputs.shape[-1])
 
     def _standardise(self, x: np.ndarray) -> np.ndarray:
-        return (x.astype(np.float32) - self._mean) / self._std
+        if self._stats is None:
+            self._stats = self._statistics()
+        mean, std = self._stats
+        return (x - mean) / std
 
     def _classifier_inputs(self, x: np.ndarray) -> np.ndarray:
         # Trees split on raw values (scale does not matter to them); the MLP needs standardised.
