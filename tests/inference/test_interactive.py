@@ -307,3 +307,16 @@ def test_bad_commits_are_refused_and_leave_the_labels_alone(mask, kwargs, messag
     with pytest.raises(ValueError, match=message):
         commit_object(labels, mask, **kwargs)
     np.testing.assert_array_equal(labels, before)
+
+
+def test_a_new_view_of_the_same_strokes_reuses_the_fit_and_a_new_stroke_refits(scene2d):
+    maps, truth = scene2d
+    seg = InteractiveSegmenter(maps)
+    scribbles = _strokes(truth, 4)
+    seg.predict_scribbles(scribbles, (slice(0, 48), slice(0, 48)))
+    fitted = seg._fitted[1]
+    seg.predict_scribbles(scribbles, (slice(48, 96), slice(48, 96)))
+    assert seg._fitted[1] is fitted  # panning costs no fit
+    scribbles[0, :5] = 1
+    seg.predict_scribbles(scribbles, (slice(48, 96), slice(48, 96)))
+    assert seg._fitted[1] is not fitted

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import torch
 
 from napari_rat.inference.features import FeatureMaps
 from napari_rat.inference.instances import instances_from_probabilities
+from napari_rat.inference.scribble_classifier import fit_forest, new_mlp, train_mlp
 from napari_rat.inference.tiled_predict import PredictionCancelled
 
 Classifier = Literal["mlp", "forest"]
@@ -37,9 +39,6 @@ Region = Sequence[slice | int] | None
 PREDICT_CHUNK = 1 << 18
 #: Most training pixels kept per class (a random subset beyond: fitting stays cheap).
 MAX_SAMPLES_PER_CLASS = 5_000
-#: The random forest's size: measured on the bundled nuclei image (``napari-rat bench
-#: interactive``), 10 trees of depth 10 score as 50 of depth 12 at a fifth of the time.
-FOREST_TREES, FOREST_DEPTH = 10, 10
 
 
 def region_box(shape: Sequence[int], region: Region) -> tuple[slice, ...]:
@@ -144,6 +143,7 @@ class InteractiveSegmenter:
         self._stats: tuple[np.ndarray, np.ndarray] | None = None  # for the MLP, on first use
         self._head = None
         self._head_classes: list[int] | None = None
+        self._fitted: tuple | None = None  # (scribbles digest, classifier, classes)
         self._lock = threading.Lock()
 
     # -- features -------------------------------------------------------------------------
@@ -212,14 +212,22 @@ class InteractiveSegmenter:
             ys.append(np.full(flat.size, k, dtype=np.int64))
         return self._classifier_inputs(np.concatenate(xs)), np.concatenate(ys), classes
 
-    def _fit(self, x: np.ndarray, y: np.ndarray, classes: list[int], cancel: threading.Event):
+    def _fit(self, scribbles: np.ndarray, cancel: threading.Event):
+        """The classifier fitted on ``scribbles`` and their classes; the last fit again when
+        the scribbles did not change (a new view of the same strokes costs no fit)."""
+        digest = hashlib.blake2b(scribbles.tobytes(), digest_size=16).hexdigest()
+        if self._fitted is not None and self._fitted[0] == digest:
+            return self._fitted[1], self._fitted[2]
+        x, y, classes = self._training_set(scribbles)
         if self.classifier == "forest":
-            return _fit_forest(x, y, self._seed)
-        warm = self._head is not None and self._head_classes == classes
-        head = self._head if warm else _new_mlp(x.shape[1], len(classes), self._seed)
-        _train_mlp(head, x, y, steps=40 if warm else 150, cancel=cancel)
-        self._head, self._head_classes = head, classes
-        return head
+            model = fit_forest(x, y, self._seed)
+        else:
+            warm = self._head is not None and self._head_classes == classes
+            model = self._head if warm else new_mlp(x.shape[1], len(classes), self._seed)
+            train_mlp(model, x, y, steps=40 if warm else 150, cancel=cancel)
+            self._head, self._head_classes = model, classes
+        self._fitted = (digest, model, classes)
+        return model, classes
 
     def _predict_box(self, model, box, n_classes: int, cancel: threading.Event) -> np.ndarray:
         x = self._inputs_in(box)
@@ -435,9 +443,8 @@ class ScribbleJob:
         seg, cancel = self._segmenter, self._cancel
         if cancel.is_set():
             raise PredictionCancelled("scribble prediction cancelled")
-        x, y, classes = seg._training_set(self._scribbles)
         with seg._lock:  # one fit at a time: the MLP is warm-started from the last one
-            model = seg._fit(x, y, classes, cancel)
+            model, classes = seg._fit(self._scribbles, cancel)
         probs = seg._predict_box(model, self.region, len(classes), cancel)
         semantic = np.asarray(classes, dtype=np.uint8 if max(classes) < 256 else np.uint16)[
             np.argmax(probs, axis=0)
@@ -510,47 +517,3 @@ def _otsu(values: np.ndarray, bins: int = 128) -> float:
     m1 = ((hist * centres).sum() - np.cumsum(hist * centres)) / np.maximum(w1, 1)
     between = w0 * w1 * (m0 - m1) ** 2
     return float(centres[int(np.argmax(between))])
-
-
-def _new_mlp(n_inputs: int, n_classes: int, seed: int) -> torch.nn.Module:
-    gen = torch.random.fork_rng()
-    with gen:
-        torch.manual_seed(seed)
-        return torch.nn.Sequential(
-            torch.nn.Linear(n_inputs, 32), torch.nn.GELU(), torch.nn.Linear(32, n_classes)
-        )
-
-
-def _train_mlp(head, x, y, *, steps: int, cancel: threading.Event) -> None:
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    counts = torch.bincount(yt, minlength=int(yt.max()) + 1).float()
-    weight = counts.sum() / (len(counts) * counts.clamp(min=1))  # balance the classes
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
-    head.train()
-    with torch.enable_grad():
-        for _ in range(steps):
-            if cancel.is_set():
-                raise PredictionCancelled("scribble prediction cancelled")
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(head(xt), yt, weight=weight)
-            loss.backward()
-            opt.step()
-    head.eval()
-
-
-def _fit_forest(x, y, seed):
-    try:
-        from sklearn.ensemble import RandomForestClassifier
-    except ImportError:
-        raise ImportError(
-            "the 'forest' classifier needs scikit-learn (pip install scikit-learn); or use "
-            "classifier='mlp'"
-        ) from None
-    forest = RandomForestClassifier(
-        n_estimators=FOREST_TREES,
-        max_depth=FOREST_DEPTH,
-        n_jobs=-1,
-        random_state=seed,
-        class_weight="balanced",
-    )
-    return forest.fit(x, y)
