@@ -320,3 +320,10 @@ def test_a_new_view_of_the_same_strokes_reuses_the_fit_and_a_new_stroke_refits(s
     scribbles[0, :5] = 1
     seg.predict_scribbles(scribbles, (slice(48, 96), slice(48, 96)))
     assert seg._fitted[1] is not fitted
+
+
+def test_features_too_large_for_the_memory_are_refused_with_the_way_out(scene2d):
+    maps, _ = scene2d
+    with pytest.raises(ValueError, match="compute them for a region"):
+        InteractiveSegmenter(maps, available_memory=1_000_000)
+    InteractiveSegmenter(maps, available_memory=10**10)  # fits

@@ -115,9 +115,19 @@ class InteractiveSegmenter:
         nuclei image the forest scored better (see the README's interactive figures).
     seed
         Seed of the classifier's initialisation and sampling.
+    available_memory
+        Free bytes (default: the system's available memory, when ``psutil`` can tell); an
+        image whose inputs would not fit is refused (``ValueError``) before anything is read.
     """
 
-    def __init__(self, maps: FeatureMaps, *, classifier: Classifier = "forest", seed: int = 0):
+    def __init__(
+        self,
+        maps: FeatureMaps,
+        *,
+        classifier: Classifier = "forest",
+        seed: int = 0,
+        available_memory: int | None = None,
+    ):
         if classifier not in ("mlp", "forest"):
             raise ValueError(f"classifier must be 'mlp' or 'forest', got {classifier!r}")
         self.maps = maps
@@ -126,13 +136,13 @@ class InteractiveSegmenter:
         self.shape = tuple(int(n) for n in maps.shape)
         self._rng = np.random.default_rng(seed)
         self._seed = seed
+        n_inputs = maps.features.shape[0] + len(maps.channel_names)
+        _check_memory(self.shape, n_inputs, available_memory)
         self._probabilities = np.asarray(maps.probabilities, dtype=np.float16)
         # Pixel-major (channels last) float32, so that a box's inputs are one strided copy and
         # reach the classifier without a conversion (4 bytes per input and pixel: 0.4 GB for a
         # 1024x1024 image and the starter model).
-        inputs = np.empty(
-            (*self.shape, maps.features.shape[0] + len(maps.channel_names)), np.float32
-        )
+        inputs = np.empty((*self.shape, n_inputs), np.float32)
         inputs[..., : maps.features.shape[0]] = np.moveaxis(np.asarray(maps.features), 0, -1)
         inputs[..., maps.features.shape[0] :] = np.moveaxis(self._probabilities, 0, -1)
         self._inputs = inputs
@@ -452,6 +462,22 @@ class ScribbleJob:
         fg = 1.0 - probs[0]
         labels = seg._instances(fg, self.region)
         return ScribbleResult(self.region, classes, probs, semantic, labels)
+
+
+def _check_memory(shape, n_inputs: int, available: int | None) -> None:
+    if available is None:
+        try:
+            import psutil
+        except ImportError:
+            return
+        available = psutil.virtual_memory().available
+    need = int(np.prod(shape)) * n_inputs * 4
+    if need > available:
+        raise ValueError(
+            f"the features of {' x '.join(map(str, shape))} pixels take {need / 1e9:.1f} GB in "
+            f"memory and {available / 1e9:.1f} GB is free; compute them for a region (the "
+            "current view, a slice or a box) or on a coarser level"
+        )
 
 
 def commit_object(
