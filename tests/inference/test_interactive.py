@@ -9,12 +9,9 @@ from scipy import ndimage
 
 from napari_rat.config import ModelConfig
 from napari_rat.inference import PredictionCancelled
+from napari_rat.inference.commit import commit_object, region_box
 from napari_rat.inference.features import features_for
-from napari_rat.inference.interactive import (
-    InteractiveSegmenter,
-    commit_object,
-    region_box,
-)
+from napari_rat.inference.interactive import InteractiveSegmenter
 from napari_rat.inference.model_loading import load_model_for_inference
 from napari_rat.inference.sources import PyramidInput
 from napari_rat.inference.tiled_predict import PredictOptions

@@ -101,7 +101,7 @@ def clicks_quality(segmenter, truth: np.ndarray, region, clicks: int) -> dict:
     image's ground truth."""
     from scipy import ndimage
 
-    from napari_rat.inference.interactive import commit_object
+    from napari_rat.inference.commit import commit_object
     from napari_rat.train.metrics import segmentation_metrics
 
     auto = np.asarray(segmenter.maps.labels)

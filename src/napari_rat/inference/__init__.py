@@ -8,13 +8,15 @@
   instance labels chunk by chunk; :mod:`~napari_rat.inference.normalization` input scaling.
 - :func:`compute_features` per-pixel features through the same engine, kept in the on-disk
   :class:`FeatureCache`; :class:`InteractiveSegmenter` scribbles and clicks on them, and
-  :func:`commit_object` (:mod:`~napari_rat.inference.interactive`).
+  :func:`commit_object` (:mod:`~napari_rat.inference.interactive`,
+  :mod:`~napari_rat.inference.commit`).
 """
 
+from napari_rat.inference.commit import commit_object
 from napari_rat.inference.devices import resolve_device
 from napari_rat.inference.feature_cache import FeatureCache
 from napari_rat.inference.features import FeatureMaps, compute_features
-from napari_rat.inference.interactive import InteractiveSegmenter, commit_object
+from napari_rat.inference.interactive import InteractiveSegmenter
 from napari_rat.inference.normalization import IntensityStats, image_statistics
 from napari_rat.inference.tiled_predict import (
     Prediction,
