@@ -324,3 +324,17 @@ def test_features_too_large_for_the_memory_are_refused_with_the_way_out(scene2d)
     with pytest.raises(ValueError, match="compute them for a region"):
         InteractiveSegmenter(maps, available_memory=1_000_000)
     InteractiveSegmenter(maps, available_memory=10**10)  # fits
+
+
+def test_a_grown_object_leaves_the_model_objects_and_its_sure_background_alone(scene2d):
+    maps, truth = scene2d
+    seg = InteractiveSegmenter(maps)
+    labels = np.asarray(maps.labels)
+    fg = 1.0 - np.asarray(maps.probabilities[0], np.float32)
+    # clicks on pixels the model left out, next to its objects
+    near = (ndimage.distance_transform_edt(labels == 0) <= 3) & (labels == 0)
+    for point in map(tuple, np.argwhere(near)[::97][:5]):
+        mask = seg.click_object([point]).mask
+        assert mask[point]
+        assert not (mask & (labels > 0)).any()  # never a pixel of a model instance
+        assert (fg[mask] >= 0.5 * fg[point] - 1e-3).all()

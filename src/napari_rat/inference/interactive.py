@@ -322,13 +322,22 @@ class InteractiveSegmenter:
         ref = x.reshape(*shape, -1)[around].reshape(-1, x.shape[1]).mean(0)
         sim = x @ ref / (np.linalg.norm(x, axis=1) * np.linalg.norm(ref) + 1e-6)
         sim = sim.reshape(shape)
-        inside = sim > _otsu(sim)
+        # Never the model's objects around, nor its sure background (under half as likely
+        # foreground as the click), holes filled or not.
+        allowed = np.ones(shape, dtype=bool)
+        if self._labels is not None:
+            allowed &= self._labels[box] == self._labels[seed]
+        foreground = 1.0 - self._probabilities[(0, *box)].astype(np.float32)
+        allowed &= foreground >= 0.5 * foreground[local]
+        inside = (sim > _otsu(sim)) & allowed
         if self._boundary_channel is not None:
             inside &= self._probabilities[(self._boundary_channel, *box)] <= 0.5
         inside[local] = True
         components, _ = ndimage.label(inside)
+        region = ndimage.binary_fill_holes(components == components[local]) & allowed
+        region[local] = True
+        components, _ = ndimage.label(region)
         region = components == components[local]
-        region = ndimage.binary_fill_holes(region)
         mask = np.zeros(self.shape, dtype=bool)
         mask[box] = region
         return mask
