@@ -48,7 +48,8 @@ class PredictionInput(Protocol):
 @dataclass(frozen=True)
 class PyramidInput:
     """A model input cut from an OME-Zarr pyramid (a :class:`PredictionInput`): ``image`` is
-    ``[C, *spatial]``, with the level, region and address it came from."""
+    ``[C, *spatial]``, with the level, region, address, channels (``None``: all) and time
+    index it came from."""
 
     image: object
     spacing: tuple[float, ...]
@@ -58,6 +59,8 @@ class PyramidInput:
     level: int = 0
     region: Mapping[str, tuple[int, int]] | None = None
     uri: str | None = None
+    channels: tuple[int, ...] | None = None
+    time_index: int = 0
 
 
 def input_from_pyramid(
@@ -117,6 +120,8 @@ def input_from_pyramid(
         level=level,
         region=dict(region) if region else None,
         uri=pyramid.uri,
+        channels=None if channels is None else tuple(int(c) for c in channels),
+        time_index=time_index,
     )
 
 

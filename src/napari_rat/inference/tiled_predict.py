@@ -67,7 +67,9 @@ class PredictOptions:
     from the spacing); ``boundary_radius`` is how far
     (in pixels of the finest axis) instance seeds grow back into the foreground; instances
     smaller than ``min_instance_size`` (physical area or volume; ``None``: the checkpoint's head
-    setting, chosen on validation during training, else 0) are dropped.
+    setting, chosen on validation during training, else 0) are dropped. ``features`` adds the
+    per-pixel features (``RATSegmentation.forward_features``: the decoder's last features and
+    the blocks' tokens at pixel resolution) to the results, from the same forward.
     """
 
     tile: tuple[int, ...] | None = None
@@ -80,6 +82,7 @@ class PredictOptions:
     boundary_radius: int = BOUNDARY_RADIUS
     threshold: float = 0.5
     min_instance_size: float | None = None
+    features: bool = False
 
 
 @dataclass
@@ -91,6 +94,8 @@ class Prediction:
     instance labels (or ``None``). Arrays are NumPy, or zarr arrays when written to ``store``.
     ``nan_pixels`` counts the input pixels without a finite value (NaN, infinite): they were
     fed as the image's low intensity and are background in the results (no instance there).
+    ``features`` is ``[num_features, *spatial]`` float16 when asked for
+    (``PredictOptions.features``), else ``None``.
     """
 
     probabilities: Any
@@ -104,6 +109,7 @@ class Prediction:
     num_instances: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     nan_pixels: int = 0
+    features: Any = None
 
 
 def level_factors(
@@ -141,7 +147,9 @@ def _model_inputs(tile: torch.Tensor, spacing, factors) -> tuple[list[torch.Tens
     return xs, spacings
 
 
-def _tile_probabilities(model, tile, plan: _Plan, options: PredictOptions):
+def _tile_outputs(model, tile, plan: _Plan, options: PredictOptions, features: bool):
+    """The tile's probabilities ``[num_outputs, *tile]`` and, with ``features``, its per-pixel
+    features ``[num_features, *tile]`` (else ``None``), from one forward."""
     shape = tile.shape[2:]
     model_spacing = plan.model_spacing
     if options.resample_to_training_spacing and plan.training_spacing is not None:
@@ -153,15 +161,22 @@ def _tile_probabilities(model, tile, plan: _Plan, options: PredictOptions):
         tile = F.interpolate(tile, size=size, mode=mode, align_corners=False)
         model_spacing = tuple(plan.training_spacing)
     xs, spacings = _model_inputs(tile, model_spacing, plan.factors)
-    logits = model(xs, input_spacing=spacings)[0].float()
+    feats = None
+    if features:
+        logits, feats = model.forward_features(xs, input_spacing=spacings)[0]
+        logits, feats = logits.float(), feats.float()
+    else:
+        logits = model(xs, input_spacing=spacings)[0].float()
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(shape)]
     if logits.shape[2:] != shape:
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(shape)]
         logits = F.interpolate(logits, size=list(shape), mode=mode, align_corners=False)
+    if feats is not None and feats.shape[2:] != shape:
+        feats = F.interpolate(feats, size=list(shape), mode=mode, align_corners=False)
     n_classes = logits.shape[1] - int(plan.boundary)
     probs = torch.softmax(logits[:, :n_classes], dim=1)
     if plan.boundary:
         probs = torch.cat([probs, torch.sigmoid(logits[:, n_classes:])], dim=1)
-    return probs[0]
+    return probs[0], None if feats is None else feats[0]
 
 
 def _new_array(root, name, shape, chunks, dtype):
@@ -187,6 +202,7 @@ class _Plan:
     boundary: bool
     class_names: list[str]
     channel_names: list[str]
+    num_features: int = 0
 
 
 def _check_model_and_image(model: torch.nn.Module, image, spacing: Sequence[float]):
@@ -230,8 +246,7 @@ def _plan(model, image, spacing, translation, options, stats, units) -> _Plan:
     dims, spacing = _check_model_and_image(model, image, spacing)
     translation = tuple(float(t) for t in (translation or (0.0,) * dims))
     shape = tuple(int(n) for n in image.shape[1:])
-    tile = options.tile or ((256,) * dims if dims < 3 else (64,) * dims)
-    halo = options.halo or ((32,) * dims if dims < 3 else (12,) * dims)
+    tile, halo = tile_and_halo(options, dims)
     tiles = tile_grid(shape, tile, halo, uniform_reads=True)
     device = resolve_device(options.device)
     normalization = dict(info.normalization) if info else {}
@@ -249,6 +264,14 @@ def _plan(model, image, spacing, translation, options, stats, units) -> _Plan:
         )
     boundary = bool(getattr(model, "boundary", False))
     class_names = list(getattr(model, "class_names", []))
+    num_features = 0
+    if options.features:
+        if not hasattr(model, "forward_features"):
+            raise TypeError(
+                f"{type(model).__name__} gives no per-pixel features; use a RATSegmentation "
+                "model (a checkpoint of variant 'rat_segmentation')"
+            )
+        num_features = int(model.num_features)
     return _Plan(
         shape=shape,
         spacing=spacing,
@@ -263,7 +286,15 @@ def _plan(model, image, spacing, translation, options, stats, units) -> _Plan:
         boundary=boundary,
         class_names=class_names,
         channel_names=[*class_names, *(["boundary"] if boundary else [])],
+        num_features=num_features,
     )
+
+
+def tile_and_halo(options: PredictOptions, dims: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The tile and halo a prediction uses: the options', else 256/32 in 2D and 64/12 in 3D."""
+    tile = options.tile or ((256,) * dims if dims < 3 else (64,) * dims)
+    halo = options.halo or ((32,) * dims if dims < 3 else (12,) * dims)
+    return tuple(int(t) for t in tile), tuple(int(h) for h in halo)
 
 
 def _staged(store: str | Path | None):
@@ -302,6 +333,8 @@ def _published(result: Prediction, store: Path, with_labels: bool) -> Prediction
     result.probabilities = final["probabilities"]
     result.semantic = final["semantic"]
     result.labels = final["labels"] if with_labels else None
+    if result.features is not None:
+        result.features = final["features"]
     result.store = Path(store)
     return result
 
@@ -324,11 +357,21 @@ def publish_work(
 
 
 def _predict_tiles(
-    model, image, plan: _Plan, options, probs, semantic, cancel, tiles=None, within=None
+    model,
+    image,
+    plan: _Plan,
+    options,
+    probs,
+    semantic,
+    cancel,
+    tiles=None,
+    within=None,
+    features=None,
 ):
     """Every tile (of ``tiles``, default the plan's) through the model into
-    ``probs``/``semantic``, writing only inside ``within`` (slices; default everywhere);
-    yields :class:`Progress`, returns the count of non-finite input pixels written."""
+    ``probs``/``semantic`` (and its per-pixel features into ``features``, when given), writing
+    only inside ``within`` (slices; default everywhere); yields :class:`Progress`, returns the
+    count of non-finite input pixels written."""
     nan_pixels = 0
     stats, n_classes = plan.stats, len(plan.class_names)
     tiles = plan.tiles if tiles is None else tiles
@@ -343,10 +386,17 @@ def _predict_tiles(
             data, missing = _mask_missing(data, stats)
             x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(plan.device)
             with autocast_for(plan.device, options.precision):
-                p = _tile_probabilities(model, x, plan, options)
+                p, f = _tile_outputs(model, x, plan, options, features is not None)
             p = p[(slice(None), *crop)].cpu().numpy()
             if missing is not None:
                 missing = missing[crop]
+            if features is not None:
+                f = f[(slice(None), *crop)].cpu().numpy().astype(np.float16)
+                if missing is not None:
+                    f[:, missing] = 0.0
+                features[(slice(None), *core)] = f
+                del f
+            if missing is not None:
                 nan_pixels += int(missing.sum())
                 p[:, missing] = 0.0
                 p[0, missing] = 1.0  # background, sure
@@ -494,9 +544,18 @@ def predict(
                 root, "probabilities", (len(plan.channel_names), *shape), (1, *chunks), np.float32
             )
             semantic = _new_array(root, "semantic", shape, chunks, np.uint8)
+            features = None
+            if plan.num_features:
+                features = _new_array(
+                    root,
+                    "features",
+                    (plan.num_features, *shape),
+                    (plan.num_features, *chunks),
+                    np.float16,
+                )
             model = model.to(plan.device).eval()
             nan_pixels = yield from _predict_tiles(
-                model, image, plan, options, probs, semantic, cancel
+                model, image, plan, options, probs, semantic, cancel, features=features
             )
             labels, n_instances = None, 0
             if options.instances:
@@ -522,6 +581,7 @@ def predict(
                 num_instances=n_instances,
                 extra={"stats": plan.stats, "levels": plan.factors},
                 nan_pixels=nan_pixels,
+                features=features,
             )
             if root is not None:
                 root.attrs.update({"napari_rat": _placement_attrs(result)})

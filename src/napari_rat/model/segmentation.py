@@ -74,7 +74,20 @@ class RATSegmentation(torch.nn.Module):
         """Channels of the logits: one per class, plus one boundary channel if enabled."""
         return len(self.class_names) + int(self.boundary)
 
+    @property
+    def num_features(self) -> int:
+        """Channels of :meth:`forward_features`' per-pixel features: the decoder's last
+        features, then each block's tokens."""
+        return (
+            self.mix[0].conv1.out_channels + self.backbone.num_blocks * self.backbone.feature_dims
+        )
+
     def _decode(self, feats: list[torch.Tensor], grids: list[tuple[int, ...]]) -> torch.Tensor:
+        return self.out(self._decoder_features(feats, grids))
+
+    def _decoder_features(
+        self, feats: list[torch.Tensor], grids: list[tuple[int, ...]]
+    ) -> torch.Tensor:
         y = None
         for stage in range(len(feats) - 1, -1, -1):
             x = self.lateral[stage](feats[stage])  # [B, N, C]
@@ -85,7 +98,7 @@ class RATSegmentation(torch.nn.Module):
                 )
                 x = x + y
             y = self.mix[stage](x)
-        return self.out(y)
+        return y
 
     def forward(
         self,
@@ -98,3 +111,31 @@ class RATSegmentation(torch.nn.Module):
             x, input_spacing, mask, return_intermediates=True, return_attention_maps=False
         )
         return [self._decode(lv["intermediates"], lv["intermediate_grid_shapes"]) for lv in levels]
+
+    def forward_features(
+        self,
+        x: torch.Tensor | Sequence[torch.Tensor],
+        input_spacing: Sequence[float] | Sequence[Sequence[float]] | None = None,
+        mask: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per input level, the logits of :meth:`forward` and the per-pixel features
+        ``[B, num_features, *spatial]`` they come from (one forward for both): the decoder's
+        last features (before the output conv), then each block's tokens brought back to the
+        level's pixel grid (interpolated from their coarser grids)."""
+        levels = self.backbone(
+            x, input_spacing, mask, return_intermediates=True, return_attention_maps=False
+        )
+        out = []
+        for lv in levels:
+            feats, grids = lv["intermediates"], lv["intermediate_grid_shapes"]
+            y = self._decoder_features(feats, grids)
+            parts = [y]
+            for tokens, grid in zip(feats[1:], grids[1:], strict=True):
+                t = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+                parts.append(
+                    F.interpolate(
+                        t, size=grids[0], mode=_MODE[self.spatial_dims], align_corners=False
+                    )
+                )
+            out.append((self.out(y), torch.cat(parts, dim=1)))
+        return out
