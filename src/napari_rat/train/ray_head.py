@@ -255,12 +255,20 @@ def _start_head_once(
 
 
 def _refresh_ray_config() -> None:
-    """Make an already imported Ray re-read ``RAY_AUTH_MODE`` (it caches it at import)."""
+    """Make an already imported Ray re-read ``RAY_AUTH_MODE`` (it caches it at import) and the
+    token (its loader caches the first one it read: a second head in the same process, with
+    its own token, was refused as "Authentication token is missing or incorrect"). The config
+    first, then the token cache, in the order Ray's own test helpers use."""
     if "ray._raylet" not in sys.modules:
         return
     from ray._raylet import Config
 
     Config.initialize("")
+    try:
+        from ray._raylet import AuthenticationTokenLoader
+    except ImportError:  # a Ray without token authentication caches nothing
+        return
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextmanager
