@@ -16,7 +16,9 @@ import sys
 from collections.abc import Sequence
 
 from napari_rat import __version__
+from napari_rat.cpu_priority import session_follows_process_niceness
 from napari_rat.errors import CommandError
+from napari_rat.job_environment import in_submitted_job
 from napari_rat.spelling import did_you_mean
 
 __all__ = ["CommandError", "build_parser", "main"]
@@ -73,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    if in_submitted_job():
+        # a submitted job: Ray started this entrypoint in a session of its own, at the head's
+        # priority; make that priority count against the user's session too
+        session_follows_process_niceness()
     try:
         return int(args.func(args) or 0)
     except CommandError as exc:

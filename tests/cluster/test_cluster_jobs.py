@@ -75,6 +75,7 @@ def test_cluster_start_keeps_one_head_on_loopback_only(head, capsys):
     import psutil
 
     from napari_rat.cluster.local_head import LOCAL_HEAD_NICENESS
+    from napari_rat.cpu_priority import session_niceness
 
     assert main(["cluster", "start"]) == 0  # the recorded head is reused, not doubled
     assert f"already running: pid {head.pid}" in capsys.readouterr().out
@@ -96,6 +97,9 @@ def test_cluster_start_keeps_one_head_on_loopback_only(head, capsys):
     # the head and everything it spawned (GCS, raylet, dashboard; later the workers) run at a
     # lower CPU priority than a viewer on the same machine
     assert niceness == {LOCAL_HEAD_NICENESS}, niceness
+    # and so does the head's session as a whole (where the scheduler has autogroups): a nice
+    # value alone does not count against the viewer's session
+    assert session_niceness(head.pid) in (None, LOCAL_HEAD_NICENESS)
 
     def loopback(ip: str) -> bool:
         addr = ipaddress.ip_address(ip)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from napari_rat import __version__
 from napari_rat.config import ExperimentConfig, save_config
-from napari_rat.train.run import JOB_VERSION_ENV
+from napari_rat.job_environment import JOB_VERSION_ENV
 
 #: Ray's limit on a job's uploaded working folder.
 UPLOAD_LIMIT_BYTES = 100 * 1024**2

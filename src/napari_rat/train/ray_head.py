@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from napari_rat.cpu_priority import set_session_niceness
 from napari_rat.train.distributed import free_ports
 
 HOST = "127.0.0.1"
@@ -176,7 +177,8 @@ def _start_head_once(
     """Start a local Ray head once (see :func:`start_head`).
 
     ``niceness`` > 0 starts the head, and so every Ray process and worker it spawns, at that
-    lower CPU priority (POSIX ``nice``): a head sharing the machine with a napari viewer then
+    lower CPU priority (POSIX ``nice``, and the same for the head's session:
+    :mod:`napari_rat.cpu_priority`): a head sharing the machine with a napari viewer then
     leaves the viewer the CPU it needs to stay responsive, and still uses every idle cycle.
 
     Raises
@@ -245,6 +247,12 @@ def _start_head_once(
             )
         ready = _port_open(gcs_port) and (dashboard_port is None or _port_open(dashboard_port))
         if ready and "--block" in Path(log_path).read_text(errors="replace"):
+            if niceness > 0:
+                # The head runs in a session of its own: lower the session too, or the
+                # scheduler's autogroups share the CPU 1:1 with the viewer's session whatever
+                # the nice value. Only now: on a busy machine a head lowered from the start
+                # could miss Ray's own start-up deadlines (its dashboard's 60 s).
+                set_session_niceness(proc.pid, niceness)
             return head
         time.sleep(0.5)
     text = Path(log_path).read_text(errors="replace")[-2000:]

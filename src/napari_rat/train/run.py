@@ -15,12 +15,9 @@ from pathlib import Path
 
 from napari_rat import __version__
 from napari_rat.config import ExperimentConfig
+from napari_rat.job_environment import JOB_VERSION_ENV
 
 _logger = logging.getLogger(__name__)
-
-#: Set in a submitted job's environment to the submitting client's napari-rat version
-#: (:mod:`napari_rat.cluster.submission`); training refuses to run under another version.
-JOB_VERSION_ENV = "NAPARI_RAT_JOB_VERSION"
 
 
 class VersionMismatchError(RuntimeError):
