@@ -125,7 +125,9 @@ def test_in_memory_arrays_are_keyed_by_content(model2d, tmp_path):
     assert len(cache.entries()) == 2
 
 
-@pytest.mark.parametrize("change", ["spacing", "checkpoint", "region", "tile", "halo", "attention"])
+@pytest.mark.parametrize(
+    "change", ["spacing", "checkpoint", "region", "tile", "halo", "attention", "rewritten"]
+)
 def test_any_changed_key_part_misses(model2d, tmp_path, change):
     from napari_rat.io import write_image
 
@@ -164,6 +166,10 @@ def test_any_changed_key_part_misses(model2d, tmp_path, change):
     elif change == "attention":
         model = build_model(ModelConfig(**{**SMALL, "sga_attention_type": "exact"})).eval()
         model.load_state_dict(model2d.state_dict())
+    elif change == "rewritten":  # another image written at the same path
+        other, _ = synthetic_nuclei((48, 48), (0.5, 0.5), seed=6)
+        write_image(path, other, axes="yx", scale=(0.5, 0.5), units="micrometer", overwrite=True)
+        src = input_from_pyramid(open_pyramid(path), region={"y": (0, 40), "x": (0, 40)})
     changed = features_for(model, src, options=options, cache=cache)
     assert not changed.from_cache
     assert changed.path != base.path

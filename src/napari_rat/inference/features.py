@@ -62,17 +62,50 @@ class FeatureMaps:
         return tuple(self.features.shape[1:])
 
 
+_METADATA_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+
+
+def store_version(path: str | os.PathLike) -> list:
+    """What changes when a local OME-Zarr store is written anew at the same path: the folder's
+    inode and the (size, modification time) of the metadata files of the store and of its
+    arrays (one level down; ``labels/`` excluded, writing labels does not change the image).
+
+    Writers replace a store (napari-rat publishes a new folder by rename) or rewrite its arrays'
+    metadata, so a changed image misses the cache; chunks edited in place under unchanged
+    metadata are not seen (a full scan would cost more than the cache saves on large stores).
+    """
+    root = Path(path)
+    try:
+        version: list = [root.stat().st_ino]
+        with os.scandir(root) as entries:
+            folders = sorted(e.name for e in entries if e.is_dir() and e.name != "labels")
+    except OSError:
+        return []
+    for folder in ("", *folders):
+        for name in _METADATA_FILES:
+            try:
+                st = (root / folder / name).stat()
+            except OSError:
+                continue
+            version.append([folder, name, st.st_size, st.st_mtime_ns])
+    return version
+
+
 def data_identity(source) -> str:
-    """What identifies ``source``'s pixels for the cache: an OME-Zarr input's address, level,
-    region, channels, time index, shape and dtype; otherwise a hash of its pixels."""
+    """What identifies ``source``'s pixels for the cache: an OME-Zarr input's address (with
+    :func:`store_version` for a local store), level, region, channels, time index, shape and
+    dtype; otherwise a hash of its pixels."""
     uri = getattr(source, "uri", None)
     image = source.image
     if uri:
+        version = None
         if "://" not in str(uri):
             uri = os.path.abspath(os.fspath(uri))
+            version = store_version(uri)
         region = getattr(source, "region", None)
         parts = {
             "uri": str(uri),
+            "version": version,
             "level": int(getattr(source, "level", 0)),
             "region": sorted((k, list(v)) for k, v in region.items()) if region else None,
             "channels": getattr(source, "channels", None),
