@@ -1,0 +1,720 @@
+"""The RAT interactive dock: scribbles, clicks, commit and a quick fine-tune, in 2D and 3D.
+
+A thin front door over the interactive core: features from
+:func:`~napari_rat.inference.features.compute_features` (cached on disk), scribbles and clicks
+from :class:`~napari_rat.inference.interactive.InteractiveSegmenter`, commits from
+:mod:`napari_rat.inference.commit`, the fine-tune from
+:func:`~napari_rat.train.quick_tune.quick_tune_events` and
+:func:`~napari_rat.train.quick_tune.save_tuned`. All model, classifier and tuning work runs in
+thread workers (:mod:`napari_rat._widgets.interactive_session`); the GUI thread swaps layers'
+data.
+
+The dock's layers are placed like the image (its ``scale``, ``translate``, ``units`` and
+``axis_labels``): ``RAT scribbles`` (or a Labels layer of the image's shape the user picks;
+1 background, 2, 3, ... classes), ``RAT scribble prediction``, ``RAT clicks`` (positive and
+negative points), ``RAT current object`` and ``RAT committed``. A layer removed by hand is made
+again when next needed.
+
+**What a scribble update predicts.** In a 2D view, what the canvas shows: the view's rectangle
+of a 2D image, or of the current slice of a volume (2D-in-3D); in a 3D view, the whole volume
+up to about 64 x 128 x 128 voxels, else a box of that size around the camera's centre
+(:func:`~napari_rat._widgets.interactive_session.prediction_box`). A 2D model on a volume
+takes the current plane: its features, scribbles and clicks are that plane's.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Label, ProgressBar, PushButton, SpinBox
+
+from napari_rat._widgets.dock_base import (
+    ModelDock,
+    dock_callback,
+    offer_checkpoint,
+    start_worker,
+    wrap_status_label,
+)
+from napari_rat._widgets.interactive_session import (
+    click_update,
+    features_job,
+    improve_job,
+    model_labels_job,
+    prediction_box,
+    scribble_update,
+)
+from napari_rat._widgets.layer_input import channel_axis, check_not_rgb, snapshot_layer, view_box
+
+SCRIBBLES = "RAT scribbles"
+PREDICTION = "RAT scribble prediction"
+CLICKS = "RAT clicks"
+CURRENT = "RAT current object"
+COMMITTED = "RAT committed"
+NEW_SCRIBBLES = f"new: {SCRIBBLES}"
+#: The sign of a click and its colour.
+SIGN_COLOURS = {"positive": "#33dd55", "negative": "#ee3333"}
+#: Quiet time (ms) after a stroke before the scribble update starts.
+DEBOUNCE_MS = 300
+#: The shortcuts, in micro-sam's style: key -> (method, what it does).
+SHORTCUTS = {
+    "S": ("segment", "segment / update (scribbles and clicks)"),
+    "C": ("commit", "commit the current object"),
+    "T": ("toggle_sign", "toggle positive / negative clicks"),
+    "Shift-C": ("clear", "clear the clicks and the current object"),
+}
+
+
+class InteractiveWidget(ModelDock):
+    """Segment interactively: paint scribbles, click objects, commit, improve the model."""
+
+    CALLBACKS = (
+        *ModelDock.CALLBACKS,
+        "compute_features",
+        "cancel",
+        "segment",
+        "update_scribbles",
+        "segment_clicks",
+        "commit",
+        "clear",
+        "toggle_sign",
+        "accept_automatic",
+        "improve_model",
+        "save_model",
+        "_on_progress",
+        "_schedule_update",
+        "_on_clicks_changed",
+        "_on_sign_changed",
+        "release_shortcuts",
+    )
+
+    def __init__(self, napari_viewer):
+        from qtpy.QtCore import QTimer
+
+        self.scribble_choice = ComboBox(label="scribbles", choices=self._scribble_layers)
+        self.output = ComboBox(label="prediction", choices=["semantic", "instances"])
+        self.positive = CheckBox(text="positive clicks (T toggles)", value=True)
+        self.steps = SpinBox(label="tune steps", min=1, max=5000, value=60)
+        self.compute_button = PushButton(text="Compute features")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.segment_button = PushButton(text="Segment / update (S)")
+        self.commit_button = PushButton(text="Commit (C)")
+        self.clear_button = PushButton(text="Clear (Shift+C)")
+        self.accept_button = PushButton(text="Accept automatic segmentation")
+        self.improve_button = PushButton(text="Improve model")
+        self.save_button = PushButton(text="Save model...")
+        keys = "; ".join(f"{k.replace('-', '+')}: {what}" for k, (_, what) in SHORTCUTS.items())
+        self.keys = Label(value=f"keys: {keys}")
+        super().__init__(
+            napari_viewer,
+            options=[self.scribble_choice, self.output, self.positive, self.steps],
+            actions=[
+                self.compute_button,
+                self.cancel_button,
+                self.progress,
+                self.segment_button,
+                self.commit_button,
+                self.clear_button,
+                self.accept_button,
+                self.improve_button,
+                self.save_button,
+                self.keys,
+            ],
+            status="choose an image and compute its features",
+        )
+        wrap_status_label(self.keys.native)
+        self.native.setToolTip(
+            "Paint 1 (background) and 2, 3, ... (classes) in 'RAT scribbles'; click objects "
+            "in 'RAT clicks'. Shortcuts: " + keys
+        )
+        self.session = None  # the current Session (features and segmenter)
+        self._tuned_model = None  # the last model Improve model made
+        self._current = None  # (session, mask) of the current object
+        self._scribble_job = None
+        self._click_token = None
+        self._cancel_event: threading.Event | None = None
+        self._short_workers: set = set()
+        self._keyed_layers: list = []
+        self._previous_keys: dict = {}
+        self._timer = QTimer(self.native)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.update_scribbles)
+        for button, action in (
+            (self.compute_button, self.compute_features),
+            (self.cancel_button, self.cancel),
+            (self.segment_button, self.segment),
+            (self.commit_button, self.commit),
+            (self.clear_button, self.clear),
+            (self.accept_button, self.accept_automatic),
+            (self.improve_button, self.improve_model),
+            (self.save_button, lambda: self.save_model()),
+        ):
+            button.clicked.connect(action)
+        self.positive.changed.connect(self._on_sign_changed)
+        self._bind_shortcuts()
+        _when_closed(self, self.release_shortcuts)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def tuned(self) -> bool:
+        """Whether the session's model came from Improve model (Save model writes it)."""
+        return self.session is not None and self.session.model is self._tuned_model
+
+    @property
+    def busy(self) -> bool:
+        """Whether any of the dock's workers still runs."""
+        return self.worker is not None or any(w.is_running for w in self._short_workers)
+
+    def _refresh_layers(self, *_) -> None:
+        super()._refresh_layers()
+        self.scribble_choice.reset_choices()
+
+    def _scribble_layers(self, *_) -> list[str]:
+        from napari.layers import Labels
+
+        if not hasattr(self, "viewer"):  # made before the dock's base is
+            return [NEW_SCRIBBLES]
+        ours = {SCRIBBLES, PREDICTION, CURRENT, COMMITTED}
+        names = [
+            layer.name
+            for layer in self.viewer.layers
+            if isinstance(layer, Labels) and layer.name not in ours
+        ]
+        return [NEW_SCRIBBLES, *names]
+
+    def _scribbles_name(self) -> str:
+        value = self.scribble_choice.value
+        return SCRIBBLES if value in (None, NEW_SCRIBBLES) else value
+
+    def _need_session(self):
+        if self.session is None:
+            self._set_status("compute the image's features first", error=True)
+        return self.session
+
+    # --------------------------------------------------------------- features
+    def compute_features(self, *_) -> None:
+        """Compute (or read back from the cache) the chosen image's features in a worker."""
+        if self.worker is not None:
+            self._set_status("busy: wait, or Cancel", error=True)
+            return
+        layer = self.chosen_layer()
+        if layer is None:
+            return
+        try:
+            shape = _check_image(layer)
+            checkpoint = self.model.selection(len(shape))
+            self._check_layers(shape)
+        except ValueError as exc:
+            self._set_status(f"error: {exc}", error=True)
+            return
+        step = [int(round(v)) for v in layer.world_to_data(self.viewer.dims.point)]
+        old = self.session
+        model = None
+        if old is not None and old.checkpoint == checkpoint and old.device == self.device.value:
+            model = old.model  # loaded already (the tuned one after Improve model)
+        self._begin_run(f"features of {layer.name}…")
+        self._start(
+            features_job,
+            checkpoint,
+            self.device.value,
+            snapshot_layer(layer),
+            step,
+            model,
+            yielded=self._on_progress,
+            returned=partial(self._on_session, improved=False),
+        )
+
+    def _check_layers(self, shape) -> None:
+        """Refuse an image whose shape the dock's existing layers (or the chosen scribbles
+        layer) do not have: they stay as they are."""
+        for name in {self._scribbles_name(), PREDICTION, CLICKS, CURRENT, COMMITTED}:
+            if name not in self.viewer.layers:
+                continue
+            layer = self.viewer.layers[name]
+            if not _fits(layer, shape):
+                raise ValueError(
+                    f"layer {name!r} has shape {_shape(layer)} and the image {tuple(shape)}: "
+                    f"choose a layer of the image's shape, or rename or remove {name!r}"
+                )
+
+    def _begin_run(self, text: str) -> None:
+        self.compute_button.enabled = self.improve_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self._set_status(text)
+
+    def _on_progress(self, p) -> None:
+        """The engine's :class:`~napari_rat.inference.Progress` or a training event."""
+        if self.worker is None:
+            return
+        if getattr(p, "kind", None) is not None:  # a TrainEvent
+            if p.kind != "progress":
+                return
+            done, total, text = p.step, p.total_steps, f"improving the model: {p}"
+        else:
+            done, total, text = p.done, p.total, f"features: {p.stage} {p.done}/{p.total}"
+        self.progress.max = max(1, total)
+        self.progress.value = min(done, total)
+        self._set_status(text)
+
+    def _on_session(self, session, improved: bool) -> None:
+        if session is None:
+            self._set_status("cancelled: the model is unchanged")
+            return
+        self._cancel_scribble_job()
+        self.session, self._current = session, None
+        if improved:
+            self._tuned_model = session.model
+            done = f"model improved and features recomputed in {session.seconds:.1f} s"
+        elif session.maps.from_cache:
+            done = f"features of {session.image_name} from the cache (no model run)"
+        else:
+            done = f"features of {session.image_name} computed in {session.seconds:.1f} s"
+        plane = ""
+        if session.source.sliced_axes:
+            axis = session.source.sliced_axes[0]
+            plane = f", plane {session.where[axis].start} (the 2D model takes one plane)"
+        self._then(
+            self._ensure_inputs,
+            partial(
+                self._set_status,
+                f"{done}{plane}: paint 1 (background) and 2.. (classes) in "
+                f"'{self._scribbles_name()}', click objects in '{CLICKS}'",
+            ),
+            self.segment if improved else (lambda: None),
+        )
+
+    def cancel(self, *_) -> None:
+        """Stop the features or the fine-tune (between tiles or steps); nothing is changed."""
+        if self.worker is None:
+            return
+        if self._cancel_event is not None:
+            self._cancel_event.set()
+        self._set_status("cancelling…")
+        self.worker.quit()
+
+    def _on_finished(self) -> None:
+        if self.worker is not None and self.worker.abort_requested:
+            self._drop_steps()
+            self._set_status("cancelled: nothing changed")
+        super()._on_finished()
+
+    def _end_run(self) -> None:
+        super()._end_run()
+        self._cancel_event = None
+        self.compute_button.enabled = self.improve_button.enabled = True
+        self.cancel_button.enabled = False
+
+    # ----------------------------------------------------------------- layers
+    def _layer(self, name: str, kind: str, *, create: bool = True):
+        """The dock's layer ``name`` (made, placed like the image, when missing and ``create``);
+        ``ValueError`` when a layer of that name is of another kind or shape (left alone)."""
+        from napari.layers import Labels, Points
+
+        session = self.session
+        cls = Points if kind == "points" else Labels
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            if isinstance(layer, cls) and _fits(layer, session.layer_shape):
+                return layer
+            raise ValueError(
+                f"layer {name!r} is not a {kind} layer of the image's shape "
+                f"{session.layer_shape}: rename or remove it"
+            )
+        if not create:
+            return None
+        if kind == "points":
+            sign = "positive" if self.positive.value else "negative"
+            layer = Points(
+                np.empty((0, len(session.layer_shape))),
+                name=name,
+                features={"sign": np.array([], dtype=object)},
+                feature_defaults={"sign": sign},
+                face_color="sign",
+                face_color_cycle=SIGN_COLOURS,
+                size=max(3.0, min(session.shape[-2:]) / 40) * min(session.placement["scale"]),
+                **session.placement,
+            )
+            layer.mode = "add"
+        else:
+            dtype = np.int32 if name == COMMITTED else np.uint8
+            layer = Labels(np.zeros(session.layer_shape, dtype), name=name, **session.placement)
+        self.viewer.add_layer(layer)
+        return layer
+
+    def _ensure_inputs(self) -> None:
+        """The clicks and scribbles layers exist, watched and with the dock's keys."""
+        clicks = self._layer(CLICKS, "points")
+        scribbles = self._layer(self._scribbles_name(), "labels")
+        for layer, handler, events in (
+            (clicks, self._on_clicks_changed, ("data",)),
+            (scribbles, self._schedule_update, ("paint", "data")),
+        ):
+            for event in events:  # napari ignores a second connection of the same method
+                getattr(layer.events, event).connect(handler)
+            self._bind_layer_shortcuts(layer)
+
+    def _put(self, name: str, data: np.ndarray) -> None:
+        """Show ``data`` (layer-shaped) in the Labels layer ``name``: swapped in, or a new layer."""
+        layer = self._layer(name, "labels", create=False)
+        if layer is None:
+            self.viewer.add_labels(data, name=name, **self.session.placement)
+        else:
+            layer.data = data
+
+    # -------------------------------------------------------------- scribbles
+    def _schedule_update(self, *_) -> None:
+        """A stroke (or new scribbles): update once painting pauses (debounced)."""
+        self._timer.start()
+
+    def segment(self, *_) -> None:
+        """``S``: update the scribble prediction and the clicked object now."""
+        if self._need_session() is None:
+            return
+        self._ensure_inputs()
+        self.update_scribbles()
+        self.segment_clicks()
+
+    def update_scribbles(self, *_) -> None:
+        """Fit on the scribbles and predict the view in a worker; a newer update cancels it."""
+        session = self._need_session()
+        if session is None:
+            return
+        self._timer.stop()
+        layer = self._layer(self._scribbles_name(), "labels", create=False)
+        if layer is None:
+            return
+        scribbles = session.cut(layer.data).copy()  # the worker must not see later strokes
+        if not scribbles.any():
+            return
+        job = session.segmenter.scribble_job(scribbles, self._prediction_box(session, layer))
+        self._cancel_scribble_job()
+        self._scribble_job = job
+        self._short(
+            scribble_update,
+            session,
+            job,
+            self.output.value,
+            returned=partial(self._on_scribbles_done, job, session),
+            cancelled_ok=True,
+        )
+        self._set_status("updating the scribble prediction…")
+
+    def _prediction_box(self, session, layer):
+        ndim, world = layer.ndim, len(self.viewer.dims.point)
+        displayed = [d - (world - ndim) for d in self.viewer.dims.displayed]
+        point = np.asarray(self.viewer.dims.point, float)
+        step = np.asarray(layer.world_to_data(point), float)
+        centre = step
+        if self.viewer.dims.ndisplay == 3:
+            point[list(self.viewer.dims.displayed)] = self.viewer.camera.center
+            centre = np.asarray(layer.world_to_data(point), float)
+        view = view_box(self.viewer, layer)
+        return prediction_box(session, view, displayed, step, self.viewer.dims.ndisplay, centre)
+
+    def _cancel_scribble_job(self) -> None:
+        if self._scribble_job is not None:
+            self._scribble_job.cancel()
+            self._scribble_job = None
+
+    def _on_scribbles_done(self, job, session, data) -> None:
+        if job is not self._scribble_job or session is not self.session:
+            return  # a newer stroke, or new features, took over
+        self._scribble_job = None
+        self._put(PREDICTION, data)
+        self._set_status(f"scribble prediction updated ({self.output.value})")
+
+    # ----------------------------------------------------------------- clicks
+    def _on_clicks_changed(self, event) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if action.endswith(("added", "removed", "changed")) and self.session is not None:
+            self.segment_clicks()
+
+    def segment_clicks(self, *_) -> None:
+        """The object of the positive and negative clicks, in a worker."""
+        session = self._need_session()
+        if session is None:
+            return
+        layer = self._layer(CLICKS, "points", create=False)
+        positive, negative, elsewhere = ([], [], 0)
+        if layer is not None:
+            signs = list(layer.features["sign"]) if len(layer.data) else []
+            for point, sign in zip(np.asarray(layer.data), signs, strict=True):
+                planes = session.source.sliced_axes
+                if any(round(point[a]) != session.where[a].start for a in planes):
+                    elsewhere += 1
+                    continue
+                coords = [point[a] - session.where[a].start for a in session.session_axes]
+                (positive if sign == "positive" else negative).append(coords)
+        token = self._click_token = object()
+        if not positive:
+            self._current = None
+            if self._layer(CURRENT, "labels", create=False) is not None:
+                self._put(CURRENT, np.zeros(session.layer_shape, np.uint8))
+            return
+        self._short(
+            click_update,
+            session,
+            positive,
+            negative,
+            returned=partial(self._on_click_done, token, session, elsewhere),
+        )
+
+    def _on_click_done(self, token, session, elsewhere, value) -> None:
+        if token is not self._click_token or session is not self.session:
+            return
+        mask, data, source = value
+        self._current = (session, mask)
+        self._put(CURRENT, data)
+        note = f"; {elsewhere} click(s) on other planes ignored" if elsewhere else ""
+        origin = "the model's instance" if source == "model" else "grown from the click"
+        self._set_status(f"current object: {origin} ({int(mask.sum())} px); C commits{note}")
+
+    def toggle_sign(self, *_) -> None:
+        """``T``: switch between positive and negative clicks."""
+        self.positive.value = not self.positive.value
+
+    def _on_sign_changed(self, value) -> None:
+        sign = "positive" if value else "negative"
+        if CLICKS in self.viewer.layers:
+            self.viewer.layers[CLICKS].feature_defaults = {"sign": sign}
+        self._set_status(f"new clicks are {sign}")
+
+    # ------------------------------------------------------ commit and accept
+    def commit(self, *_) -> None:
+        """``C``: write the current object into 'RAT committed' under a new id."""
+        from napari_rat.inference.commit import commit_object
+
+        session = self._need_session()
+        if session is None:
+            return
+        if self._current is None or self._current[0] is not session:
+            self._set_status("nothing to commit: click an object first", error=True)
+            return
+        layer = self._layer(COMMITTED, "labels")
+        data = np.array(layer.data, copy=True)  # napari's own edits of it are kept
+        mask = self._current[1].reshape(data[session.where].shape)
+        new = commit_object(data, mask, region=session.where)
+        layer.data = data
+        self._clear_clicks()
+        self._set_status(f"committed object {new} into '{COMMITTED}'")
+
+    def accept_automatic(self, *_) -> None:
+        """Copy the model's instances into 'RAT committed' around the committed objects."""
+        session = self._need_session()
+        if session is None:
+            return
+        self._short(model_labels_job, session, returned=partial(self._on_model_labels, session))
+
+    def _on_model_labels(self, session, labels) -> None:
+        from napari_rat.inference.commit import add_instances
+
+        if session is not self.session:
+            return
+        layer = self._layer(COMMITTED, "labels")
+        data = np.array(layer.data, copy=True)
+        added = add_instances(data, labels.reshape(data[session.where].shape), region=session.where)
+        layer.data = data
+        self._set_status(
+            f"accepted {added} objects of the automatic segmentation into '{COMMITTED}': "
+            "correct them with napari's label tools"
+        )
+
+    def clear(self, *_) -> None:
+        """``Shift+C``: remove the clicks and the current object (committed objects stay)."""
+        self._click_token = None
+        self._clear_clicks()
+        self._set_status("cleared the clicks and the current object")
+
+    def _clear_clicks(self) -> None:
+        self._current = None
+        if CLICKS in self.viewer.layers:
+            clicks = self.viewer.layers[CLICKS]
+            clicks.data = np.empty((0, clicks.ndim))
+        if self.session is not None and self._layer(CURRENT, "labels", create=False):
+            self._put(CURRENT, np.zeros(self.session.layer_shape, np.uint8))
+
+    # ------------------------------------------------------- improve and save
+    def improve_model(self, *_) -> None:
+        """Quick-tune the decoder and head on 'RAT committed' and the scribbles, then compute
+        the features again (in a worker, with progress and Cancel).
+
+        'RAT committed' is taken as the truth of the whole image or plane, as
+        :func:`~napari_rat.train.quick_tune.quick_tune` takes labels (a pixel of no object is
+        background): accept the automatic segmentation and correct it first. Painted scribbles
+        win over it.
+        """
+        session = self._need_session()
+        if session is None or self.worker is not None:
+            return
+        labels = scribbles = None
+        committed = self._layer(COMMITTED, "labels", create=False)
+        if committed is not None and np.any(committed.data):
+            labels = session.cut(committed.data).astype(np.int32)
+        painted = self._layer(self._scribbles_name(), "labels", create=False)
+        if painted is not None and np.any(painted.data):
+            scribbles = session.cut(painted.data).astype(np.int32)
+        if labels is None and scribbles is None:
+            self._set_status(
+                "nothing to learn from: commit objects (or accept the automatic "
+                "segmentation) or paint scribbles first",
+                error=True,
+            )
+            return
+        self._cancel_event = threading.Event()
+        self._begin_run("improving the model…")
+        self._start(
+            improve_job,
+            session,
+            labels,
+            scribbles,
+            self.steps.value,
+            self._cancel_event,
+            yielded=self._on_progress,
+            returned=partial(self._on_session, improved=True),
+        )
+
+    def save_model(self, path=None) -> None:
+        """Write the improved model (``save_tuned``, atomic) and choose it in the RAT
+        inference dock; without ``path``, ask for one."""
+        from napari_rat.train.quick_tune import save_tuned
+
+        if self._need_session() is None:
+            return
+        if not self.tuned:
+            self._set_status("nothing to save: improve the model first", error=True)
+            return
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getSaveFileName(
+                self.native, "Save the improved model", "", "Checkpoints (*.safetensors)"
+            )
+            if not path:
+                return
+        if not str(path).endswith(".safetensors"):
+            path = f"{path}.safetensors"
+        self._short(save_tuned, self.session.model, path, returned=self._on_saved)
+
+    def _on_saved(self, path) -> None:
+        where = offer_checkpoint(self.viewer, path)
+        self._set_status(f"saved {path}{where}")
+
+    # ---------------------------------------------------------------- workers
+    def _short(self, function, *args, returned, cancelled_ok: bool = False) -> None:
+        """Run a short job (scribbles, clicks, reads, saves) beside the dock's long run."""
+        from napari_rat.inference import PredictionCancelled
+
+        def failed(exc):
+            if not (cancelled_ok and isinstance(exc, PredictionCancelled)):
+                self._set_status(f"error: {exc}", error=True)
+
+        holder = []
+
+        def done():
+            self._short_workers.discard(holder[0])
+
+        guard = partial(dock_callback, on_error=self._callback_failed)
+        worker = start_worker(
+            function, *args, returned=guard(returned), errored=guard(failed), finished=done
+        )
+        holder.append(worker)
+        self._short_workers.add(worker)
+
+    # -------------------------------------------------------------- shortcuts
+    def _shortcut(self, method: str):
+        action = getattr(self, method)
+
+        def pressed(*_):
+            action()
+
+        pressed.__napari_rat_shortcut__ = True
+        return pressed
+
+    def _bind_shortcuts(self) -> None:
+        for key, (method, _) in SHORTCUTS.items():
+            previous = self.viewer.bind_key(key, self._shortcut(method), overwrite=True)
+            self._previous_keys[key] = previous
+
+    def _bind_layer_shortcuts(self, layer) -> None:
+        """The keys on the dock's layers too: a layer's own keys (Points: ``S``) come first."""
+        for key, (method, _) in SHORTCUTS.items():
+            layer.bind_key(key, self._shortcut(method), overwrite=True)
+        self._keyed_layers.append(layer)
+
+    def release_shortcuts(self, *_) -> None:
+        """Unbind the dock's keys (the viewer's earlier ones come back); on closing the dock."""
+        from napari.utils.key_bindings import coerce_keybinding
+
+        for key, previous in self._previous_keys.items():
+            bound = self.viewer.keymap.get(coerce_keybinding(key))
+            if getattr(bound, "__napari_rat_shortcut__", False):
+                self.viewer.bind_key(key, previous, overwrite=True)
+        self._previous_keys.clear()
+        for layer in self._keyed_layers:
+            for key in SHORTCUTS:
+                bound = layer.keymap.get(coerce_keybinding(key))
+                if getattr(bound, "__napari_rat_shortcut__", False):
+                    layer.bind_key(key, None)
+        self._keyed_layers.clear()
+        self._timer.stop()
+        self._cancel_scribble_job()
+
+
+def _shape(layer) -> tuple[int, ...]:
+    """A Labels or Image layer's (level-0) shape; a Points layer's dimensions only."""
+    if getattr(layer, "multiscale", False):
+        return tuple(int(n) for n in layer.level_shapes[0])
+    if type(layer).__name__ == "Points":
+        return (None,) * layer.ndim
+    return tuple(int(n) for n in layer.data.shape)
+
+
+def _fits(layer, shape) -> bool:
+    """Whether the layer can be the dock's for an image of ``shape`` (points: same axes)."""
+    have = _shape(layer)
+    return len(have) == len(shape) and all(h in (None, n) for h, n in zip(have, shape, strict=True))
+
+
+def _check_image(layer) -> tuple[int, ...]:
+    """The image's level-0 shape; ``ValueError`` for what the dock cannot segment."""
+    check_not_rgb(layer)
+    if channel_axis(layer) is not None:
+        raise ValueError(
+            f"layer {layer.name!r} has a channel axis: split it (right-click > Split Stack) "
+            "and choose one channel"
+        )
+    shape = tuple(int(n) for n in (layer.level_shapes[0] if layer.multiscale else layer.data.shape))
+    if len(shape) not in (2, 3):
+        raise ValueError(
+            f"layer {layer.name!r} has {len(shape)} dimensions {shape}; the interactive dock "
+            "takes a 2D image or a 3D volume: choose one (e.g. a time point) first"
+        )
+    return shape
+
+
+def _when_closed(dock: InteractiveWidget, callback) -> None:
+    """Call ``callback`` when the dock is closed (napari takes it out of its dock: its
+    parent goes) or destroyed."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class Watcher(QObject):
+        def __init__(self, parent):
+            super().__init__(parent)
+            self.docked = False
+
+        def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+            if event.type() == QEvent.Type.ParentChange:
+                if obj.parent() is not None:
+                    self.docked = True
+                elif self.docked:
+                    callback()
+            return False
+
+    watcher = Watcher(dock.native)
+    dock.native.installEventFilter(watcher)
+    dock.native.destroyed.connect(lambda *_: callback())
+    dock._close_watcher = watcher
