@@ -14,6 +14,7 @@ from napari_rat._widgets.interactive_widget import (  # noqa: E402
     CURRENT,
     PREDICTION,
     SCRIBBLES,
+    SIGN_COLOURS,
     InteractiveWidget,
 )
 from napari_rat._widgets.model_choice import CHECKPOINT  # noqa: E402
@@ -132,3 +133,125 @@ def test_scribbles_predict_the_nuclei_off_the_gui_thread_and_features_come_from_
     widget.compute_features()
     _idle(qtbot, widget)
     assert "from the cache (no model run)" in widget.status.value, widget.status.value
+
+
+def _press(viewer, key):
+    """A key press as the canvas hands it on (the active layer's keys first, then the
+    viewer's)."""
+    handler = viewer.window._qt_viewer.canvas._key_map_handler
+    assert handler.press_key(key), f"{key} is not bound"
+    handler.release_key(key)
+
+
+def _rgba(colour):
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    return transform_color(colour)[0]
+
+
+def _centre(truth, i):
+    return ndimage.center_of_mass(truth == i)
+
+
+def test_a_click_gives_the_object_and_c_commits_it_placed_like_the_image(
+    make_napari_viewer, qtbot, cache_dir
+):
+    viewer = make_napari_viewer()
+    image, truth = _nuclei(viewer)
+    widget = _dock(viewer, qtbot)
+    _features(qtbot, widget)
+    clicks = viewer.layers[CLICKS]
+    first, second = _objects(truth, 2)
+
+    clicks.add([_centre(truth, first)])
+    qtbot.waitUntil(lambda: CURRENT in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+    current = viewer.layers[CURRENT]
+    _placed_like(current, image)
+    mask = np.asarray(current.data) > 0
+    iou = (mask & (truth == first)).sum() / (mask | (truth == first)).sum()
+    assert iou > 0.5, iou
+    np.testing.assert_allclose(clicks.face_color[0], _rgba(SIGN_COLOURS["positive"]))
+
+    viewer.layers.selection.active = clicks  # Points bind S themselves: the dock's win
+    _press(viewer, "C")
+    committed = viewer.layers[COMMITTED]
+    _placed_like(committed, image)
+    np.testing.assert_array_equal(np.asarray(committed.data) == 1, mask)
+    assert len(clicks.data) == 0 and not np.asarray(current.data).any()  # ready for the next
+
+    # T makes the next clicks negative (red); Shift+C clears them
+    _press(viewer, "T")
+    assert not widget.positive.value
+    clicks.add([(2.0, 2.0)])
+    assert clicks.features["sign"].iloc[-1] == "negative"
+    np.testing.assert_allclose(clicks.face_color[-1], _rgba(SIGN_COLOURS["negative"]))
+    _press(viewer, "Shift-C")
+    assert len(clicks.data) == 0
+    _press(viewer, "T")
+    assert widget.positive.value
+
+    # the result layers removed by hand come back on the next click and commit
+    viewer.layers.remove(CURRENT)
+    viewer.layers.remove(COMMITTED)
+    clicks.add([_centre(truth, second)])
+    qtbot.waitUntil(lambda: CURRENT in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+    widget.commit()
+    committed = viewer.layers[COMMITTED]
+    _placed_like(committed, image)
+    labels = np.asarray(committed.data)
+    assert labels.max() == 1 and (labels == 1).sum() > 0
+    assert ((labels == 1) & (truth == second)).sum() / (labels == 1).sum() > 0.5
+    # nothing to commit now: said, nothing written
+    widget.commit()
+    assert "nothing to commit" in widget.status.value
+    np.testing.assert_array_equal(viewer.layers[COMMITTED].data, labels)
+
+
+def test_accept_improve_and_save_hand_the_model_to_the_inference_dock(
+    make_napari_viewer, qtbot, cache_dir, tmp_path
+):
+    viewer = make_napari_viewer()
+    image, truth = _nuclei(viewer)
+    widget = _dock(viewer, qtbot)
+    _features(qtbot, widget)
+    widget.save_model(tmp_path / "early.safetensors")
+    assert "improve the model first" in widget.status.value
+    widget.improve_model()
+    assert "nothing to learn from" in widget.status.value and widget.worker is None
+
+    widget.accept_automatic()
+    qtbot.waitUntil(lambda: COMMITTED in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+    committed = np.asarray(viewer.layers[COMMITTED].data)
+    _placed_like(viewer.layers[COMMITTED], image)
+    np.testing.assert_array_equal(committed, widget.session.cut(widget.session.maps.labels))
+    assert committed.max() >= 0.5 * (len(np.unique(truth)) - 1)  # most nuclei
+
+    viewer.layers[SCRIBBLES].data = _strokes(truth, _objects(truth, 2))
+    widget.steps.value = 3
+    widget.improve_model()
+    assert widget.worker is not None and widget.cancel_button.enabled
+    _idle(qtbot, widget, timeout=240_000)
+    assert widget.tuned, widget.status.value
+    assert "model improved" in widget.status.value or "updat" in widget.status.value
+    assert widget.session.model.checkpoint_info.extra["trained_on"]
+    # re-predicted with the new features
+    qtbot.waitUntil(lambda: PREDICTION in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+
+    path = tmp_path / "tuned"
+    widget.save_model(path)
+    _idle(qtbot, widget)
+    saved = tmp_path / "tuned.safetensors"
+    assert saved.is_file() and "chosen in the RAT inference dock" in widget.status.value
+    from napari_rat._widgets.inference_widget import InferenceWidget
+
+    docks = [w for w in viewer.window.dock_widgets.values() if isinstance(w, InferenceWidget)]
+    assert len(docks) == 1
+    assert docks[0].model.kind.value == CHECKPOINT
+    assert docks[0].model.selection() == saved
+    from napari_rat.model import read_checkpoint_info
+
+    assert read_checkpoint_info(saved).extra["trained_on"]
