@@ -46,7 +46,8 @@ def _nuclei(viewer):
 def _dock(viewer, qtbot, image_name="nuclei 2D"):
     widget = InteractiveWidget(viewer)
     viewer.window.add_dock_widget(widget, name="RAT interactive")
-    widget.image_layer.value = image_name
+    if image_name is not None:
+        widget.image_layer.value = image_name
     return widget
 
 
@@ -255,3 +256,117 @@ def test_accept_improve_and_save_hand_the_model_to_the_inference_dock(
     from napari_rat.model import read_checkpoint_info
 
     assert read_checkpoint_info(saved).extra["trained_on"]
+
+
+def test_a_newer_stroke_cancels_the_older_update(make_napari_viewer, qtbot, cache_dir):
+    viewer = make_napari_viewer()
+    _, truth = _nuclei(viewer)
+    widget = _dock(viewer, qtbot)
+    _features(qtbot, widget)
+    scribbles = viewer.layers[SCRIBBLES]
+    first, second = _objects(truth, 2)
+    strokes = _strokes(truth, [first])
+    scribbles.data = strokes
+    assert widget._timer.isActive()  # debounced: nothing runs while painting goes on
+    widget.update_scribbles()
+    older = widget._scribble_job
+    strokes = strokes.copy()
+    strokes[_strokes(truth, [second]) == 2] = 3  # a second class
+    scribbles.data = strokes
+    widget.update_scribbles()
+    assert older.cancelled and widget._scribble_job is not older
+    _idle(qtbot, widget)
+    prediction = np.asarray(viewer.layers[PREDICTION].data)
+    assert set(np.unique(prediction)) == {0, 2, 3}  # the newer strokes' classes
+    assert (prediction[truth == second] == 3).mean() > 0.5
+
+
+def test_cancel_stops_the_features_and_the_tune_leaving_everything_as_it_was(
+    make_napari_viewer, qtbot, cache_dir
+):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-rat", "nuclei_2d")  # the whole 512x512 image: several tiles
+    widget = _dock(viewer, qtbot)
+    layers = [layer.name for layer in viewer.layers]
+    widget.compute_features()
+    qtbot.waitUntil(lambda: "features: tiles" in widget.status.value, timeout=60_000)
+    widget.cancel()
+    _idle(qtbot, widget)
+    assert widget.status.value.startswith("cancelled"), widget.status.value
+    assert widget.session is None and [layer.name for layer in viewer.layers] == layers
+    assert not [p for p in cache_dir.rglob("*") if p.name == ".zattrs" or p.suffix == ".json"]
+    assert widget.compute_button.enabled and not widget.cancel_button.enabled
+
+    image = viewer.layers["nuclei 2D"]
+    image.data = np.asarray(image.data)[CROP]
+    viewer.layers["nuclei 2D ground truth"].data = truth = np.asarray(
+        viewer.layers["nuclei 2D ground truth"].data
+    )[CROP]
+    _features(qtbot, widget)
+    model = widget.session.model
+    viewer.layers[SCRIBBLES].data = _strokes(truth, _objects(truth, 2))
+    _idle(qtbot, widget)
+    widget.steps.value = 500
+    widget.improve_model()
+    qtbot.waitUntil(lambda: "improving the model: step" in widget.status.value, timeout=60_000)
+    widget.cancel()
+    _idle(qtbot, widget)
+    assert widget.status.value.startswith("cancelled"), widget.status.value
+    assert widget.session.model is model and not widget.tuned
+
+
+def test_bad_input_is_said_and_leaves_the_layers_alone(make_napari_viewer, qtbot, cache_dir):
+    viewer = make_napari_viewer()
+    widget = _dock(viewer, qtbot, image_name=None)
+    widget.compute_features()
+    assert "choose an image layer" in widget.status.value
+    widget.segment()
+    assert "compute the image's features first" in widget.status.value
+
+    viewer.add_image(np.zeros((2, 3, 32, 32), np.float32), name="4d")
+    widget.image_layer.value = "4d"
+    widget.compute_features()
+    assert (
+        "4 dimensions" in widget.status.value and "2D image or a 3D volume" in widget.status.value
+    )
+
+    _nuclei(viewer)
+    other = viewer.add_labels(np.ones((50, 50), np.uint8), name="other labels")
+    widget.image_layer.value = "nuclei 2D"
+    widget.scribble_choice.value = "other labels"
+    before = [layer.name for layer in viewer.layers]
+    widget.compute_features()
+    assert widget.worker is None and widget.session is None
+    assert "'other labels' has shape (50, 50)" in widget.status.value
+    assert "image (128, 128)" in widget.status.value
+    assert [layer.name for layer in viewer.layers] == before
+    assert other.data.shape == (50, 50) and (other.data == 1).all()
+
+    # the image's own labels (its shape) can be the scribbles
+    widget.scribble_choice.value = "nuclei 2D ground truth"
+    _features(qtbot, widget)
+    assert SCRIBBLES not in viewer.layers
+
+
+def test_closing_the_dock_unbinds_its_keys_and_gives_back_the_viewers(
+    make_napari_viewer, qtbot, cache_dir
+):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer = make_napari_viewer()
+    _nuclei(viewer)
+
+    def mine(viewer):
+        viewer.status = "mine"
+
+    viewer.bind_key("T", mine)
+    widget = _dock(viewer, qtbot)
+    _features(qtbot, widget)
+    keys = [coerce_keybinding(k) for k in ("S", "C", "T", "Shift-C")]
+    assert all(k in viewer.keymap for k in keys)
+    clicks = viewer.layers[CLICKS]
+    assert all(k in clicks.keymap for k in keys)
+    viewer.window.remove_dock_widget(widget.native)
+    assert viewer.keymap.get(coerce_keybinding("T")) is mine
+    assert not [k for k in keys if k in viewer.keymap and k != coerce_keybinding("T")]
+    assert not [k for k in keys if k in clicks.keymap]

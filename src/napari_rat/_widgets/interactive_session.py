@@ -79,15 +79,16 @@ class Session:
         return out
 
 
-def features_job(checkpoint, device: str, layer, step, model=None):
+def features_job(checkpoint, device: str, layer, step, model=None, cancel=None):
     """Worker: load the model (unless given), cut the input, compute (or read back) the
-    features and read them into an :class:`InteractiveSegmenter`; returns a :class:`Session`.
+    features and read them into an :class:`InteractiveSegmenter`; returns a :class:`Session`,
+    or ``None`` when ``cancel`` (a :class:`threading.Event`) was set (nothing cached then).
 
     ``layer`` is a :class:`~napari_rat._widgets.layer_input.LayerSnapshot`; ``step`` the
     viewer's position in its level-0 pixels (the plane a 2D model takes in a volume).
     """
     keep_triton_out()
-    from napari_rat.inference import PredictOptions, resolve_device
+    from napari_rat.inference import PredictionCancelled, PredictOptions, resolve_device
     from napari_rat.inference.features import compute_features
     from napari_rat.inference.interactive import InteractiveSegmenter
     from napari_rat.inference.model_loading import load_model_for_inference
@@ -98,7 +99,12 @@ def features_job(checkpoint, device: str, layer, step, model=None):
     dims = model.spatial_dims
     region = "slice" if layer.ndim > dims else "whole"
     source = layer_input(layer, dims, region, step)
-    maps = yield from compute_features(model, source, options=PredictOptions(device=device))
+    try:
+        maps = yield from compute_features(
+            model, source, options=PredictOptions(device=device), cancel=cancel
+        )
+    except PredictionCancelled:
+        return None
     segmenter = InteractiveSegmenter(maps)
     shape = tuple(int(n) for n in layer.level_shapes[0])
     where = tuple(
@@ -160,7 +166,7 @@ def improve_job(session: Session, labels, scribbles, steps: int, cancel):
     then compute the features again with the tuned model; returns the new :class:`Session`
     (``None`` when cancelled). Yields the training events, then the engine's progress."""
     keep_triton_out()
-    from napari_rat.inference import PredictOptions, resolve_device
+    from napari_rat.inference import PredictionCancelled, PredictOptions, resolve_device
     from napari_rat.inference.features import compute_features
     from napari_rat.inference.interactive import InteractiveSegmenter
     from napari_rat.train.quick_tune import quick_tune_events
@@ -180,9 +186,12 @@ def improve_job(session: Session, labels, scribbles, steps: int, cancel):
     )
     if tuned is None:
         return None
-    maps = yield from compute_features(
-        tuned, session.source, options=PredictOptions(device=session.device)
-    )
+    try:
+        maps = yield from compute_features(
+            tuned, session.source, options=PredictOptions(device=session.device), cancel=cancel
+        )
+    except PredictionCancelled:
+        return None
     return replace(
         session,
         model=tuned,

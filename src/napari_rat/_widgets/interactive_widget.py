@@ -216,6 +216,7 @@ class InteractiveWidget(ModelDock):
         if old is not None and old.checkpoint == checkpoint and old.device == self.device.value:
             model = old.model  # loaded already (the tuned one after Improve model)
         self._begin_run(f"features of {layer.name}…")
+        self._cancel_event = threading.Event()
         self._start(
             features_job,
             checkpoint,
@@ -223,6 +224,7 @@ class InteractiveWidget(ModelDock):
             snapshot_layer(layer),
             step,
             model,
+            self._cancel_event,
             yielded=self._on_progress,
             returned=partial(self._on_session, improved=False),
         )
@@ -262,7 +264,7 @@ class InteractiveWidget(ModelDock):
 
     def _on_session(self, session, improved: bool) -> None:
         if session is None:
-            self._set_status("cancelled: the model is unchanged")
+            self._set_status("cancelled: nothing changed")
             return
         self._cancel_scribble_job()
         self.session, self._current = session, None
@@ -291,10 +293,11 @@ class InteractiveWidget(ModelDock):
         """Stop the features or the fine-tune (between tiles or steps); nothing is changed."""
         if self.worker is None:
             return
-        if self._cancel_event is not None:
-            self._cancel_event.set()
         self._set_status("cancelling…")
-        self.worker.quit()
+        if self._cancel_event is not None:  # the job stops between tiles or steps and
+            self._cancel_event.set()  # cleans up (a quit worker would leave it suspended)
+        else:
+            self.worker.quit()
 
     def _on_finished(self) -> None:
         if self.worker is not None and self.worker.abort_requested:
