@@ -65,7 +65,8 @@ def _features(qtbot, widget):
 def _placed_like(layer, image):
     np.testing.assert_allclose(layer.scale, image.scale)
     np.testing.assert_allclose(layer.translate, image.translate)
-    np.testing.assert_allclose(layer.data_to_world((3, 5)), image.data_to_world((3, 5)))
+    point = (3, 5, 2)[: image.ndim]
+    np.testing.assert_allclose(layer.data_to_world(point), image.data_to_world(point))
 
 
 def _objects(truth, count):
@@ -370,3 +371,83 @@ def test_closing_the_dock_unbinds_its_keys_and_gives_back_the_viewers(
     assert viewer.keymap.get(coerce_keybinding("T")) is mine
     assert not [k for k in keys if k in viewer.keymap and k != coerce_keybinding("T")]
     assert not [k for k in keys if k in clicks.keymap]
+
+
+def test_anisotropic_3d_slice_then_box_clicks_and_commit(
+    make_napari_viewer, qtbot, cache_dir, dock_checkpoints
+):
+    """A small random-weight 3D model on a volume of spacing 2 x 0.5 x 0.5: in a 2D view the
+    update predicts the current slice only; in a 3D view the (small) volume; clicks and
+    commits are 3D and placed like the image."""
+    from napari_rat.synthetic import synthetic_nuclei
+
+    viewer = make_napari_viewer()
+    spacing, translate = (2.0, 0.5, 0.5), (4.0, 1.0, -2.0)
+    img, truth = synthetic_nuclei((8, 40, 40), spacing, radius=3.0, seed=4)
+    truth = truth.astype(np.int32)
+    image = viewer.add_image(img, name="vol", scale=spacing, translate=translate)
+    widget = _dock(viewer, qtbot, image_name="vol")
+    widget.model.use_checkpoint(dock_checkpoints["3d"])
+    z = 4
+    viewer.dims.set_point(0, translate[0] + z * spacing[0])
+    _features(qtbot, widget)
+    assert widget.session.shape == img.shape  # the whole volume, not a plane
+    scribbles = viewer.layers[SCRIBBLES]
+    assert scribbles.data.shape == img.shape
+    _placed_like(scribbles, image)
+
+    strokes = np.zeros(img.shape, np.uint8)
+    strokes[z] = _strokes(truth[z], _objects(truth[z], 2))
+    scribbles.data = strokes
+    qtbot.waitUntil(lambda: PREDICTION in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+    prediction = viewer.layers[PREDICTION]
+    _placed_like(prediction, image)
+    data = np.asarray(prediction.data)
+    planes = np.flatnonzero(data.reshape(len(data), -1).any(axis=1))
+    assert list(planes) == [z]  # the current slice (2D-in-3D)
+
+    viewer.dims.ndisplay = 3
+    widget.segment()
+    qtbot.waitUntil(lambda: len(np.flatnonzero(np.asarray(prediction.data).any((1, 2)))) > 1)
+    _idle(qtbot, widget)
+
+    i = _objects(truth[z], 1)[0]
+    centre = [z, *ndimage.center_of_mass(truth[z] == i)]
+    viewer.layers[CLICKS].add([centre])
+    qtbot.waitUntil(lambda: CURRENT in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+    current = np.asarray(viewer.layers[CURRENT].data)
+    assert current.shape == img.shape and current[tuple(np.round(centre).astype(int))] == 1
+    widget.commit()
+    committed = viewer.layers[COMMITTED]
+    _placed_like(committed, image)
+    np.testing.assert_allclose(committed.scale, spacing)
+    np.testing.assert_array_equal(np.asarray(committed.data) == 1, current > 0)
+
+
+def test_a_2d_model_on_a_volume_takes_the_current_plane(make_napari_viewer, qtbot, cache_dir):
+    """The starter (2D) on a stack: features, scribbles and clicks of the current plane, the
+    results in that plane of volume-shaped layers."""
+    viewer = make_napari_viewer()
+    _, truth2d = _nuclei(viewer)
+    plane = np.asarray(viewer.layers["nuclei 2D"].data)
+    stack = np.stack([plane[::-1], plane, plane[:, ::-1]])
+    image = viewer.add_image(stack, name="stack", scale=(3.0, 1.0, 1.0), translate=(6, 0, 0))
+    widget = _dock(viewer, qtbot, image_name="stack")
+    viewer.dims.set_point(0, 6 + 3.0)  # plane 1
+    _features(qtbot, widget)
+    assert "plane 1" in widget.status.value, widget.status.value
+    assert widget.session.shape == plane.shape
+    scribbles = viewer.layers[SCRIBBLES]
+    assert scribbles.data.shape == stack.shape
+    strokes = np.zeros(stack.shape, np.uint8)
+    strokes[1] = _strokes(truth2d, _objects(truth2d, 3))
+    scribbles.data = strokes
+    qtbot.waitUntil(lambda: PREDICTION in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+    data = np.asarray(viewer.layers[PREDICTION].data)
+    assert not data[0].any() and not data[2].any()
+    dice = 2 * ((data[1] > 0) & (truth2d > 0)).sum() / ((data[1] > 0).sum() + (truth2d > 0).sum())
+    assert dice > 0.8, dice
+    _placed_like(viewer.layers[PREDICTION], image)
