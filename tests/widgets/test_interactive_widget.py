@@ -8,15 +8,15 @@ from scipy import ndimage
 
 napari = pytest.importorskip("napari")
 
-from napari_rat._widgets.interactive_widget import (  # noqa: E402
+from napari_rat._widgets.interactive_layers import (  # noqa: E402
     CLICKS,
     COMMITTED,
     CURRENT,
     PREDICTION,
     SCRIBBLES,
     SIGN_COLOURS,
-    InteractiveWidget,
 )
+from napari_rat._widgets.interactive_widget import InteractiveWidget  # noqa: E402
 from napari_rat._widgets.model_choice import CHECKPOINT  # noqa: E402
 
 pytestmark = pytest.mark.gui

@@ -37,6 +37,18 @@ from napari_rat._widgets.dock_base import (
     start_worker,
     wrap_status_label,
 )
+from napari_rat._widgets.dock_shortcuts import DockShortcuts, when_closed
+from napari_rat._widgets.interactive_layers import (
+    CLICKS,
+    COMMITTED,
+    CURRENT,
+    PREDICTION,
+    SCRIBBLES,
+    check_image,
+    check_layers,
+    dock_layer,
+    put_labels,
+)
 from napari_rat._widgets.interactive_session import (
     click_update,
     features_job,
@@ -45,16 +57,9 @@ from napari_rat._widgets.interactive_session import (
     prediction_box,
     scribble_update,
 )
-from napari_rat._widgets.layer_input import channel_axis, check_not_rgb, snapshot_layer, view_box
+from napari_rat._widgets.layer_input import snapshot_layer, view_box
 
-SCRIBBLES = "RAT scribbles"
-PREDICTION = "RAT scribble prediction"
-CLICKS = "RAT clicks"
-CURRENT = "RAT current object"
-COMMITTED = "RAT committed"
 NEW_SCRIBBLES = f"new: {SCRIBBLES}"
-#: The sign of a click and its colour.
-SIGN_COLOURS = {"positive": "#33dd55", "negative": "#ee3333"}
 #: Quiet time (ms) after a stroke before the scribble update starts.
 DEBOUNCE_MS = 300
 #: The shortcuts, in micro-sam's style: key -> (method, what it does).
@@ -136,8 +141,6 @@ class InteractiveWidget(ModelDock):
         self._click_token = None
         self._cancel_event: threading.Event | None = None
         self._short_workers: set = set()
-        self._keyed_layers: list = []
-        self._previous_keys: dict = {}
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
@@ -154,8 +157,12 @@ class InteractiveWidget(ModelDock):
         ):
             button.clicked.connect(action)
         self.positive.changed.connect(self._on_sign_changed)
-        self._bind_shortcuts()
-        _when_closed(self, self.release_shortcuts)
+        self.shortcuts = DockShortcuts(
+            self.viewer,
+            {key: getattr(self, method) for key, (method, _) in SHORTCUTS.items()},
+        )
+        self.shortcuts.bind()
+        when_closed(self.native, self.release_shortcuts)
 
     # ------------------------------------------------------------------ state
     @property
@@ -166,7 +173,9 @@ class InteractiveWidget(ModelDock):
     @property
     def busy(self) -> bool:
         """Whether any of the dock's workers still runs."""
-        return self.worker is not None or any(w.is_running for w in self._short_workers)
+        # a started worker is not yet running until the thread pool picks it up: count it
+        # from its start to its ``finished``
+        return self.worker is not None or bool(self._short_workers)
 
     def _refresh_layers(self, *_) -> None:
         super()._refresh_layers()
@@ -204,7 +213,7 @@ class InteractiveWidget(ModelDock):
         if layer is None:
             return
         try:
-            shape = _check_image(layer)
+            shape = check_image(layer)
             checkpoint = self.model.selection(len(shape))
             self._check_layers(shape)
         except ValueError as exc:
@@ -232,15 +241,8 @@ class InteractiveWidget(ModelDock):
     def _check_layers(self, shape) -> None:
         """Refuse an image whose shape the dock's existing layers (or the chosen scribbles
         layer) do not have: they stay as they are."""
-        for name in {self._scribbles_name(), PREDICTION, CLICKS, CURRENT, COMMITTED}:
-            if name not in self.viewer.layers:
-                continue
-            layer = self.viewer.layers[name]
-            if not _fits(layer, shape):
-                raise ValueError(
-                    f"layer {name!r} has shape {_shape(layer)} and the image {tuple(shape)}: "
-                    f"choose a layer of the image's shape, or rename or remove {name!r}"
-                )
+        names = {self._scribbles_name(), PREDICTION, CLICKS, CURRENT, COMMITTED}
+        check_layers(self.viewer, names, shape)
 
     def _begin_run(self, text: str) -> None:
         self.compute_button.enabled = self.improve_button.enabled = False
@@ -313,40 +315,9 @@ class InteractiveWidget(ModelDock):
 
     # ----------------------------------------------------------------- layers
     def _layer(self, name: str, kind: str, *, create: bool = True):
-        """The dock's layer ``name`` (made, placed like the image, when missing and ``create``);
-        ``ValueError`` when a layer of that name is of another kind or shape (left alone)."""
-        from napari.layers import Labels, Points
-
-        session = self.session
-        cls = Points if kind == "points" else Labels
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            if isinstance(layer, cls) and _fits(layer, session.layer_shape):
-                return layer
-            raise ValueError(
-                f"layer {name!r} is not a {kind} layer of the image's shape "
-                f"{session.layer_shape}: rename or remove it"
-            )
-        if not create:
-            return None
-        if kind == "points":
-            sign = "positive" if self.positive.value else "negative"
-            layer = Points(
-                np.empty((0, len(session.layer_shape))),
-                name=name,
-                features={"sign": np.array([], dtype=object)},
-                feature_defaults={"sign": sign},
-                face_color="sign",
-                face_color_cycle=SIGN_COLOURS,
-                size=max(3.0, min(session.shape[-2:]) / 40) * min(session.placement["scale"]),
-                **session.placement,
-            )
-            layer.mode = "add"
-        else:
-            dtype = np.int32 if name == COMMITTED else np.uint8
-            layer = Labels(np.zeros(session.layer_shape, dtype), name=name, **session.placement)
-        self.viewer.add_layer(layer)
-        return layer
+        """The dock's layer ``name`` (see :func:`dock_layer`)."""
+        sign = "positive" if self.positive.value else "negative"
+        return dock_layer(self.viewer, self.session, name, kind, create=create, sign=sign)
 
     def _ensure_inputs(self) -> None:
         """The clicks and scribbles layers exist, watched and with the dock's keys."""
@@ -358,15 +329,10 @@ class InteractiveWidget(ModelDock):
         ):
             for event in events:  # napari ignores a second connection of the same method
                 getattr(layer.events, event).connect(handler)
-            self._bind_layer_shortcuts(layer)
+            self.shortcuts.bind_layer(layer)
 
     def _put(self, name: str, data: np.ndarray) -> None:
-        """Show ``data`` (layer-shaped) in the Labels layer ``name``: swapped in, or a new layer."""
-        layer = self._layer(name, "labels", create=False)
-        if layer is None:
-            self.viewer.add_labels(data, name=name, **self.session.placement)
-        else:
-            layer.data = data
+        put_labels(self.viewer, self.session, name, data)
 
     # -------------------------------------------------------------- scribbles
     def _schedule_update(self, *_) -> None:
@@ -627,97 +593,8 @@ class InteractiveWidget(ModelDock):
         holder.append(worker)
         self._short_workers.add(worker)
 
-    # -------------------------------------------------------------- shortcuts
-    def _shortcut(self, method: str):
-        action = getattr(self, method)
-
-        def pressed(*_):
-            action()
-
-        pressed.__napari_rat_shortcut__ = True
-        return pressed
-
-    def _bind_shortcuts(self) -> None:
-        for key, (method, _) in SHORTCUTS.items():
-            previous = self.viewer.bind_key(key, self._shortcut(method), overwrite=True)
-            self._previous_keys[key] = previous
-
-    def _bind_layer_shortcuts(self, layer) -> None:
-        """The keys on the dock's layers too: a layer's own keys (Points: ``S``) come first."""
-        for key, (method, _) in SHORTCUTS.items():
-            layer.bind_key(key, self._shortcut(method), overwrite=True)
-        self._keyed_layers.append(layer)
-
     def release_shortcuts(self, *_) -> None:
         """Unbind the dock's keys (the viewer's earlier ones come back); on closing the dock."""
-        from napari.utils.key_bindings import coerce_keybinding
-
-        for key, previous in self._previous_keys.items():
-            bound = self.viewer.keymap.get(coerce_keybinding(key))
-            if getattr(bound, "__napari_rat_shortcut__", False):
-                self.viewer.bind_key(key, previous, overwrite=True)
-        self._previous_keys.clear()
-        for layer in self._keyed_layers:
-            for key in SHORTCUTS:
-                bound = layer.keymap.get(coerce_keybinding(key))
-                if getattr(bound, "__napari_rat_shortcut__", False):
-                    layer.bind_key(key, None)
-        self._keyed_layers.clear()
+        self.shortcuts.release()
         self._timer.stop()
         self._cancel_scribble_job()
-
-
-def _shape(layer) -> tuple[int, ...]:
-    """A Labels or Image layer's (level-0) shape; a Points layer's dimensions only."""
-    if getattr(layer, "multiscale", False):
-        return tuple(int(n) for n in layer.level_shapes[0])
-    if type(layer).__name__ == "Points":
-        return (None,) * layer.ndim
-    return tuple(int(n) for n in layer.data.shape)
-
-
-def _fits(layer, shape) -> bool:
-    """Whether the layer can be the dock's for an image of ``shape`` (points: same axes)."""
-    have = _shape(layer)
-    return len(have) == len(shape) and all(h in (None, n) for h, n in zip(have, shape, strict=True))
-
-
-def _check_image(layer) -> tuple[int, ...]:
-    """The image's level-0 shape; ``ValueError`` for what the dock cannot segment."""
-    check_not_rgb(layer)
-    if channel_axis(layer) is not None:
-        raise ValueError(
-            f"layer {layer.name!r} has a channel axis: split it (right-click > Split Stack) "
-            "and choose one channel"
-        )
-    shape = tuple(int(n) for n in (layer.level_shapes[0] if layer.multiscale else layer.data.shape))
-    if len(shape) not in (2, 3):
-        raise ValueError(
-            f"layer {layer.name!r} has {len(shape)} dimensions {shape}; the interactive dock "
-            "takes a 2D image or a 3D volume: choose one (e.g. a time point) first"
-        )
-    return shape
-
-
-def _when_closed(dock: InteractiveWidget, callback) -> None:
-    """Call ``callback`` when the dock is closed (napari takes it out of its dock: its
-    parent goes) or destroyed."""
-    from qtpy.QtCore import QEvent, QObject
-
-    class Watcher(QObject):
-        def __init__(self, parent):
-            super().__init__(parent)
-            self.docked = False
-
-        def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
-            if event.type() == QEvent.Type.ParentChange:
-                if obj.parent() is not None:
-                    self.docked = True
-                elif self.docked:
-                    callback()
-            return False
-
-    watcher = Watcher(dock.native)
-    dock.native.installEventFilter(watcher)
-    dock.native.destroyed.connect(lambda *_: callback())
-    dock._close_watcher = watcher
