@@ -289,8 +289,17 @@ def test_cancel_stops_the_features_and_the_tune_leaving_everything_as_it_was(
     viewer.open_sample("napari-rat", "nuclei_2d")  # the whole 512x512 image: several tiles
     widget = _dock(viewer, qtbot)
     layers = [layer.name for layer in viewer.layers]
+    from qtpy.QtCore import QTimer
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(10)
     widget.compute_features()
     qtbot.waitUntil(lambda: "features: tiles" in widget.status.value, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
+    timer.stop()
+    assert len(ticks) > 10  # the viewer's event loop kept turning while the model ran
     widget.cancel()
     _idle(qtbot, widget)
     assert widget.status.value.startswith("cancelled"), widget.status.value
@@ -451,3 +460,39 @@ def test_a_2d_model_on_a_volume_takes_the_current_plane(make_napari_viewer, qtbo
     dice = 2 * ((data[1] > 0) & (truth2d > 0)).sum() / ((data[1] > 0).sum() + (truth2d > 0).sum())
     assert dice > 0.8, dice
     _placed_like(viewer.layers[PREDICTION], image)
+
+
+def test_removed_layers_come_back_and_a_brush_stroke_updates(make_napari_viewer, qtbot, cache_dir):
+    """Run, remove the dock's layers by hand, go on: S makes the inputs again, a stroke
+    painted with napari's brush (``Labels.paint``) updates the prediction, which comes back."""
+    viewer = make_napari_viewer()
+    image, truth = _nuclei(viewer)
+    widget = _dock(viewer, qtbot)
+    _features(qtbot, widget)
+    strokes = _strokes(truth, _objects(truth, 3))
+    viewer.layers[SCRIBBLES].data = strokes
+    qtbot.waitUntil(lambda: PREDICTION in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+    first = np.asarray(viewer.layers[PREDICTION].data).copy()
+    for name in (PREDICTION, SCRIBBLES, CLICKS):  # one per event-loop turn, as a user would
+        viewer.layers.remove(name)
+        qtbot.wait(50)
+    _press(viewer, "S")  # nothing painted any more: the inputs come back, empty
+    assert SCRIBBLES in viewer.layers and CLICKS in viewer.layers
+    scribbles = viewer.layers[SCRIBBLES]
+    _placed_like(scribbles, image)
+    _idle(qtbot, widget)
+    assert PREDICTION not in viewer.layers
+    scribbles.data = strokes
+    _idle(qtbot, widget)
+    scribbles.selected_label = 2
+    scribbles.brush_size = 3
+    i = _objects(truth, 4)[3]
+    scribbles.paint(_centre(truth, i), 2)  # the brush's own call: a paint event
+    assert widget._timer.isActive()
+    qtbot.waitUntil(lambda: PREDICTION in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+    again = np.asarray(viewer.layers[PREDICTION].data)
+    _placed_like(viewer.layers[PREDICTION], image)
+    assert (again[truth == i] > 0).mean() > 0.8
+    assert ((again > 0) == (first > 0)).mean() > 0.9  # the same strokes, the same answer
