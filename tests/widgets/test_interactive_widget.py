@@ -17,7 +17,7 @@ from napari_rat._widgets.interactive_layers import (  # noqa: E402
     SIGN_COLOURS,
 )
 from napari_rat._widgets.interactive_widget import InteractiveWidget  # noqa: E402
-from napari_rat._widgets.model_choice import CHECKPOINT  # noqa: E402
+from napari_rat._widgets.model_choice import CHECKPOINT, STARTER  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -257,6 +257,19 @@ def test_accept_improve_and_save_hand_the_model_to_the_inference_dock(
     from napari_rat.model import read_checkpoint_info
 
     assert read_checkpoint_info(saved).extra["trained_on"]
+    # this dock's own choice names the saved model, and keeps it for the next features
+    assert widget.model.selection() == saved
+    tuned = widget.session.model
+    widget.compute_features()
+    _idle(qtbot, widget)
+    assert widget.session.model is tuned and widget.tuned
+    assert "from the cache" in widget.status.value, widget.status.value
+    # choosing the bundled model again starts from it
+    widget.model.kind.value = STARTER
+    widget.compute_features()
+    _idle(qtbot, widget)
+    assert widget.session.model is not tuned and not widget.tuned
+    assert widget.session.checkpoint == "starter"
 
 
 def test_a_newer_stroke_cancels_the_older_update(make_napari_viewer, qtbot, cache_dir):

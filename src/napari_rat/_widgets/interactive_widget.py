@@ -25,6 +25,7 @@ takes the current plane: its features, scribbles and clicks are that plane's.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -91,6 +92,7 @@ class InteractiveWidget(ModelDock):
         "_schedule_update",
         "_on_clicks_changed",
         "_on_sign_changed",
+        "_forget_model",
         "release_shortcuts",
     )
 
@@ -141,6 +143,8 @@ class InteractiveWidget(ModelDock):
         self._click_token = None
         self._cancel_event: threading.Event | None = None
         self._short_workers: set = set()
+        # (checkpoint, device, model) of the session, reused until the model choice changes
+        self._loaded: tuple | None = None
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
@@ -157,6 +161,8 @@ class InteractiveWidget(ModelDock):
         ):
             button.clicked.connect(action)
         self.positive.changed.connect(self._on_sign_changed)
+        for choice in (self.model.kind, self.model.checkpoint, self.device):
+            choice.changed.connect(self._forget_model)
         self.shortcuts = DockShortcuts(
             self.viewer,
             {key: getattr(self, method) for key, (method, _) in SHORTCUTS.items()},
@@ -220,10 +226,9 @@ class InteractiveWidget(ModelDock):
             self._set_status(f"error: {exc}", error=True)
             return
         step = [int(round(v)) for v in layer.world_to_data(self.viewer.dims.point)]
-        old = self.session
         model = None
-        if old is not None and old.checkpoint == checkpoint and old.device == self.device.value:
-            model = old.model  # loaded already (the tuned one after Improve model)
+        if self._loaded is not None and self._loaded[:2] == (checkpoint, self.device.value):
+            model = self._loaded[2]  # loaded already (the improved one after Improve model)
         self._begin_run(f"features of {layer.name}…")
         self._cancel_event = threading.Event()
         self._start(
@@ -270,9 +275,13 @@ class InteractiveWidget(ModelDock):
             return
         self._cancel_scribble_job()
         self.session, self._current = session, None
+        self._loaded = (session.checkpoint, session.device, session.model)
         if improved:
             self._tuned_model = session.model
-            done = f"model improved and features recomputed in {session.seconds:.1f} s"
+            done = (
+                f"model improved and features recomputed in {session.seconds:.1f} s (Compute "
+                "features keeps it until the model choice changes)"
+            )
         elif session.maps.from_cache:
             done = f"features of {session.image_name} from the cache (no model run)"
         else:
@@ -569,8 +578,17 @@ class InteractiveWidget(ModelDock):
         self._short(save_tuned, self.session.model, path, returned=self._on_saved)
 
     def _on_saved(self, path) -> None:
+        loaded = self._loaded
+        self.model.use_checkpoint(path)  # this dock's choice names the model it holds
+        if loaded is not None:
+            self._loaded = (self.model.selection(), *loaded[1:])
+            self.session = replace(self.session, checkpoint=self._loaded[0])
         where = offer_checkpoint(self.viewer, path)
         self._set_status(f"saved {path}{where}")
+
+    def _forget_model(self, *_) -> None:
+        """The model choice changed: the next Compute features loads the chosen model."""
+        self._loaded = None
 
     # ---------------------------------------------------------------- workers
     def _short(self, function, *args, returned, cancelled_ok: bool = False) -> None:
