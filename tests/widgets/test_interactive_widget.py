@@ -509,3 +509,34 @@ def test_removed_layers_come_back_and_a_brush_stroke_updates(make_napari_viewer,
     _placed_like(viewer.layers[PREDICTION], image)
     assert (again[truth == i] > 0).mean() > 0.8
     assert ((again > 0) == (first > 0)).mean() > 0.9  # the same strokes, the same answer
+
+
+@pytest.mark.parametrize("name", ["commit", "_on_click_done", "_on_scribbles_done"])
+def test_an_exception_in_a_dock_callback_stays_in_the_dock(
+    make_napari_viewer, qtbot, cache_dir, monkeypatch, caplog, name
+):
+    """A callback raising (a key's action, a worker's result handler): the failure is logged
+    and shown, and napari keeps running (pytest-qt fails a test on an exception that
+    reaches Qt)."""
+    import logging
+
+    def fail(self, *args, **kwargs):
+        raise ValueError(f"boom in {name}")
+
+    monkeypatch.setattr(InteractiveWidget, name, fail)
+    viewer = make_napari_viewer()
+    _, truth = _nuclei(viewer)
+    widget = _dock(viewer, qtbot)
+    _features(qtbot, widget)
+    caplog.set_level(logging.ERROR)
+    if name == "_on_scribbles_done":
+        viewer.layers[SCRIBBLES].data = _strokes(truth, _objects(truth, 2))
+        widget.update_scribbles()
+    else:
+        viewer.layers[CLICKS].add([_centre(truth, _objects(truth, 1)[0])])
+        _idle(qtbot, widget)
+        if name == "commit":
+            _press(viewer, "C")
+    _idle(qtbot, widget)
+    assert f"boom in {name}" in caplog.text
+    assert f"boom in {name}" in widget.status.value
