@@ -80,7 +80,6 @@ def main(out: Path) -> Path:
         if COMMITTED not in viewer.layers:
             dock.commit()
     viewer.layers.selection.active = viewer.layers["RAT scribbles"]
-    dock._set_status("scribble prediction updated (semantic); current object: C commits")
     path = save_screenshot(viewer, out)
     viewer.close()
     return path

@@ -21,6 +21,9 @@ CURRENT = "RAT current object"
 COMMITTED = "RAT committed"
 #: The sign of a click and its colour.
 SIGN_COLOURS = {"positive": "#33dd55", "negative": "#ee3333"}
+#: The current object in one colour of its own (committed objects and scribbles take
+#: napari's label colours).
+CURRENT_COLOURS = {None: "transparent", 0: "transparent", 1: "#ffd21f"}
 
 
 def check_image(layer) -> tuple[int, ...]:
@@ -105,7 +108,9 @@ def dock_layer(viewer, session, name: str, kind: str, *, create=True, sign="posi
     else:
         # committed objects: int32, room for every id; the others hold a few values
         dtype = np.int32 if name == COMMITTED else np.uint8
-        layer = Labels(np.zeros(session.layer_shape, dtype), name=name, **session.placement)
+        layer = Labels(
+            np.zeros(session.layer_shape, dtype), name=name, **_look(name), **session.placement
+        )
     viewer.add_layer(layer)
     return layer
 
@@ -115,6 +120,10 @@ def put_labels(viewer, session, name: str, data: np.ndarray) -> None:
     placed like the image."""
     layer = dock_layer(viewer, session, name, "labels", create=False)
     if layer is None:
-        viewer.add_labels(data, name=name, **session.placement)
+        viewer.add_labels(data, name=name, **_look(name), **session.placement)
     else:
         layer.data = data
+
+
+def _look(name: str) -> dict:
+    return {"colormap": CURRENT_COLOURS} if name == CURRENT else {}
