@@ -434,13 +434,18 @@ def test_anisotropic_3d_slice_then_box_clicks_and_commit(
     qtbot.waitUntil(lambda: len(np.flatnonzero(np.asarray(prediction.data).any((1, 2)))) > 1)
     _idle(qtbot, widget)
 
+    # a click in the 3D view lands on the brightest voxel of its view ray (along z here)
+    np.testing.assert_allclose(np.abs(viewer.camera.view_direction), (1, 0, 0), atol=1e-6)
     i = _objects(truth[z], 1)[0]
-    centre = [z, *ndimage.center_of_mass(truth[z] == i)]
-    viewer.layers[CLICKS].add([centre])
+    y, x = np.round(ndimage.center_of_mass(truth[z] == i)).astype(int)
+    viewer.layers[CLICKS].add([(0, y, x)])
     qtbot.waitUntil(lambda: CURRENT in viewer.layers, timeout=60_000)
     _idle(qtbot, widget)
+    brightest = (int(np.argmax(img[:, y, x])), y, x)
+    assert brightest[0] != 0  # the click moved
+    np.testing.assert_allclose(viewer.layers[CLICKS].data[0], brightest)
     current = np.asarray(viewer.layers[CURRENT].data)
-    assert current.shape == img.shape and current[tuple(np.round(centre).astype(int))] == 1
+    assert current.shape == img.shape and current[brightest] == 1
     widget.commit()
     committed = viewer.layers[COMMITTED]
     _placed_like(committed, image)

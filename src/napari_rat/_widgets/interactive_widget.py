@@ -31,6 +31,7 @@ from functools import partial
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Label, ProgressBar, PushButton, SpinBox
 
+from napari_rat._widgets.attention_widget import click_ray
 from napari_rat._widgets.dock_base import (
     ModelDock,
     dock_callback,
@@ -58,7 +59,7 @@ from napari_rat._widgets.interactive_session import (
     prediction_box,
     scribble_update,
 )
-from napari_rat._widgets.layer_input import snapshot_layer, view_box
+from napari_rat._widgets.layer_input import brightest_on_ray, snapshot_layer, view_box
 
 NEW_SCRIBBLES = f"new: {SCRIBBLES}"
 #: Quiet time (ms) after a stroke before the scribble update starts.
@@ -408,8 +409,37 @@ class InteractiveWidget(ModelDock):
     # ----------------------------------------------------------------- clicks
     def _on_clicks_changed(self, event) -> None:
         action = str(getattr(event, "action", "changed"))
-        if action.endswith(("added", "removed", "changed")) and self.session is not None:
-            self.segment_clicks()
+        if self.session is None or not action.endswith(("added", "removed", "changed")):
+            return
+        if action.endswith("added") and self.viewer.dims.ndisplay == 3:
+            if self._snap_to_brightest(event.source, getattr(event, "data_indices", ())):
+                return  # moving the points is a change of its own: it segments
+        self.segment_clicks()
+
+    def _snap_to_brightest(self, layer, indices) -> bool:
+        """In a 3D view, move new clicks to the brightest voxel of the image on the view ray
+        through them (what the volume rendering shows there), as the attention dock picks a
+        3D click; whether any moved."""
+        name = self.session.image_name
+        if name not in self.viewer.layers:
+            return False
+        image = self.viewer.layers[name]
+        data = np.asarray(layer.data, float).copy()
+        direction = np.zeros(len(self.viewer.dims.point))
+        displayed = list(self.viewer.dims.displayed)
+        direction[displayed] = self.viewer.camera.view_direction
+        moved = False
+        for i in np.asarray(indices, int) % max(1, len(data)):
+            world = np.asarray(layer.data_to_world(data[i]), float)
+            ray = click_ray(image, world, direction, displayed)
+            if not ray or ray[0] is None:
+                continue
+            point = brightest_on_ray(image, *ray)
+            moved |= not np.allclose(point, data[i])
+            data[i] = point
+        if moved:
+            layer.data = data
+        return moved
 
     def segment_clicks(self, *_) -> None:
         """The object of the positive and negative clicks, in a worker."""
