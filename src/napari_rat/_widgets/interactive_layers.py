@@ -12,7 +12,14 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from napari_rat._widgets.layer_input import channel_axis, check_not_rgb
+from napari_rat._widgets.attention_widget import click_ray
+from napari_rat._widgets.interactive_session import prediction_box
+from napari_rat._widgets.layer_input import (
+    brightest_on_ray,
+    channel_axis,
+    check_not_rgb,
+    view_box,
+)
 
 SCRIBBLES = "RAT scribbles"
 PREDICTION = "RAT scribble prediction"
@@ -127,3 +134,44 @@ def put_labels(viewer, session, name: str, data: np.ndarray) -> None:
 
 def _look(name: str) -> dict:
     return {"colormap": CURRENT_COLOURS} if name == CURRENT else {}
+
+
+def view_region(viewer, session, layer) -> tuple[slice, ...]:
+    """The box of ``session``'s features a scribble update predicts, from what ``viewer``
+    shows of ``layer`` (placed like the image; see
+    :func:`~napari_rat._widgets.interactive_session.prediction_box`)."""
+    ndim, world = layer.ndim, len(viewer.dims.point)
+    displayed = [d - (world - ndim) for d in viewer.dims.displayed]
+    point = np.asarray(viewer.dims.point, float)
+    step = np.asarray(layer.world_to_data(point), float)
+    centre = step
+    if viewer.dims.ndisplay == 3:
+        point[list(viewer.dims.displayed)] = viewer.camera.center
+        centre = np.asarray(layer.world_to_data(point), float)
+    view = view_box(viewer, layer)
+    return prediction_box(session, view, displayed, step, viewer.dims.ndisplay, centre)
+
+
+def snap_to_brightest(viewer, session, layer, indices) -> bool:
+    """Move the points ``indices`` of ``layer`` (new clicks in a 3D view) to the brightest
+    voxel of the session's image on the view ray through each (what the volume rendering
+    shows there), as the attention dock picks a 3D click; whether any moved."""
+    if session.image_name not in viewer.layers:
+        return False
+    image = viewer.layers[session.image_name]
+    data = np.asarray(layer.data, float).copy()
+    direction = np.zeros(len(viewer.dims.point))
+    displayed = list(viewer.dims.displayed)
+    direction[displayed] = viewer.camera.view_direction
+    moved = False
+    for i in np.asarray(indices, int) % max(1, len(data)):
+        world = np.asarray(layer.data_to_world(data[i]), float)
+        ray = click_ray(image, world, direction, displayed)
+        if not ray or ray[0] is None:
+            continue
+        point = brightest_on_ray(image, *ray)
+        moved |= not np.allclose(point, data[i])
+        data[i] = point
+    if moved:
+        layer.data = data
+    return moved

@@ -69,6 +69,18 @@ class Session:
             out[axis] = slice(offset + b.start, offset + b.stop)
         return tuple(out)
 
+    def clicks(self, points: np.ndarray, signs) -> tuple[list, list, int]:
+        """Layer-pixel ``points`` as the features' pixel coordinates: the positive ones, the
+        negative ones, and how many lie on other planes than the session's (left out)."""
+        positive, negative, elsewhere = [], [], 0
+        for point, sign in zip(points, signs, strict=True):
+            if any(round(point[a]) != self.where[a].start for a in self.source.sliced_axes):
+                elsewhere += 1
+                continue
+            coords = [point[a] - (self.where[a].start or 0) for a in self.session_axes]
+            (positive if sign == "positive" else negative).append(coords)
+        return positive, negative, elsewhere
+
     def to_layer(self, values: np.ndarray, box: tuple[slice, ...] | None = None, dtype=None):
         """A new layer-shaped array: ``values`` (the features' ``box``, default all) in place,
         0 elsewhere."""

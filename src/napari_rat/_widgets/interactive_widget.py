@@ -19,7 +19,8 @@ again when next needed.
 of a 2D image, or of the current slice of a volume (2D-in-3D); in a 3D view, the whole volume
 up to about 64 x 128 x 128 voxels, else a box of that size around the camera's centre
 (:func:`~napari_rat._widgets.interactive_session.prediction_box`). A 2D model on a volume
-takes the current plane: its features, scribbles and clicks are that plane's.
+takes the current plane: its features, scribbles and clicks are that plane's. A click added in a
+3D view moves to the brightest voxel on its view ray, as the attention dock picks a 3D click.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from functools import partial
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Label, ProgressBar, PushButton, SpinBox
 
-from napari_rat._widgets.attention_widget import click_ray
 from napari_rat._widgets.dock_base import (
     ModelDock,
     dock_callback,
@@ -50,16 +50,17 @@ from napari_rat._widgets.interactive_layers import (
     check_layers,
     dock_layer,
     put_labels,
+    snap_to_brightest,
+    view_region,
 )
 from napari_rat._widgets.interactive_session import (
     click_update,
     features_job,
     improve_job,
     model_labels_job,
-    prediction_box,
     scribble_update,
 )
-from napari_rat._widgets.layer_input import brightest_on_ray, snapshot_layer, view_box
+from napari_rat._widgets.layer_input import snapshot_layer
 
 NEW_SCRIBBLES = f"new: {SCRIBBLES}"
 #: Quiet time (ms) after a stroke before the scribble update starts.
@@ -369,7 +370,7 @@ class InteractiveWidget(ModelDock):
         scribbles = session.cut(layer.data).copy()  # the worker must not see later strokes
         if not scribbles.any():
             return
-        job = session.segmenter.scribble_job(scribbles, self._prediction_box(session, layer))
+        job = session.segmenter.scribble_job(scribbles, view_region(self.viewer, session, layer))
         self._cancel_scribble_job()
         self._scribble_job = job
         self._short(
@@ -381,18 +382,6 @@ class InteractiveWidget(ModelDock):
             cancelled_ok=True,
         )
         self._set_status("updating the scribble prediction…")
-
-    def _prediction_box(self, session, layer):
-        ndim, world = layer.ndim, len(self.viewer.dims.point)
-        displayed = [d - (world - ndim) for d in self.viewer.dims.displayed]
-        point = np.asarray(self.viewer.dims.point, float)
-        step = np.asarray(layer.world_to_data(point), float)
-        centre = step
-        if self.viewer.dims.ndisplay == 3:
-            point[list(self.viewer.dims.displayed)] = self.viewer.camera.center
-            centre = np.asarray(layer.world_to_data(point), float)
-        view = view_box(self.viewer, layer)
-        return prediction_box(session, view, displayed, step, self.viewer.dims.ndisplay, centre)
 
     def _cancel_scribble_job(self) -> None:
         if self._scribble_job is not None:
@@ -412,34 +401,10 @@ class InteractiveWidget(ModelDock):
         if self.session is None or not action.endswith(("added", "removed", "changed")):
             return
         if action.endswith("added") and self.viewer.dims.ndisplay == 3:
-            if self._snap_to_brightest(event.source, getattr(event, "data_indices", ())):
+            indices = getattr(event, "data_indices", ())
+            if snap_to_brightest(self.viewer, self.session, event.source, indices):
                 return  # moving the points is a change of its own: it segments
         self.segment_clicks()
-
-    def _snap_to_brightest(self, layer, indices) -> bool:
-        """In a 3D view, move new clicks to the brightest voxel of the image on the view ray
-        through them (what the volume rendering shows there), as the attention dock picks a
-        3D click; whether any moved."""
-        name = self.session.image_name
-        if name not in self.viewer.layers:
-            return False
-        image = self.viewer.layers[name]
-        data = np.asarray(layer.data, float).copy()
-        direction = np.zeros(len(self.viewer.dims.point))
-        displayed = list(self.viewer.dims.displayed)
-        direction[displayed] = self.viewer.camera.view_direction
-        moved = False
-        for i in np.asarray(indices, int) % max(1, len(data)):
-            world = np.asarray(layer.data_to_world(data[i]), float)
-            ray = click_ray(image, world, direction, displayed)
-            if not ray or ray[0] is None:
-                continue
-            point = brightest_on_ray(image, *ray)
-            moved |= not np.allclose(point, data[i])
-            data[i] = point
-        if moved:
-            layer.data = data
-        return moved
 
     def segment_clicks(self, *_) -> None:
         """The object of the positive and negative clicks, in a worker."""
@@ -448,15 +413,9 @@ class InteractiveWidget(ModelDock):
             return
         layer = self._layer(CLICKS, "points", create=False)
         positive, negative, elsewhere = ([], [], 0)
-        if layer is not None:
-            signs = list(layer.features["sign"]) if len(layer.data) else []
-            for point, sign in zip(np.asarray(layer.data), signs, strict=True):
-                planes = session.source.sliced_axes
-                if any(round(point[a]) != session.where[a].start for a in planes):
-                    elsewhere += 1
-                    continue
-                coords = [point[a] - session.where[a].start for a in session.session_axes]
-                (positive if sign == "positive" else negative).append(coords)
+        if layer is not None and len(layer.data):
+            signs = list(layer.features["sign"])
+            positive, negative, elsewhere = session.clicks(np.asarray(layer.data), signs)
         token = self._click_token = object()
         if not positive:
             self._current = None
