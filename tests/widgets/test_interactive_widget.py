@@ -545,3 +545,45 @@ def test_an_exception_in_a_dock_callback_stays_in_the_dock(
     _idle(qtbot, widget)
     assert f"boom in {name}" in caplog.text
     assert f"boom in {name}" in widget.status.value
+
+
+def test_features_of_the_current_view_and_scribbles_and_clicks_there(
+    make_napari_viewer, qtbot, cache_dir
+):
+    """Zoomed in, 'features of: current view' computes the view's features only; scribbles
+    predict there, clicks segment there, and everything lands on the image."""
+    viewer = make_napari_viewer()
+    image, truth = _nuclei(viewer)
+    i = _objects(truth, 1)[0]
+    cy, cx = _centre(truth, i)
+    viewer.camera.center = (TRANSLATE[0] + cy, TRANSLATE[1] + cx)
+    viewer.camera.zoom = 12
+    widget = _dock(viewer, qtbot)
+    widget.extent.value = "current view"
+    _features(qtbot, widget)
+    session = widget.session
+    assert session.layer_shape == truth.shape
+    assert all(n < 128 for n in session.shape), session.shape
+    ys, xs = session.where
+    assert ys.start <= cy < ys.stop and xs.start <= cx < xs.stop
+    assert "the view" in widget.status.value
+
+    strokes = np.zeros(truth.shape, np.uint8)
+    strokes[session.where] = _strokes(truth[session.where], [i])
+    assert (strokes == 1).any()
+    viewer.layers[SCRIBBLES].data = strokes
+    qtbot.waitUntil(lambda: PREDICTION in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+    prediction = np.asarray(viewer.layers[PREDICTION].data)
+    outside = np.ones(truth.shape, bool)
+    outside[session.where] = False
+    assert not prediction[outside].any()
+    assert (prediction[truth == i] > 0).mean() > 0.8
+
+    viewer.layers[CLICKS].add([(cy, cx)])
+    qtbot.waitUntil(lambda: CURRENT in viewer.layers, timeout=60_000)
+    _idle(qtbot, widget)
+    widget.commit()
+    labels = np.asarray(viewer.layers[COMMITTED].data)
+    _placed_like(viewer.layers[COMMITTED], image)
+    assert ((labels == 1) & (truth == i)).sum() / ((labels == 1) | (truth == i)).sum() > 0.5

@@ -91,13 +91,14 @@ class Session:
         return out
 
 
-def features_job(checkpoint, device: str, layer, step, model=None, cancel=None):
+def features_job(checkpoint, device: str, layer, step, model=None, cancel=None, view=None):
     """Worker: load the model (unless given), cut the input, compute (or read back) the
     features and read them into an :class:`InteractiveSegmenter`; returns a :class:`Session`,
     or ``None`` when ``cancel`` (a :class:`threading.Event`) was set (nothing cached then).
 
     ``layer`` is a :class:`~napari_rat._widgets.layer_input.LayerSnapshot`; ``step`` the
-    viewer's position in its level-0 pixels (the plane a 2D model takes in a volume).
+    viewer's position in its level-0 pixels (the plane a 2D model takes in a volume);
+    ``view``: the ``(2, ndim)`` box on screen to compute the features of (``None``: all).
     """
     keep_triton_out()
     from napari_rat.inference import PredictionCancelled, PredictOptions, resolve_device
@@ -109,8 +110,8 @@ def features_job(checkpoint, device: str, layer, step, model=None, cancel=None):
     if model is None:
         model = load_model_for_inference(checkpoint, device=resolve_device(device))
     dims = model.spatial_dims
-    region = "slice" if layer.ndim > dims else "whole"
-    source = layer_input(layer, dims, region, step)
+    region = "view" if view is not None else "slice" if layer.ndim > dims else "whole"
+    source = layer_input(layer, dims, region, step, view_box=view)
     try:
         maps = yield from compute_features(
             model, source, options=PredictOptions(device=device), cancel=cancel
@@ -119,10 +120,12 @@ def features_job(checkpoint, device: str, layer, step, model=None, cancel=None):
         return None
     segmenter = InteractiveSegmenter(maps)
     shape = tuple(int(n) for n in layer.level_shapes[0])
-    where = tuple(
-        slice(int(step[a]), int(step[a]) + 1) if a in source.sliced_axes else slice(0, n)
-        for a, n in enumerate(shape)
-    )
+    sizes = iter(np.shape(source.image)[1:])
+    where = []
+    for a in range(len(shape)):  # where the input was cut: from its origin, in pixels
+        start = int(round((source.out_translate[a] - layer.translate[a]) / layer.scale[a]))
+        where.append(slice(start, start + (1 if a in source.sliced_axes else next(sizes))))
+    where = tuple(where)
     placement = {
         "scale": tuple(layer.scale),
         "translate": tuple(layer.translate),

@@ -60,9 +60,11 @@ from napari_rat._widgets.interactive_session import (
     model_labels_job,
     scribble_update,
 )
-from napari_rat._widgets.layer_input import snapshot_layer
+from napari_rat._widgets.layer_input import snapshot_layer, view_box
 
 NEW_SCRIBBLES = f"new: {SCRIBBLES}"
+#: What Compute features covers.
+EXTENTS = {"whole image": "whole", "current view": "view"}
 #: Quiet time (ms) after a stroke before the scribble update starts.
 DEBOUNCE_MS = 300
 #: The shortcuts, in micro-sam's style: key -> (method, what it does).
@@ -101,6 +103,11 @@ class InteractiveWidget(ModelDock):
     def __init__(self, napari_viewer):
         from qtpy.QtCore import QTimer
 
+        self.extent = ComboBox(label="features of", choices=list(EXTENTS), value="whole image")
+        self.extent.tooltip = (
+            "current view: the features of what the canvas shows (for an image whose features "
+            "would not fit in memory); scribbles and clicks then act there"
+        )
         self.scribble_choice = ComboBox(label="scribbles", choices=self._scribble_layers)
         self.output = ComboBox(label="prediction", choices=["semantic", "instances"])
         self.positive = CheckBox(text="positive clicks (T toggles)", value=True)
@@ -118,7 +125,7 @@ class InteractiveWidget(ModelDock):
         self.keys = Label(value=f"keys: {keys}")
         super().__init__(
             napari_viewer,
-            options=[self.scribble_choice, self.output, self.positive, self.steps],
+            options=[self.extent, self.scribble_choice, self.output, self.positive, self.steps],
             actions=[
                 self.compute_button,
                 self.cancel_button,
@@ -228,6 +235,7 @@ class InteractiveWidget(ModelDock):
             self._set_status(f"error: {exc}", error=True)
             return
         step = [int(round(v)) for v in layer.world_to_data(self.viewer.dims.point)]
+        view = view_box(self.viewer, layer) if EXTENTS[self.extent.value] == "view" else None
         model = None
         if self._loaded is not None and self._loaded[:2] == (checkpoint, self.device.value):
             model = self._loaded[2]  # loaded already (the improved one after Improve model)
@@ -241,6 +249,7 @@ class InteractiveWidget(ModelDock):
             step,
             model,
             self._cancel_event,
+            view,
             yielded=self._on_progress,
             returned=partial(self._on_session, improved=False),
         )
@@ -292,6 +301,9 @@ class InteractiveWidget(ModelDock):
         if session.source.sliced_axes:
             axis = session.source.sliced_axes[0]
             plane = f", plane {session.where[axis].start} (the 2D model takes one plane)"
+        if session.shape != tuple(session.layer_shape[a] for a in session.session_axes):
+            box = ", ".join(f"{w.start}:{w.stop}" for w in session.where)
+            plane += f", pixels [{box}] (the view)"
         self._then(
             self._ensure_inputs,
             partial(
