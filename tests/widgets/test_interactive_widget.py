@@ -43,9 +43,13 @@ def _nuclei(viewer):
     return image, np.asarray(truth.data).astype(np.int32)
 
 
-def _dock(viewer, qtbot, image_name="nuclei 2D"):
-    widget = InteractiveWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="RAT interactive")
+def _dock(viewer, qtbot, image_name="nuclei 2D", *, from_menu=False):
+    if from_menu:  # Plugins > napari-rat > RAT interactive: the manifest's entry point
+        _, widget = viewer.window.add_plugin_dock_widget("napari-rat", "RAT interactive")
+        assert isinstance(widget, InteractiveWidget)
+    else:
+        widget = InteractiveWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="RAT interactive")
     if image_name is not None:
         widget.image_layer.value = image_name
     return widget
@@ -160,7 +164,7 @@ def test_a_click_gives_the_object_and_c_commits_it_placed_like_the_image(
 ):
     viewer = make_napari_viewer()
     image, truth = _nuclei(viewer)
-    widget = _dock(viewer, qtbot)
+    widget = _dock(viewer, qtbot, from_menu=True)  # its viewer: napari's public-only proxy
     _features(qtbot, widget)
     clicks = viewer.layers[CLICKS]
     first, second = _objects(truth, 2)
@@ -176,6 +180,9 @@ def test_a_click_gives_the_object_and_c_commits_it_placed_like_the_image(
     np.testing.assert_allclose(clicks.face_color[0], _rgba(SIGN_COLOURS["positive"]))
 
     viewer.layers.selection.active = clicks  # Points bind S themselves: the dock's win
+    _press(viewer, "S")
+    assert clicks.mode == "add" and widget.busy  # segmenting again, not napari's select mode
+    _idle(qtbot, widget)
     _press(viewer, "C")
     committed = viewer.layers[COMMITTED]
     _placed_like(committed, image)
