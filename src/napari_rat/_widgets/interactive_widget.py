@@ -305,6 +305,7 @@ class InteractiveWidget(ModelDock):
             box = ", ".join(f"{w.start}:{w.stop}" for w in session.where)
             plane += f", pixels [{box}] (the view)"
         self._then(
+            partial(self._layer, CLICKS, "points"),  # one new layer per event-loop turn
             self._ensure_inputs,
             partial(
                 self._set_status,
