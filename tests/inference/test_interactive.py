@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from napari_rat.config import ModelConfig
 from napari_rat.inference import PredictionCancelled
-from napari_rat.inference.commit import commit_object, region_box
+from napari_rat.inference.commit import add_instances, commit_object, region_box
 from napari_rat.inference.features import features_for
 from napari_rat.inference.interactive import InteractiveSegmenter
 from napari_rat.inference.model_loading import load_model_for_inference
@@ -303,6 +303,42 @@ def test_bad_commits_are_refused_and_leave_the_labels_alone(mask, kwargs, messag
     before = labels.copy()
     with pytest.raises(ValueError, match=message):
         commit_object(labels, mask, **kwargs)
+    np.testing.assert_array_equal(labels, before)
+
+
+def test_added_instances_fill_around_committed_objects_under_new_ids():
+    labels = np.zeros((10, 10), np.int32)
+    labels[0:3, 0:3] = 5  # committed
+    instances = np.zeros((10, 10), np.int32)
+    instances[1:4, 1:4] = 7  # overlaps the committed object: only its free pixels are added
+    instances[6:9, 6:9] = 2
+    instances[0:2, 0:2] = 9  # wholly under the committed object: adds nothing
+    assert add_instances(labels, instances) == 2
+    assert (labels[0:3, 0:3] == 5).all()  # committed pixels and id kept
+    assert set(np.unique(labels[1:4, 1:4])) == {5, 7}  # 7 -> 7 (after 2 -> 6)
+    assert (labels[6:9, 6:9] == 6).all()
+    assert (labels == 7).sum() == 9 - 4
+    # a region only, and nothing to add
+    sub = np.zeros((2, 2), np.int32)
+    assert add_instances(labels, sub, region=(slice(8, 10), slice(0, 2))) == 0
+    sub[:] = 3
+    assert add_instances(labels, sub, region=(slice(8, 10), slice(0, 2))) == 1
+    assert (labels[8:10, 0:2] == 8).all()
+
+
+@pytest.mark.parametrize(
+    ("labels", "instances", "message"),
+    [
+        (np.zeros((4, 4), np.int32), np.ones((3, 3), np.int32), "give instances of that shape"),
+        (np.zeros((4, 4), np.float32), np.ones((4, 4), np.int32), "integer array"),
+        (np.zeros((4, 4), np.int32), np.ones((4, 4), np.float32), "integer array"),
+        (np.zeros((20, 20), np.uint8), np.arange(400).reshape(20, 20), "convert the labels"),
+    ],
+)
+def test_bad_instances_are_refused_and_leave_the_labels_alone(labels, instances, message):
+    before = labels.copy()
+    with pytest.raises(ValueError, match=message):
+        add_instances(labels, instances)
     np.testing.assert_array_equal(labels, before)
 
 

@@ -8,6 +8,8 @@
   signal, a mouse callback, a layer-list event) from escaping to Qt, which would abort napari:
   the dock shows it and, when no work is left, becomes idle again. :class:`ModelDock` wraps
   every callback named in its ``CALLBACKS`` with it.
+- :func:`offer_checkpoint` hands a new checkpoint (fetched, improved) to the RAT inference
+  dock's model choice.
 - :class:`ModelDock` is the base of the inference and attention docks: the model picker, the
   image-layer choice (kept in step with the viewer's layers), the device, the status line and
   one worker at a time (``self.worker``, ``None`` when idle). Opening one starts importing the
@@ -91,6 +93,17 @@ def dock_callback(method: Callable, on_error: Callable[[str, BaseException], Non
 
     guarded._dock_guarded = True
     return guarded
+
+
+def offer_checkpoint(viewer, path) -> str:
+    """Choose the checkpoint ``path`` in the RAT inference dock (opened if it is not) and
+    return what to tell the user: where it went, or why it could not."""
+    try:
+        _, dock = viewer.window.add_plugin_dock_widget("napari-rat", "RAT inference")
+        dock.model.use_checkpoint(path)
+    except Exception as exc:  # noqa: BLE001 - no window (headless) or no inference dock
+        return f" (open it in the RAT inference dock: {exc})"
+    return "; chosen in the RAT inference dock"
 
 
 class WorkerRuntimeError(Exception):

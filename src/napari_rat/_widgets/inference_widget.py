@@ -26,6 +26,7 @@ from napari_rat._widgets.layer_input import (
     layer_input,
     snapshot_layer,
     stack_axes,
+    view_box,
 )
 from napari_rat._widgets.model_imports import keep_triton_out
 
@@ -425,39 +426,8 @@ class InferenceWidget(ModelDock):
         )
 
     def _view_box(self, layer) -> np.ndarray:
-        """What the canvas shows of ``layer``: a ``(2, ndim)`` box in level-0 data pixels.
-
-        In a 2D view, the displayed axes span the canvas (camera centre, zoom and the size of
-        the canvas, or of one cell in grid mode: the world rectangle on screen, mapped through
-        the layer's transform); every other axis, and every axis of a 3D view, spans the whole
-        layer (a 3D model on a 2D view of a volume gets the view's box through the whole
-        stack). ``layer.corner_pixels`` is not used: napari widens it to whole chunks (a NumPy
-        pyramid level is one chunk).
-        """
-        shape = np.asarray(layer.level_shapes[0] if layer.multiscale else layer.data.shape)
-        box = np.stack([np.zeros(layer.ndim), shape - 1.0])
-        displayed = list(self.viewer.dims.displayed)
-        if len(displayed) != 2:
-            return box
-        canvas = getattr(self.viewer, "canvas", None)
-        if canvas is not None:  # napari >= 0.9; one grid cell when the grid is on
-            height, width = canvas.viewbox_size(self.viewer.layers)
-        else:
-            height, width = self.viewer._canvas_size
-        half = np.array([height, width], float) / self.viewer.camera.zoom / 2
-        centre = np.asarray(self.viewer.camera.center, float)[-2:]
-        point = np.asarray(self.viewer.dims.point, float)
-        corners = []
-        for dy in (-1, 1):
-            for dx in (-1, 1):
-                world = point.copy()
-                world[displayed] = centre + np.array([dy, dx]) * half
-                corners.append(np.asarray(layer.world_to_data(world), float))
-        corners = np.asarray(corners)
-        offset = len(point) - layer.ndim
-        for axis in (d - offset for d in displayed if d >= offset):
-            box[:, axis] = corners[:, axis].min(), corners[:, axis].max()
-        return box
+        """What the canvas shows of ``layer`` (see :func:`view_box`)."""
+        return view_box(self.viewer, layer)
 
     def cancel(self):
         """Ask the worker to stop after the current tile; nothing partial is added."""

@@ -295,6 +295,42 @@ def layer_input(
     )
 
 
+def view_box(viewer, layer) -> np.ndarray:
+    """What the canvas shows of ``layer``: a ``(2, ndim)`` box in level-0 data pixels.
+
+    In a 2D view, the displayed axes span the canvas (camera centre, zoom and the size of
+    the canvas, or of one cell in grid mode: the world rectangle on screen, mapped through
+    the layer's transform); every other axis, and every axis of a 3D view, spans the whole
+    layer (a 3D model on a 2D view of a volume gets the view's box through the whole
+    stack). ``layer.corner_pixels`` is not used: napari widens it to whole chunks (a NumPy
+    pyramid level is one chunk).
+    """
+    shape = np.asarray(layer.level_shapes[0] if layer.multiscale else layer.data.shape)
+    box = np.stack([np.zeros(layer.ndim), shape - 1.0])
+    displayed = list(viewer.dims.displayed)
+    if len(displayed) != 2:
+        return box
+    canvas = getattr(viewer, "canvas", None)
+    if canvas is not None:  # napari >= 0.9; one grid cell when the grid is on
+        height, width = canvas.viewbox_size(viewer.layers)
+    else:
+        height, width = viewer._canvas_size
+    half = np.array([height, width], float) / viewer.camera.zoom / 2
+    centre = np.asarray(viewer.camera.center, float)[-2:]
+    point = np.asarray(viewer.dims.point, float)
+    corners = []
+    for dy in (-1, 1):
+        for dx in (-1, 1):
+            world = point.copy()
+            world[displayed] = centre + np.array([dy, dx]) * half
+            corners.append(np.asarray(layer.world_to_data(world), float))
+    corners = np.asarray(corners)
+    offset = len(point) - layer.ndim
+    for axis in (d - offset for d in displayed if d >= offset):
+        box[:, axis] = corners[:, axis].min(), corners[:, axis].max()
+    return box
+
+
 #: Largest box (in voxels) :func:`brightest_on_ray` reads at once; a longer ray through a bigger
 #: box is read point by point.
 RAY_BOX_VOXELS = 16 * 2**20

@@ -2,7 +2,8 @@
 
 :func:`region_box` turns a region (a view box, a slice, a 3D box, or ``None`` for the whole
 image) into slices; :func:`commit_object` writes an object into an instance label array under
-a new id, leaving the other committed objects alone unless asked.
+a new id, leaving the other committed objects alone unless asked; :func:`add_instances` adds a
+whole instance segmentation (the model's) around the committed objects.
 """
 
 from __future__ import annotations
@@ -90,3 +91,39 @@ def commit_object(
         raise ValueError(f"nothing to commit: the object {why} (pass overwrite=True to replace)")
     target[write] = new
     return new
+
+
+def add_instances(labels: np.ndarray, instances: np.ndarray, *, region: Region = None) -> int:
+    """Write every object of the instance array ``instances`` into ``labels`` (in place) where
+    ``labels`` is 0, each under a new id above the largest in ``labels`` (what "accept the
+    automatic segmentation" does: committed objects keep their pixels and ids).
+
+    ``instances`` has ``labels``' shape, or the shape of ``region``. Returns how many objects
+    were added (an object wholly under committed ones adds nothing). Refused (``ValueError``,
+    nothing written) for another shape, non-integer arrays, or ids the dtype cannot hold.
+    """
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer array, got {labels.dtype}")
+    instances = np.asarray(instances)
+    if not np.issubdtype(instances.dtype, np.integer):
+        raise ValueError(f"instances must be an integer array, got {instances.dtype}")
+    box = region_box(labels.shape, region)
+    target = labels[box]
+    if instances.shape != target.shape:
+        raise ValueError(
+            f"the instances have shape {instances.shape}; the labels (in the region) have "
+            f"{target.shape}: give instances of that shape, or their region"
+        )
+    free = (target == 0) & (instances > 0)
+    ids = np.unique(instances[free])
+    if ids.size == 0:
+        return 0
+    start = int(labels.max()) + 1
+    if start + ids.size - 1 > np.iinfo(labels.dtype).max:
+        raise ValueError(
+            f"{ids.size} more objects do not fit labels of dtype {labels.dtype}; convert the "
+            "labels to int32 first"
+        )
+    # ids are sorted: searchsorted numbers them start, start + 1, ... in one pass
+    target[free] = start + np.searchsorted(ids, instances[free])
+    return int(ids.size)
