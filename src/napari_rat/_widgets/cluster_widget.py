@@ -33,6 +33,7 @@ from magicgui.widgets import (
 
 from napari_rat._widgets.dock_base import (
     dock_callback,
+    offer_checkpoint,
     show_status,
     start_worker,
     wrap_status_label,
@@ -413,13 +414,7 @@ class ClusterTrainingWidget(Container):
 
     def _on_fetched(self, path: Path) -> None:
         self.fetched = path
-        try:
-            _, dock = self.viewer.window.add_plugin_dock_widget("napari-rat", "RAT inference")
-            dock.model.use_checkpoint(path)
-            where = "; chosen in the RAT inference dock"
-        except Exception as exc:  # noqa: BLE001 - no window (headless) or no inference dock
-            where = f" (open it in the RAT inference dock: {exc})"
-        self._set_status(f"fetched {path}{where}")
+        self._set_status(f"fetched {path}{offer_checkpoint(self.viewer, path)}")
 
     # --- watching -------------------------------------------------------------------------
     def _ensure_polling(self) -> None:

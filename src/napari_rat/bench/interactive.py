@@ -17,6 +17,10 @@ feature cache folder (a fresh temporary one unless ``--cache-dir``):
    forest and the torch MLP side by side; AP@0.5 of the automatic result and after 20 clicks
    (one per held-out object, the worst first, each committed).
 
+With ``--gui`` (or ``--only gui``), the same 2D scene in a real viewer with the RAT interactive
+dock, the event loop's latency measured while the dock computes the features and updates
+scribbles (:mod:`napari_rat.bench._interactive_gui`).
+
 Times are wall-clock on a shared machine: read them with the load average printed beside them.
 """
 
@@ -344,8 +348,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    rows = run_bench(args)
-    table = format_table(rows)
+    rows = run_bench(args) if args.only != ["gui"] else []
+    table = format_table(rows) if rows else ""
+    if args.gui or args.only == ["gui"]:
+        from napari_rat.bench._interactive_gui import run_gui
+
+        cache_dir = tempfile.mkdtemp(prefix="napari-rat-bench-cache-")
+        os.environ["NAPARI_RAT_CACHE_DIR"] = cache_dir  # fresh: the dock's model runs
+        try:
+            report = run_gui(256 if args.quick else 1024, strokes=args.gui_strokes, idle_s=5.0)
+        finally:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        table = f"{table}\n\n{report}" if table else report
     print(table)
     if args.output:
         Path(args.output).write_text(table + "\n")
@@ -361,8 +375,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="small images (a smoke test)")
     p.add_argument("--cache-dir", help="feature cache folder (default: a temporary one)")
     p.add_argument(
-        "--only", nargs="+", choices=["2d", "3d", "quality"], help="run these cases only"
+        "--only",
+        nargs="+",
+        choices=["2d", "3d", "quality", "gui"],
+        help="run these cases only ('gui' alone: only the dock in a viewer)",
     )
+    p.add_argument(
+        "--gui",
+        action="store_true",
+        help="also time a viewer's event loop while the RAT interactive dock computes the 2D "
+        "features and updates scribbles (Xvfb when there is no display)",
+    )
+    p.add_argument("--gui-strokes", type=int, default=10, help="scribble updates (--gui)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
     p.add_argument("--output", help="also write the table to this file")
     p.set_defaults(func=_main)
