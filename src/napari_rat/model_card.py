@@ -47,6 +47,18 @@ class ModelCard(BaseModel):
     held_out_source: str = Field("", description="Where and how the held-out scores came.")
     notes: list[str] = Field(default_factory=list)
 
+    def summary(self) -> str:
+        """One or two short lines: the native hold-out (else validation) scores and the data."""
+        native = [r for r in self.held_out if r.get("factor", 1.0) == 1.0]
+        if native:
+            first = f"held out: {_scores(native[0])}"
+        elif self.validation:
+            first = f"validation: {_scores(self.validation)}"
+        else:
+            first = "no scores recorded"
+        data = self.data.split(";")[0]
+        return f"{first}\ntrained on {data}" if data else first
+
     def text(self) -> str:
         """The card as a few lines of plain text (what the docks show)."""
         lines = []

@@ -110,3 +110,15 @@ def test_a_newer_cards_unknown_fields_are_ignored_and_a_broken_card_is_named(mod
     with pytest.raises(CheckpointError, match="metadata is invalid"):
         read_checkpoint_info(path)
     assert read_card(path) is None
+
+
+def test_the_shipped_starter_carries_the_card_of_its_documented_scores():
+    from napari_rat.pretrained import starter_model_path
+
+    card = read_checkpoint_info(starter_model_path()).card
+    assert card is not None and card.training_time_s == 1438.0
+    assert "held out 384-511" in card.split and card.validation["step"] == 256
+    rows = {r["factor"]: r for r in card.held_out}
+    # docs/starter_model.md: native Dice 0.941 / AP@0.5 0.742, 4x coarser 0.870 / 0.485
+    assert round(rows[1.0]["dice"], 3) == 0.941 and round(rows[1.0]["ap50"], 3) == 0.742
+    assert round(rows[4.0]["dice"], 3) == 0.870 and round(rows[4.0]["ap50"], 3) == 0.485
