@@ -94,6 +94,9 @@ def test_evaluate_refuses_conflicting_or_impossible_options(trained, tiny, tmp_p
     assert "--factors or --resolutions, not both" in capsys.readouterr().err
     assert main([*base, "--factors", "0"]) == 2
     assert "--factors must be positive" in capsys.readouterr().err
+    missing = tmp_path / "missing.safetensors"
+    assert main([*base, "--compare", str(missing)]) == 2
+    assert f"{missing}: no such checkpoint file" in capsys.readouterr().err
     no_holdout = _write(
         tmp_path,
         config.model_copy(
