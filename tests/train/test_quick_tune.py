@@ -118,6 +118,9 @@ def test_quick_tuned_model_card_save_and_inference(tuned_2d, tmp_path):
     assert info.model_config.sga_attention_type == "dense"
     assert info.extra["tuned_with_attention"] == "local"
     assert info.model_config.head.min_instance_size == 32.0
+    # The tuning run's own model card, not the starter's (whose scores are not the tuned ones).
+    assert info.card.data.startswith("in_memory") and info.card.held_out == []
+    assert "annotated box" in info.card.split and info.card.training_time_s > 0
     # The inference dock's loader reads the file and predicts what the returned model does.
     loaded = load_model_for_inference(path)
     image = nuclei_2d()[0][SCORE_2D][None]

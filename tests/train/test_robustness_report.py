@@ -44,3 +44,33 @@ def test_report_writes_tables_and_a_png_plot(tmp_path, baseline):
 def test_report_refuses_an_empty_table(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         write_report([], tmp_path)
+
+
+def test_a_compared_checkpoint_gets_its_columns_and_its_own_lines(tmp_path):
+    from matplotlib.image import imread
+
+    from napari_rat.train.robustness_report import markdown_table
+
+    rows = _rows(True)
+    for r in rows:
+        r.update({"blind_dice": 0.5, "blind_iou": 0.4, "blind_ap50": 0.2})
+    table = markdown_table(rows)
+    assert table.splitlines()[0] == (
+        "| spacing factor | model Dice | model IoU | model AP@0.5 | blind Dice | blind IoU | "
+        "blind AP@0.5 | Otsu Dice | Otsu AP@0.5 |"
+    )
+    assert "| 4x | 0.600 | 0.500 | 0.500 | 0.500 | 0.400 | 0.200 | 0.700 | 0.300 |" in table
+    write_report(rows, tmp_path)
+    image = imread(tmp_path / "robustness.png")
+    # model and Otsu keep their colours; the compared model's Dice is matplotlib's fifth (C4)
+    assert _has_colour(image, MODEL_DICE_RGB) and _has_colour(image, OTSU_DICE_RGB)
+    assert _has_colour(image, (0x94, 0x67, 0xBD))
+    assert not _has_colour(imread_plain(tmp_path, _rows(True)), (0x94, 0x67, 0xBD))
+
+
+def imread_plain(folder, rows):
+    from matplotlib.image import imread
+
+    out = folder / "plain"
+    write_report(rows, out)
+    return imread(out / "robustness.png")

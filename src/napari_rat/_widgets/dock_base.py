@@ -184,6 +184,7 @@ class ModelDock(Container):
             widgets=[self.model, self.image_layer, *options, self.device, *actions, self.status]
         )
         wrap_status_label(self.status.native)
+        wrap_status_label(self.model.card.native)
         self.worker = None
         self._run_id: object | None = None
         self._steps: list[Callable[[], Any]] = []

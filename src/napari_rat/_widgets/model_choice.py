@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit
+from magicgui.widgets import ComboBox, Container, FileEdit, Label
 
 STARTER = "starter model (bundled)"
 CHECKPOINT = "checkpoint file"
@@ -15,17 +15,44 @@ CHECKPOINT = "checkpoint file"
 BUNDLED_STARTERS: dict[int, str] = {2: "starter"}
 
 
+def _bundled_file(name: str) -> Path:
+    """The file of a bundled model's name (``"starter"``; other values are paths)."""
+    if name == "starter":
+        from napari_rat.pretrained import starter_model_path
+
+        return Path(starter_model_path())
+    return Path(name)
+
+
 class ModelChoice(Container):
-    """A combo box (starter / checkpoint file) and a file field shown for the second."""
+    """A combo box (starter / checkpoint file), a file field shown for the second, and the
+    chosen model's card (read-only; the whole card in its tooltip), hidden without one."""
 
     def __init__(self):
         self.kind = ComboBox(label="model", choices=[STARTER, CHECKPOINT], value=STARTER)
         self.checkpoint = FileEdit(
             label="checkpoint", mode="r", filter="*.safetensors", visible=False
         )
-        super().__init__(widgets=[self.kind, self.checkpoint], labels=True)
+        self.card = Label(label="model card", value="")
+        super().__init__(widgets=[self.kind, self.checkpoint, self.card], labels=True)
         self.margins = (0, 0, 0, 0)
         self.kind.changed.connect(lambda v: setattr(self.checkpoint, "visible", v == CHECKPOINT))
+        self.kind.changed.connect(self._show_card)
+        self.checkpoint.changed.connect(self._show_card)
+        self._show_card()
+
+    def _show_card(self, *_) -> None:
+        from napari_rat.model_card import read_card
+
+        try:
+            chosen = self.selection()
+        except ValueError:  # no file chosen yet
+            card = None
+        else:
+            card = read_card(_bundled_file(chosen) if isinstance(chosen, str) else chosen)
+        self.card.value = "" if card is None else card.summary()
+        self.card.tooltip = "" if card is None else card.text()
+        self.card.visible = card is not None
 
     def use_checkpoint(self, path) -> None:
         """Select a checkpoint file (as a user would)."""

@@ -16,8 +16,29 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, *, checkpoint_requ
         type=int,
         nargs="+",
         metavar="PX",
-        default=[128, 256, 512, 1024],
+        default=None,
         help="pixels along the evaluated region's longest axis (default: 128 256 512 1024)",
+    )
+    parser.add_argument(
+        "--factors",
+        type=float,
+        nargs="+",
+        metavar="F",
+        help="spacing factors instead of --resolutions (2: twice as coarse; e.g. 0.5 1 2 3 4)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="CKPT",
+        default=[],
+        help="more checkpoints scored side by side in the same table and plot (e.g. the "
+        "resolution-blind baseline), each named by its file name",
+    )
+    parser.add_argument(
+        "--write-card",
+        action="store_true",
+        help="store the hold-out scores in each evaluated checkpoint's model card (the file "
+        "is rewritten atomically, its weights unchanged)",
     )
     parser.add_argument(
         "--output", metavar="DIR", help="where the table and plot go (default: <run>/evaluation)"
@@ -29,12 +50,62 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, *, checkpoint_requ
     )
 
 
+DEFAULT_RESOLUTIONS = [128, 256, 512, 1024]
+
+
+def _compare_names(paths: list[str]) -> list[str]:
+    """Table names of compared checkpoints: their file names, made unique."""
+    import re
+    from pathlib import Path
+
+    names: list[str] = []
+    for path in paths:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem) or "checkpoint"
+        if base in ("model", "otsu", "factor"):
+            base = f"{base}_checkpoint"
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}_{n}", n + 1
+        names.append(name)
+    return names
+
+
+def _complete_card(path, model, config, data, rows, prefix: str, source: str) -> None:
+    """Add the hold-out ``rows`` of ``prefix`` to the card of the checkpoint at ``path``;
+    what training wrote stays, and a card it never got is filled from ``config``."""
+    from napari_rat.model import write_card
+    from napari_rat.model_card import ModelCard
+    from napari_rat.train.training_card import data_description, split_description
+
+    info = model.checkpoint_info
+    card = info.card or ModelCard()
+    update: dict = {
+        "held_out": [
+            {"factor": r["factor"], **{k: r[f"{prefix}_{k}"] for k in ("dice", "iou", "ap50")}}
+            for r in rows
+        ],
+        "held_out_source": source,
+    }
+    if not card.data:
+        update["data"] = data_description(config, data)
+    if not card.split:
+        update["split"] = split_description(config, data)
+    metrics = info.extra.get("metrics") or {}
+    if not card.validation and metrics:
+        keep = ("dice", "iou", "ap50", "min_instance_size")
+        update["validation"] = {k: float(metrics[k]) for k in keep if k in metrics}
+        if "step" in info.extra:
+            update["validation"]["step"] = float(info.extra["step"])
+    write_card(path, card.model_copy(update=update))
+
+
 def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> int:
-    """Print (and with ``--robustness`` save) the evaluation of ``checkpoint``."""
+    """Print (and with ``--robustness`` save) the evaluation of ``checkpoint`` (and of the
+    ``--compare`` checkpoints beside it); ``--write-card`` stores the scores in their cards."""
     from pathlib import Path
 
     from napari_rat.errors import CommandError
-    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.inference.model_loading import checkpoint_path, load_model_for_inference
     from napari_rat.inference.tiled_predict import PredictOptions
     from napari_rat.model import CheckpointError
     from napari_rat.train.data_sources import DatasetError
@@ -42,12 +113,19 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     from napari_rat.train.loop import run_dir
     from napari_rat.train.robustness_report import factors_for_resolutions, write_report
 
+    if args.factors is not None and args.resolutions is not None:
+        raise CommandError("give --factors or --resolutions, not both")
+    if args.factors is not None and any(f <= 0 for f in args.factors):
+        raise CommandError(f"--factors must be positive, got {args.factors}")
+    compare_paths = list(args.compare or [])
     try:
         # As `napari-rat predict` loads it (dense attention runs as local), and predicted below
         # with predict's default options: evaluate scores what predict gives.
         model = load_model_for_inference(checkpoint)
+        others = [load_model_for_inference(p) for p in compare_paths]
     except CheckpointError as exc:
         raise CommandError(str(exc)) from None
+    names = _compare_names(compare_paths)
     if model.checkpoint_info.model_config.model_dump() != config.model.model_dump():
         config = config.model_copy(update={"model": model.checkpoint_info.model_config})
     try:
@@ -57,29 +135,58 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     regions, which = (data.holdout, "hold-out") if data.holdout else (data.val, "validation")
     if not regions:
         raise CommandError("the config leaves no hold-out or validation region to evaluate on")
+    if args.write_card and which != "hold-out":
+        raise CommandError(
+            "--write-card records hold-out scores, but the config holds nothing out "
+            "(data.holdout_fraction is 0); set data.holdout_fraction, or leave out --write-card"
+        )
     from napari_rat.train.evaluation import robustness_table
 
-    if args.robustness:
-        longest = max(max(r.labels.shape) for r in regions)
-        factors = factors_for_resolutions(longest, args.resolutions)
-    else:
+    resolutions = None
+    if not args.robustness:
         factors = [1.0]
+    elif args.factors is not None:
+        factors = list(args.factors)
+    else:
+        resolutions = args.resolutions or DEFAULT_RESOLUTIONS
+        longest = max(max(r.labels.shape) for r in regions)
+        factors = factors_for_resolutions(longest, resolutions)
     rows = robustness_table(
-        model, regions, config, factors, baseline=not args.no_baseline, options=PredictOptions()
+        model,
+        regions,
+        config,
+        factors,
+        baseline=not args.no_baseline,
+        options=PredictOptions(),
+        compare=list(zip(names, others, strict=True)),
     )
     out = Path(args.output) if args.output else run_dir(config) / "evaluation"
+    compared = f" vs {', '.join(names)}" if names else ""
     try:
         files = write_report(
             rows,
             out,
-            title=f"{config.name}: {which} region, {checkpoint}",
-            resolutions=args.resolutions if args.robustness else None,
+            title=f"{config.name}: {which} region, {checkpoint}{compared}",
+            resolutions=resolutions,
         )
     except ImportError as exc:
         raise CommandError(str(exc)) from None
     print((out / "robustness.md").read_text())
     for f in files:
         print(f"wrote {f}")
+    if args.write_card:
+        from datetime import date
+
+        region_names = ", ".join(r.name for r in regions)
+        source = f"{region_names}; napari-rat evaluate, {date.today().isoformat()}"
+        scored = [("model", checkpoint, model), *zip(names, compare_paths, others, strict=True)]
+        for prefix, path, m in scored:
+            cfg = config.model_copy(update={"model": m.checkpoint_info.model_config})
+            try:
+                _complete_card(checkpoint_path(path), m, cfg, data, rows, prefix, source)
+            except (CheckpointError, OSError) as exc:
+                raise CommandError(f"--write-card: {exc}") from None
+            print(f"wrote the model card of {path}")
     return 0
 
 

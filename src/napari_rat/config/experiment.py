@@ -53,6 +53,15 @@ class ExperimentConfig(StrictModel):
                 f"data.spacing {self.data.spacing} has {len(self.data.spacing)} values but "
                 f"model.spatial_dims is {self.model.spatial_dims}"
             )
+        if self.model.spacing_blind and self.data.spacing is not None:
+            told = self.model.spacing
+            told = told if isinstance(told, list) else [told] * self.model.spatial_dims
+            if [float(s) for s in told] != [float(s) for s in self.data.spacing]:
+                raise ValueError(
+                    f"model.spacing_blind tells the model model.spacing {self.model.spacing}, "
+                    f"which must be the training data's native spacing data.spacing "
+                    f"{self.data.spacing}; set model.spacing: {self.data.spacing}"
+                )
         if self.training.backend == "deepspeed" and not self.deepspeed.enabled:
             raise ValueError(
                 "training.backend is 'deepspeed' but deepspeed.enabled is false; "

@@ -77,7 +77,19 @@ class ModelConfig(StrictModel):
     rotary_ratio: float = Field(0.5, ge=0, le=1)
     frequency_scaling: Literal["none", "linear", "sqrt", "adaptive"] = "sqrt"
     leading_tokens: int = Field(0, ge=0)
-    spacing: float | list[float] | None = None
+    spacing: float | list[float] | None = Field(
+        None,
+        description="The default physical spacing, told to the model when a call gives none "
+        "(and always, under spacing_blind).",
+    )
+    spacing_blind: bool = Field(
+        False,
+        description="A resolution-blind baseline: the model is always told the constant "
+        "`spacing` (the training data's native spacing; required) whatever the data's real "
+        "spacing, in training, validation and inference. Data are still resampled as usual; "
+        "the levels of a pyramid keep their spacing ratios to level 0. The flag is part of the "
+        "model config, so it travels in the checkpoint.",
+    )
     head: HeadConfig = Field(default_factory=HeadConfig)
 
     @model_validator(mode="after")
@@ -99,6 +111,12 @@ class ModelConfig(StrictModel):
                     f"{name} has {len(value)} values but spatial_dims is {self.spatial_dims}; "
                     f"give one value or {self.spatial_dims}"
                 )
+        if self.spacing_blind and self.spacing is None:
+            raise ValueError(
+                "spacing_blind tells the model one constant spacing, but model.spacing is not "
+                "set; set model.spacing to the training data's native spacing (for example "
+                "spacing: [1.0, 1.0])"
+            )
         return self
 
     def rat_kwargs(self) -> dict:

@@ -4,7 +4,8 @@
   implementation's constructor, ``state_dict`` and forward contract.
 - :class:`RATSegmentation` — backbone plus decoder: per-pixel logits at each level's resolution.
 - :func:`build_model` / :func:`register_model` — the registry a config's ``model.variant`` names.
-- :func:`save_checkpoint` / :func:`load_checkpoint` — the single-file checkpoint format.
+- :func:`save_checkpoint` / :func:`load_checkpoint` — the single-file checkpoint format;
+  :func:`write_card` puts a model card (:mod:`napari_rat.model_card`) into one.
 - :mod:`napari_rat.model.layers` — which attention layers ``sga_attention_type`` selects.
 """
 
@@ -14,6 +15,7 @@ from napari_rat.model.checkpoint import (
     load_checkpoint,
     read_checkpoint_info,
     save_checkpoint,
+    write_card,
 )
 from napari_rat.model.rat import ResolutionAwareTransformer, num_parameters
 from napari_rat.model.registry import available_models, build_model, register_model
@@ -31,4 +33,5 @@ __all__ = [
     "read_checkpoint_info",
     "register_model",
     "save_checkpoint",
+    "write_card",
 ]

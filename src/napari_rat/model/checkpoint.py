@@ -4,7 +4,8 @@ A checkpoint is a `safetensors <https://huggingface.co/docs/safetensors>`_ file.
 the model's ``state_dict``; its string metadata holds ``format`` (``napari-rat-checkpoint``),
 ``format_version``, the full model config (JSON), the training spacing and units, channel and
 class names, the intensity normalisation, the pyramid levels the model was trained on
-(``level_factors``) and the package versions. Loading parses JSON and raw
+(``level_factors``), the package versions and, when there is one, the model card
+(:mod:`napari_rat.model_card`: data, split, scores). Loading parses JSON and raw
 tensors only: no pickled code ever runs. Writing is atomic (temporary file, then rename), so a
 crash never leaves a half-written checkpoint under the final name.
 """
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 
 from napari_rat.atomic_files import atomic_path
 from napari_rat.config import ModelConfig
+from napari_rat.model_card import CARD_KEY, ModelCard, card_from_metadata
 
 FORMAT = "napari-rat-checkpoint"
 FORMAT_VERSION = 1
@@ -45,6 +47,7 @@ class CheckpointInfo:
     downsampling factor per spatial axis (level 0 is all ones), so inference feeds the same
     levels. ``None`` in checkpoints written before the field existed (their levels follow from
     the count in ``extra["scales"]``; see :mod:`napari_rat.inference.tiled_predict`).
+    ``card`` is the model card (``None`` in checkpoints written without one).
     """
 
     model_config: ModelConfig
@@ -55,6 +58,7 @@ class CheckpointInfo:
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     level_factors: list[list[int]] | None = None
+    card: ModelCard | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -115,11 +119,12 @@ def save_checkpoint(
     normalization: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     level_factors: list[list[int]] | None = None,
+    card: ModelCard | None = None,
 ) -> Path:
     """Write ``model``'s weights and metadata to ``path`` atomically.
 
     ``level_factors``: the pyramid levels the model was trained on (see
-    :class:`CheckpointInfo`; ``None``: not recorded).
+    :class:`CheckpointInfo`; ``None``: not recorded). ``card``: the model card, if any.
 
     Returns
     -------
@@ -140,6 +145,7 @@ def save_checkpoint(
         level_factors=None
         if level_factors is None
         else check_level_factors([list(v) for v in level_factors], model_config.spatial_dims),
+        card=card,
     )
     metadata = {
         "format": FORMAT,
@@ -147,8 +153,10 @@ def save_checkpoint(
         "model_config": model_config.model_dump_json(),
     }
     for key, value in asdict(info).items():
-        if key != "model_config":
+        if key not in ("model_config", CARD_KEY):
             metadata[key] = json.dumps(value)
+    if card is not None:
+        metadata[CARD_KEY] = card.model_dump_json()
     # Detach and copy: safetensors refuses shared or non-contiguous storage.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -221,8 +229,9 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
         values = {
             k: json.loads(meta[k])
             for k in meta
-            if k in CheckpointInfo.__dataclass_fields__ and k != "model_config"
+            if k in CheckpointInfo.__dataclass_fields__ and k not in ("model_config", CARD_KEY)
         }
+        values["card"] = card_from_metadata(meta)
         if values.get("level_factors") is not None:
             values["level_factors"] = check_level_factors(
                 values["level_factors"], model_config.spatial_dims
@@ -230,6 +239,34 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     except (KeyError, ValueError, ValidationError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is invalid ({exc})") from None
     return CheckpointInfo(model_config=model_config, **values)
+
+
+def write_card(path: str | os.PathLike, card: ModelCard) -> Path:
+    """Put ``card`` into the checkpoint at ``path``, replacing any card it had.
+
+    The weights are copied byte for byte and the rest of the metadata kept; the file is
+    replaced atomically, so a failure leaves the old checkpoint as it was.
+
+    Raises
+    ------
+    CheckpointError
+        For a missing, corrupt or foreign file.
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    read_checkpoint_info(path)  # a napari-rat checkpoint, or a message saying what it is
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint ({exc}); copy it again") from None
+    metadata[CARD_KEY] = card.model_dump_json()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
 
 
 def load_checkpoint(

@@ -39,7 +39,9 @@ class ResolutionAwareTransformer(torch.nn.Module):
     (1, 2 or 3), ``input_features`` (channels), ``feature_dims``, ``num_blocks``, ``num_heads``,
     ``sga_kernel_size`` and ``stride`` (the grouping conv; stride defaults to half the kernel),
     ``iters`` (grouping iterations), the MLP and RoSE settings, ``leading_tokens`` and the default
-    physical ``spacing``.
+    physical ``spacing``. ``spacing_blind`` (not in the reference) makes a resolution-blind
+    baseline: level 0 is always told ``spacing`` whatever ``input_spacing`` says, and further
+    pyramid levels keep their spacing ratios to level 0.
 
     Forward
     -------
@@ -79,6 +81,7 @@ class ResolutionAwareTransformer(torch.nn.Module):
         spacing: float | Sequence[float] | None = None,
         *,
         return_attention_maps: bool = True,
+        spacing_blind: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in _CONV:
@@ -115,6 +118,7 @@ class ResolutionAwareTransformer(torch.nn.Module):
         self.rose_initial_scaling = rose_initial_scaling
         self.return_attention_maps = return_attention_maps
         self._default_spacing = to_tuple(1.0 if spacing is None else spacing, spatial_dims)
+        self.spacing_blind = spacing_blind
         if leading_tokens > 0:
             self.leading_tokens = torch.nn.Parameter(torch.rand((1, leading_tokens, feature_dims)))
         else:
@@ -201,6 +205,16 @@ class ResolutionAwareTransformer(torch.nn.Module):
             if len(spacings) != levels:
                 raise ValueError(f"{len(spacings)} spacings for {levels} pyramid levels")
         spacings = [tuple(float(s) for s in sp) for sp in spacings]
+        if self.spacing_blind:
+            # The pyramid's shape stays known (each level's factor to level 0); its physical
+            # size does not.
+            spacings = [
+                tuple(
+                    d * s / s0
+                    for d, s, s0 in zip(self._default_spacing, sp, spacings[0], strict=True)
+                )
+                for sp in spacings
+            ]
         if mask is None:
             masks = [None] * levels
         else:

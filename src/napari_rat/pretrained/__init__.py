@@ -9,8 +9,12 @@ evaluation is in ``docs/starter_model.md``.
 from __future__ import annotations
 
 from importlib.resources import as_file, files
+from typing import TYPE_CHECKING
 
-import torch
+if (
+    TYPE_CHECKING
+):  # torch loads with the model, not with the path (docks read cards on the GUI thread)
+    import torch
 
 STARTER_NUCLEI_2D = "starter_nuclei_2d.safetensors"
 

@@ -226,26 +226,41 @@ def robustness_table(
     *,
     baseline: bool = True,
     options: PredictOptions | None = None,
+    compare: Sequence[tuple[str, torch.nn.Module]] = (),
 ) -> list[dict[str, float]]:
-    """One row per spacing factor: the model's metrics and, with ``baseline``, Otsu's.
+    """One row per spacing factor: the model's metrics (``model_dice``, ...), those of each
+    ``compare`` model under its name (``<name>_dice``, ...) and, with ``baseline``, Otsu's.
 
-    ``options``: the engine's settings (default: :func:`validation_options`).
+    ``options``: the engine's settings (default: :func:`validation_options`). A compared
+    model loaded from a checkpoint is scored with its own head settings (minimum instance
+    size), on the same regions and factors.
     """
+    taken = {"model", "otsu", "factor"}
+    for name, _ in compare:
+        if name in taken or not name:
+            raise ValueError(f"compared model name {name!r} is empty or taken; rename it")
+        taken.add(name)
+    scored = [("model", model, config)] + [
+        (name, other, _config_of(other, config)) for name, other in compare
+    ]
     rows = []
     for f in factors:
         row = {"factor": float(f)}
-        row.update(
-            {
-                f"model_{k}": v
-                for k, v in evaluate_regions(
-                    model, regions, config, factor=f, options=options
-                ).items()
-            }
-        )
+        for name, m, cfg in scored:
+            metrics = evaluate_regions(m, regions, cfg, factor=f, options=options)
+            row.update({f"{name}_{k}": v for k, v in metrics.items()})
         if baseline:
             row.update({f"otsu_{k}": v for k, v in evaluate_otsu(regions, f).items()})
         rows.append(row)
     return rows
+
+
+def _config_of(model: torch.nn.Module, config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with the model section of ``model``'s checkpoint, when it has one."""
+    info = getattr(model, "checkpoint_info", None)
+    if info is None:
+        return config
+    return config.model_copy(update={"model": info.model_config})
 
 
 def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:

@@ -39,6 +39,7 @@ from napari_rat.train.events import (
 from napari_rat.train.losses import segmentation_loss
 from napari_rat.train.precision import precision_support
 from napari_rat.train.progress import LoopState, MetricsLogger, ProgressWindow
+from napari_rat.train.training_card import training_card
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
@@ -151,6 +152,9 @@ class _Run:
     deadline: float | None = None
     #: Where the starting weights came from (the checkpoint, or the model in memory).
     init_from: str | None = None
+    #: When this session's training began (``time.perf_counter``), for the model card.
+    started: float | None = None
+    resumed: bool = False
 
     @property
     def main(self) -> bool:
@@ -359,6 +363,14 @@ def _save(
         return
     meta = checkpoint_metadata(run.config, run.data)
     meta["extra"] = {**meta["extra"], "step": state.step, "metrics": metrics}
+    meta["card"] = training_card(
+        run.config,
+        run.data,
+        validation=metrics,
+        step=state.step,
+        seconds=time.perf_counter() - (run.started or time.perf_counter()),
+        resumed=run.resumed,
+    )
     if run.init_from is not None:
         meta["extra"]["init_from"] = run.init_from
     model_for_save = _StateHolder(weights)
@@ -413,6 +425,7 @@ def train_events(
         for note in run.notes:
             yield TrainEvent("note", message=note)
         if resume:
+            run.resumed = True
             yield from _resume(run, state)
         yield run.event(
             "start",
@@ -421,7 +434,7 @@ def train_events(
             message=f"{run.kind} on {run.device}, rank {run.dist.rank}/{run.dist.world_size}, "
             f"{run.engine.precision}, {run.per_epoch} steps/epoch",
         )
-        started = time.perf_counter()
+        started = run.started = time.perf_counter()
         if t.time_limit_minutes is not None:
             run.deadline = started + 60 * t.time_limit_minutes
         window = ProgressWindow()

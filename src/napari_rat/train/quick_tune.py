@@ -305,4 +305,5 @@ def save_tuned(model: torch.nn.Module, path: str | os.PathLike) -> Path:
         normalization=info.normalization,
         extra=info.extra,
         level_factors=info.level_factors,
+        card=info.card,
     )

@@ -1,4 +1,9 @@
-"""The resolution-robustness report: Markdown and CSV tables and a plot."""
+"""The resolution-robustness report: Markdown and CSV tables and a plot.
+
+A row holds ``factor`` and, per scored model, ``<name>_dice``, ``<name>_iou`` and
+``<name>_ap50``: ``model`` is the evaluated checkpoint, ``otsu`` the floor, and any other name a
+checkpoint compared side by side (``napari-rat evaluate --compare``).
+"""
 
 from __future__ import annotations
 
@@ -15,19 +20,27 @@ def factors_for_resolutions(longest: int, resolutions: Sequence[int]) -> list[fl
     return [longest / r for r in resolutions]
 
 
+def scored_models(rows: list[dict[str, float]]) -> list[str]:
+    """The model names of a table's rows: ``model`` first, compared checkpoints, then ``otsu``."""
+    names = [k.removesuffix("_dice") for k in rows[0] if k.endswith("_dice")] if rows else []
+    return sorted(names, key=lambda n: (n != "model", n == "otsu"))
+
+
 def markdown_table(rows: list[dict[str, float]], resolutions: Sequence[int] | None = None) -> str:
-    """A Markdown table: one row per spacing factor, model (and Otsu) Dice, IoU, AP@0.5."""
-    has_otsu = any("otsu_dice" in r for r in rows)
+    """A Markdown table: one row per spacing factor; Dice, IoU and AP@0.5 of the model and of
+    every compared checkpoint, then Otsu's Dice and AP@0.5."""
+    models = scored_models(rows)
     head = ["spacing factor"] + (["pixels (longest axis)"] if resolutions else [])
-    head += ["model Dice", "model IoU", "model AP@0.5"]
-    if has_otsu:
-        head += ["Otsu Dice", "Otsu AP@0.5"]
+    for name in models:
+        label = "Otsu" if name == "otsu" else name
+        metrics = ("Dice", "AP@0.5") if name == "otsu" else ("Dice", "IoU", "AP@0.5")
+        head += [f"{label} {m}" for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows):
         cells = [f"{r['factor']:.3g}x"] + ([str(resolutions[i])] if resolutions else [])
-        cells += [f"{r['model_dice']:.3f}", f"{r['model_iou']:.3f}", f"{r['model_ap50']:.3f}"]
-        if has_otsu:
-            cells += [f"{r['otsu_dice']:.3f}", f"{r['otsu_ap50']:.3f}"]
+        for name in models:
+            keys = ("dice", "ap50") if name == "otsu" else ("dice", "iou", "ap50")
+            cells += [f"{r[f'{name}_{k}']:.3f}" for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -43,7 +56,8 @@ _MISSING_MATPLOTLIB = (
 
 
 def plot_robustness(rows: list[dict[str, float]], path: str | Path, *, title: str = "") -> Path:
-    """Plot Dice and AP@0.5 against the spacing factor (log axis), model and Otsu, as a PNG.
+    """Plot Dice and AP@0.5 against the spacing factor (log axis), the model, every compared
+    checkpoint and Otsu, as a PNG.
 
     Drawn on matplotlib's non-interactive Agg canvas without pyplot, so it neither needs a
     display nor switches the backend of a session (napari's Qt) that also uses matplotlib.
@@ -58,14 +72,22 @@ def plot_robustness(rows: list[dict[str, float]], path: str | Path, *, title: st
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     x = [r["factor"] for r in rows]
-    for key, label, style in (
-        ("model_dice", "model Dice", "o-"),
-        ("model_ap50", "model AP@0.5", "s-"),
-        ("otsu_dice", "Otsu Dice", "o--"),
-        ("otsu_ap50", "Otsu AP@0.5", "s--"),
-    ):
-        if key in rows[0]:
-            ax.plot(x, [r[key] for r in rows], style, label=label)
+    # Fixed colours: the model's Dice and AP are C0 and C1 and Otsu's C2 and C3, whether or not
+    # checkpoints are compared; those take the next ones.
+    colours = {"model": ("C0", "C1"), "otsu": ("C2", "C3")}
+    others = [n for n in scored_models(rows) if n not in colours]
+    colours |= {n: (f"C{4 + 2 * i}", f"C{5 + 2 * i}") for i, n in enumerate(others)}
+    for name in scored_models(rows):
+        label = "Otsu" if name == "otsu" else name
+        line = "--" if name == "otsu" else ("-" if name == "model" else ":")
+        for metric, marker, colour in zip(("dice", "ap50"), "os", colours[name], strict=True):
+            ax.plot(
+                x,
+                [r[f"{name}_{metric}"] for r in rows],
+                marker + line,
+                color=colour,
+                label=f"{label} {'Dice' if metric == 'dice' else 'AP@0.5'}",
+            )
     ax.set_xscale("log", base=2)
     # ticks at the measured factors, labelled as in the table ("0.5x", "2x")
     ax.set_xticks(x, labels=[f"{f:.3g}x" for f in x])
@@ -74,7 +96,7 @@ def plot_robustness(rows: list[dict[str, float]], path: str | Path, *, title: st
     ax.set_ylabel("score")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8 if len(scored_models(rows)) <= 2 else 6)
     if title:
         ax.set_title(title[:60], fontsize=8)
     fig.tight_layout()
