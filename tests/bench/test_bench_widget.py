@@ -74,3 +74,22 @@ def test_bench_command_in_a_fresh_process_survives_the_dock_loading_the_model(tm
     assert proc.returncode == 0, stderr[-2000:]
     report = out.read_text()
     assert "dock status: done" in report and "| dock opened |" in report
+
+
+def test_interactive_dock_measurement_on_a_small_scene(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_rat._widgets.interactive_layers import PREDICTION
+    from napari_rat.bench._interactive_gui import format_gui_report, measure_interactive_dock
+    from napari_rat.bench.interactive import _scene
+
+    monkeypatch.setenv("NAPARI_RAT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    image, truth, _ = _scene(2, 128)
+    result = measure_interactive_dock(viewer, image, truth, strokes=2, idle_s=0.5)
+    assert "computed" in result["status"], result["status"]  # a fresh cache: the model ran
+    for name in ("idle", "dock opened", "features", "adding the input layers", "scribble updates"):
+        assert result[name].seconds > 0, name
+        _sane(result[name], "lateness_ms")
+    assert len(result["update_s"]) == 2
+    assert (np.asarray(viewer.layers[PREDICTION].data) > 0).any()  # the strokes were predicted
+    report = format_gui_report(result, 128)
+    assert "| features |" in report and "target 100 ms" in report
