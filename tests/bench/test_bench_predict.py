@@ -135,13 +135,20 @@ def test_cluster_cases_follow_the_engine_and_the_table_compares_them():
             "result": result or None,
         }
 
-    extra = {"overhead_per_block": 0.05, "blocks": 4, "startup": 3.0}
+    extra = {"overhead_per_block": 0.05, "blocks": 4, "startup": 3.0, "head_start": 7.5}
     rows = [
-        row("engine", "64x64", 10.0, 100),
-        row("cluster 1", "64x64", 11.0, 500, **extra),
+        row("engine", "64x64", 10.0, 100, cpu=19.0),
+        row("cluster 1", "64x64", 11.0, 500, worker_cpu=18.5, **extra),
+        row("engine", "64x512", 60.0, 100),
         row("cluster 1", "64x512", 80.0, 550, **extra),
     ]
     lines = predict._cluster_lines(rows)
     assert lines[0].startswith("- 64x64: cluster 1 worker(s) = 0.91 x single-process engine")
+    assert "(11.0 s against 10.0 s; within 15%)" in lines[0]
     assert "overhead 0.050 s per block (4 blocks" in lines[0]
+    assert "workers' CPU 18.5 s against the engine's 19.0 s" in lines[0]
+    assert "head start 7.5 s" in lines[0]
+    assert "(80.0 s against 60.0 s; outside 15%)" in lines[1]
+    # without --sizes, a cluster run compares a small image with one 16x larger
+    assert predict.bench_sizes(_args("--cluster", "local")) == [(512, 512), (2048, 2048)]
     assert lines[-1] == "- cluster 1: peak memory per worker 64x512 / 64x64: 1.10 x"

@@ -1,9 +1,10 @@
-"""Predict across a Ray cluster: the tiled engine run block by block by Ray tasks.
+"""Predict across a Ray cluster: the tiled engine run block by block by Ray workers.
 
 The image's output grid (the engine's zarr chunks, one tile core each) is cut into **blocks** of
-``block`` chunks per axis. A Ray task per block runs the engine's own tile step
+``block`` chunks per axis. Each worker (a Ray actor, :class:`BlockWorker`) runs block after
+block: the engine's own tile step
 (:func:`napari_rat.inference.tiled_predict.predict_tiles_into`) on every tile whose core meets
-the block, and writes only inside the block: blocks cover whole chunks, so no two tasks ever
+the block, writing only inside the block: blocks cover whole chunks, so no two workers ever
 write the same chunk of the shared store, and every pixel comes from the same tile, read with
 the same halo, as in a single-process run (a tile that straddles two blocks is run by both; an
 image whose sides are multiples of the tile has none). The plan (tiles, intensity statistics,
@@ -11,14 +12,17 @@ levels) is made once on the driver, so the result equals :func:`~napari_rat.infe
 The instance step then runs on the driver, chunk by chunk, as in the engine (the union-find
 across chunk faces of :mod:`~napari_rat.inference.chunked_labels`).
 
-The model and the image's (lazy) description go into the object store once; each worker process
-deserialises the model once and keeps it for the blocks it runs. The store is a folder every
-worker reads and writes (a shared file system on a real cluster; ``OUT.zarr`` on this machine
-for the local head). It is built in ``.OUT.zarr.cluster-work`` beside the destination and moved
-into place only when complete (the package's build-aside rule): nothing partial is visible at
-the destination. Each finished block leaves a marker in the work folder's ``done/`` list, so a
-run that was stopped or crashed resumes (``resume=True``) with the blocks not yet written; a
-worker killed mid-block is retried by Ray (``max_retries``) and its block recomputed.
+The model goes into the object store once; each worker is started with it before the driver
+plans the run (its process start, torch import and model transfer overlap the planning), loads
+it once and keeps it, its torch threads set to its CPUs. The run's plan, options and (lazy)
+image go into the object store once too, and each worker fetches them with its first block.
+The store is a folder every worker reads and writes (a shared file system on a real cluster;
+``OUT.zarr`` on this machine for the local head). It is built in ``.OUT.zarr.cluster-work``
+beside the destination and moved into place only when complete (the package's build-aside
+rule): nothing partial is visible at the destination. Each finished block leaves a marker in
+the work folder's ``done/`` list, so a run that was stopped or crashed resumes
+(``resume=True``) with the blocks not yet written; a worker killed mid-block is restarted by
+Ray (``max_restarts``) and its block recomputed (``max_task_retries``).
 """
 
 from __future__ import annotations
@@ -62,14 +66,15 @@ class Block:
 
 @dataclass(frozen=True)
 class BlockReport:
-    """What a block's task reports: its non-finite input pixels, the seconds it computed, the
-    worker's process id and peak resident memory (bytes)."""
+    """What a block reports: its non-finite input pixels, the seconds it computed (wall and the
+    worker process's CPU time), the worker's process id and peak resident memory (bytes)."""
 
     index: int
     nan_pixels: int
     seconds: float
     pid: int
     peak_rss: int
+    cpu_seconds: float = 0.0
 
 
 def plan_blocks(shape: Sequence[int], chunks: Sequence[int], block: int | Sequence[int]):
@@ -110,64 +115,88 @@ def _mark_done(work: Path, index: int, nan_pixels: int) -> None:
 
 
 # --- the worker side ---------------------------------------------------------------------------
-_WORKER_MODEL: dict[str, Any] = {}
-
-
-def _worker_model(model_ref, device):
-    """The model, deserialised once per worker process (kept for the blocks that follow)."""
-    import ray
-
-    key = model_ref.hex()
-    if key not in _WORKER_MODEL:
-        _WORKER_MODEL.clear()
-        _WORKER_MODEL[key] = ray.get(model_ref).to(device).eval()
-    return _WORKER_MODEL[key]
-
-
 def _peak_rss() -> int:
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
-def run_block(boxed, plan, options, work: str, block: Block, threads: int) -> BlockReport:
-    """A Ray task: the engine's tile step over the tiles meeting ``block``, written inside it
-    into the work store; then the block's done marker. ``boxed`` holds the object refs of the
-    model and the image (in a list, so that Ray hands them over unresolved)."""
-    import ray
-    import torch
-    import zarr
+class BlockWorker:
+    """A worker: a Ray actor (one per ``--workers``) that imports torch and deserialises the
+    model once, when it starts, then runs block after block (:meth:`run_block`).
 
-    from napari_rat.inference.devices import resolve_device
-    from napari_rat.inference.tiled_predict import (
-        predict_tiles_into,
-        run_prediction,
-        tiles_within,
-    )
+    Started before the driver plans the run, so that its process start, the torch import and
+    the model's transfer overlap with the planning. Everything it needs comes with its
+    constructor or with each call, so that Ray can restart a killed one (``max_restarts``) and
+    rerun its block (``max_task_retries``).
+    """
 
-    start = time.perf_counter()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    plan = dataclasses.replace(plan, device=resolve_device(options.device))
-    model_ref, image_ref = boxed
-    model = _worker_model(model_ref, plan.device)
-    image = ray.get(image_ref)
-    root = zarr.open_group(work, mode="r+")
-    steps = predict_tiles_into(
-        model,
-        image,
-        plan,
-        root["probabilities"],
-        root["semantic"],
-        options=options,
-        tiles=tiles_within(plan, block.region),
-        within=block.region,
-    )
-    nan_pixels = run_prediction(steps)  # drives the generator, returns its value
-    _mark_done(Path(work), block.index, nan_pixels)
-    return BlockReport(
-        block.index, nan_pixels, time.perf_counter() - start, os.getpid(), _peak_rss()
-    )
+    def __init__(self, boxed_model, device: str, threads: int):
+        import ray
+        import torch
+
+        from napari_rat.inference.devices import resolve_device
+
+        if threads > 0:  # the CPUs Ray gave the worker, whatever torch would guess
+            torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        start = time.perf_counter()
+        # boxed in a list: fetched here, and kept by the driver for a restart (Ray warns of a
+        # constructor argument in the object store otherwise)
+        self.model = ray.get(boxed_model[0]).to(self.device).eval()
+        self.started = {"pid": os.getpid(), "ready_at": time.time(), "load": 0.0}
+        self.started["load"] = time.perf_counter() - start
+        self._context: tuple[str, Any] | None = None
+
+    def info(self) -> dict:
+        """When it was ready (``time.time()``), its pid and its model's set-up seconds."""
+        return dict(self.started)
+
+    def _open(self, boxed):
+        """The run's ``(plan, options, image, work group)``, fetched once per worker."""
+        import ray
+        import zarr
+
+        (ref,) = boxed
+        if self._context is None or self._context[0] != ref.hex():
+            plan, options, image, work = ray.get(ref)
+            plan = dataclasses.replace(plan, device=self.device)
+            root = zarr.open_group(work, mode="r+")  # opened once, for every block
+            self._context = (ref.hex(), (plan, options, image, root, Path(work)))
+        return self._context[1]
+
+    def run_block(self, boxed, block: Block) -> BlockReport:
+        """The engine's tile step over the tiles meeting ``block``, written inside it into the
+        work store; then the block's done marker. ``boxed`` holds the object ref of the run's
+        context (in a list, so that Ray hands it over unresolved and the worker keeps it)."""
+        from napari_rat.inference.tiled_predict import (
+            predict_tiles_into,
+            run_prediction,
+            tiles_within,
+        )
+
+        start, cpu = time.perf_counter(), time.process_time()
+        plan, options, image, root, work = self._open(boxed)
+        steps = predict_tiles_into(
+            self.model,
+            image,
+            plan,
+            root["probabilities"],
+            root["semantic"],
+            options=options,
+            tiles=tiles_within(plan, block.region),
+            within=block.region,
+        )
+        nan_pixels = run_prediction(steps)  # drives the generator, returns its value
+        _mark_done(work, block.index, nan_pixels)
+        return BlockReport(
+            block.index,
+            nan_pixels,
+            time.perf_counter() - start,
+            os.getpid(),
+            _peak_rss(),
+            time.process_time() - cpu,
+        )
 
 
 # --- connecting --------------------------------------------------------------------------------
@@ -273,8 +302,9 @@ def _fingerprint(plan, blocks, options) -> dict:
     }
 
 
-def _check_work(work: Path, store: Path, fingerprint: dict, resume: bool) -> None:
-    """Refuse a taken destination, and a stopped run's folder unless resuming it as it was."""
+def _check_work(work: Path, store: Path, fingerprint: dict | None, resume: bool) -> None:
+    """Refuse a taken destination, and a stopped run's folder unless resuming it as it was
+    (``fingerprint`` ``None``: not checked yet, the run not planned)."""
     if store.exists():
         raise FileExistsError(f"{store} already exists; choose another output or remove it")
     if not work.exists():
@@ -285,6 +315,8 @@ def _check_work(work: Path, store: Path, fingerprint: dict, resume: bool) -> Non
             "with --resume (resume=True), or remove the folder to start over"
         )
     saved = work / RUN_FILE
+    if fingerprint is None:
+        return
     if not saved.is_file() or json.loads(saved.read_text()) != fingerprint:
         raise ValueError(
             f"{work} was made by a run with other settings (image, tile, halo, block, levels "
@@ -335,9 +367,10 @@ def predict_on_cluster(
     A generator: yields a :class:`~napari_rat.inference.Progress` per finished block (stage
     ``"blocks"``), then during the instance step, and returns the
     :class:`~napari_rat.inference.Prediction` read from ``store``; its ``extra`` holds
-    ``blocks`` (the block count), ``blocks_computed`` (this run's; fewer on a resume) and
-    ``reports`` (a :class:`BlockReport` per computed block) and ``blocks_seconds`` (the block
-    phase's wall time).
+    ``blocks`` (the block count), ``blocks_computed`` (this run's; fewer on a resume),
+    ``reports`` (a :class:`BlockReport` per computed block), ``blocks_seconds`` (the block
+    phase's wall time), ``planned`` (seconds from the start until the first block was sent)
+    and ``worker_ready`` (per worker used, seconds from the start until its model was loaded).
 
     Parameters
     ----------
@@ -346,8 +379,8 @@ def predict_on_cluster(
     cluster
         ``local``, ``auto`` or ``HOST:PORT`` (see :func:`connect_ray`).
     workers
-        Blocks computed at once; each task takes ``cpus_per_worker`` CPUs (torch threads) and
-        ``gpus_per_worker`` GPUs.
+        Blocks computed at once: one worker each, holding ``cpus_per_worker`` CPUs (its torch
+        threads) and ``gpus_per_worker`` GPUs for the run.
     block
         Chunks (tile cores) per block and axis; default :data:`DEFAULT_BLOCK`.
     resume
@@ -382,48 +415,61 @@ def predict_on_cluster(
             f"need workers >= 1, cpus_per_worker >= 1 and gpus_per_worker >= 0; got {workers}, "
             f"{cpus_per_worker}, {gpus_per_worker}"
         )
-    plan = plan_prediction(
-        model, image, spacing, translation, options=options, stats=stats, units=units
-    )
-    block = block or DEFAULT_BLOCK.get(len(plan.shape), 2)
-    blocks = plan_blocks(plan.shape, plan.chunks, block)
     store = Path(store)
     work = work_folder(store)
-    fingerprint = _fingerprint(plan, blocks, options)
-    _check_work(work, store, fingerprint, resume)
+    _check_work(work, store, None, resume)  # before connecting: a taken destination, said fast
     reports: list[BlockReport] = []
     was_training = model.training
     with connect_ray(cluster):
         _check_resources(ray, cpus_per_worker, gpus_per_worker)
-        root = _open_work(work, plan, fingerprint)
-        done = done_blocks(work)
-        todo = [b for b in blocks if b.index not in done]
-        task = ray.remote(run_block).options(
-            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_retries=max_retries
+        timings = {"start": time.time()}
+        actor = ray.remote(BlockWorker).options(
+            num_cpus=cpus_per_worker,
+            num_gpus=gpus_per_worker,
+            max_restarts=max_retries,
+            max_task_retries=max_retries,
         )
-        boxed = [ray.put(model.cpu().eval()), ray.put(image)]
-        pending: dict[Any, Block] = {}
-        queue = list(todo)
-        started = time.perf_counter()
         try:
+            model_ref = ray.put(model.cpu().eval())
+        finally:
+            model.train(was_training)
+        # The workers start (a process, torch, the model) while this process plans the run.
+        pool = [actor.remote([model_ref], options.device, cpus_per_worker) for _ in range(workers)]
+        pending: dict[Any, tuple[Block, Any]] = {}
+        try:
+            plan = plan_prediction(
+                model, image, spacing, translation, options=options, stats=stats, units=units
+            )
+            block = block or DEFAULT_BLOCK.get(len(plan.shape), 2)
+            blocks = plan_blocks(plan.shape, plan.chunks, block)
+            fingerprint = _fingerprint(plan, blocks, options)
+            _check_work(work, store, fingerprint, resume)
+            root = _open_work(work, plan, fingerprint)
+            done = done_blocks(work)
+            queue = [b for b in blocks if b.index not in done]
+            # one object for the run (the plan lists every tile): sent to each worker once
+            context = [ray.put((plan, options, image, str(work)))]
+            idle = list(pool[: max(1, min(workers, len(queue)))])
+            timings["planned"] = time.time()
+            started = time.perf_counter()
             while queue or pending:
-                while queue and len(pending) < workers:
-                    b = queue.pop(0)
-                    pending[task.remote(boxed, plan, options, str(work), b, cpus_per_worker)] = b
+                while queue and idle:
+                    b, w = queue.pop(0), idle.pop(0)
+                    pending[w.run_block.remote(context, b)] = (b, w)
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 if cancel is not None and cancel.is_set():
                     raise PredictionCancelled("prediction cancelled")
                 for ref in ready:
-                    pending.pop(ref)
-                    reports.append(_result(ray, ref))
+                    idle.append(pending.pop(ref)[1])
+                    reports.append(_result(ray, ref, max_retries))
                     yield Progress("blocks", len(done) + len(reports), len(blocks))
+            blocks_seconds = time.perf_counter() - started
+            workers_info = ray.get([w.info.remote() for w in idle]) if reports else []
         finally:
-            for ref in pending:  # stopped: no task may write on after the driver returns
-                ray.cancel(ref, force=True)
+            for w in pool:  # stopped or finished: no worker may write on after the driver returns
+                ray.kill(w, no_restart=True)
             if pending:
                 ray.wait(list(pending), num_returns=len(pending), timeout=10)
-            model.train(was_training)
-        blocks_seconds = time.perf_counter() - started
     nan_pixels = sum(done.values()) + sum(r.nan_pixels for r in reports)
     for name in ("seeds", "labels"):  # a resumed run that had reached the instance step
         if name in root:
@@ -449,6 +495,10 @@ def predict_on_cluster(
             "blocks_computed": len(reports),
             "reports": reports,
             "blocks_seconds": blocks_seconds,
+            # seconds from the run's start until each worker had its model (overlapping the
+            # planning) and until the first block was sent
+            "worker_ready": [i["ready_at"] - timings["start"] for i in workers_info],
+            "planned": timings["planned"] - timings["start"],
         },
         nan_pixels=nan_pixels,
     )
@@ -457,7 +507,7 @@ def predict_on_cluster(
     return publish_work(result, work, store, with_labels=options.instances)
 
 
-def _result(ray, ref) -> BlockReport:
+def _result(ray, ref, max_retries: int = MAX_RETRIES) -> BlockReport:
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
@@ -465,9 +515,9 @@ def _result(ray, ref) -> BlockReport:
         raise RuntimeError(
             f"a block failed on the cluster: {type(cause).__name__}: {cause}"
         ) from None
-    except ray.exceptions.WorkerCrashedError:
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError):
         raise RuntimeError(
-            f"a block's worker died more than {MAX_RETRIES} times (out of memory?); the blocks "
+            f"a block's worker died more than {max_retries} times (out of memory?); the blocks "
             "done so far are kept: resume with --resume, with a smaller --tile or --block"
         ) from None
 
