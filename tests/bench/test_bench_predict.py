@@ -152,3 +152,27 @@ def test_cluster_cases_follow_the_engine_and_the_table_compares_them():
     # without --sizes, a cluster run compares a small image with one 16x larger
     assert predict.bench_sizes(_args("--cluster", "local")) == [(512, 512), (2048, 2048)]
     assert lines[-1] == "- cluster 1: peak memory per worker 64x512 / 64x64: 1.10 x"
+
+
+@pytest.mark.slow
+def test_cluster_case_runs_on_a_private_head_with_workers_at_the_engines_priority(capsys):
+    """A real ``--cluster local`` case: its workers run at nice 0 like the engine (Ray's default
+    15 measured the machine's load, not the code), and the table reports the head's start apart,
+    the workers' CPU against the engine's, and the ratio to the engine."""
+    pytest.importorskip("ray")
+    args = _args(
+        "--model", "starter", "--sizes", "96x80", "--tile", "32", "--skip-bare",
+        "--cluster", "local", "--workers", "1", "--cores", "1", "--block", "2",
+    )  # fmt: skip
+    rows = predict.run_bench(args)
+    capsys.readouterr()
+    engine, cluster = rows
+    assert cluster["case"] == "cluster 1" and cluster["error"] is None, cluster["error"]
+    result = cluster["result"]
+    assert result["worker_nice"] == 0 and result["worker_processes"] == 1
+    assert result["blocks"] == 4 and result["head_start"] > 0 and result["worker_cpu"] > 0
+    assert 0 < result["planned"] and 0 < result["worker_ready"]
+    assert cluster["peak"] == result["worker_peak"] > 0
+    assert engine["result"]["cpu"] > 0
+    table = predict.format_table(rows, args)
+    assert "96x80: cluster 1 worker(s) = " in table and "(workers at nice 0)" in table

@@ -8,8 +8,9 @@ the engine's CPU priority: Ray starts worker processes at nice 15 by default
 (``RAY_worker_niceness``), which on a machine shared with other work measures the priority, not
 the code (a 1-worker run 2x slower than the engine on a loaded machine, 10% faster with nice
 0). Worker processes are pre-started (python and torch imported, not timed, as the engine's
-imports are not); the timed run includes everything :func:`predict_on_cluster` does: starting
-its workers, sending them the model, planning, the blocks, the instance step and publishing.
+imports are not; a local head keeps its workers between runs); the timed run includes
+everything :func:`predict_on_cluster` does: sending the workers the model, planning, the blocks,
+the instance step and publishing.
 
 Reported per case: time, pixels per second, the highest peak resident memory of a worker
 process (absolute: torch and the model included), the head's start, the seconds until the
@@ -28,6 +29,7 @@ def _warm():
 
     import napari_rat.cluster.predict  # noqa: F401
     import napari_rat.inference.tiled_predict  # noqa: F401
+    import napari_rat.model  # noqa: F401  (the model's classes: timm and the layer packages)
 
     time.sleep(0.5)  # held, so that each warm-up task gets a worker of its own
     return 0
@@ -78,6 +80,11 @@ def case_cluster(
         multiprocessing.util.Finalize(None, head.stop, exitpriority=10)
     env = driver_env(head)
     env.__enter__()
+    # Held until the child exits (before the head stops): a context manager left to the garbage
+    # collector when this function returns would close, taking the token from under Ray (whose
+    # next call to the head then aborts the process: "couldn't find an authentication token").
+    multiprocessing.util.Finalize(None, env.__exit__, args=(None, None, None), exitpriority=11)
+    multiprocessing.util.Finalize(None, ray.shutdown, exitpriority=12)  # first: Ray, then token
     ray.init(address=head.address if head else cluster, logging_level="ERROR")
     start = time.perf_counter()
     warm = ray.remote(_warm).options(num_cpus=cpus)
@@ -111,6 +118,7 @@ def case_cluster(
             "worker_processes": len({r.pid for r in reports}),
             "overhead_per_block": (busy_workers * extra["blocks_seconds"] - busy) / blocks,
             "worker_cpu": sum(r.cpu_seconds for r in reports),
+            "worker_nice": max(r.niceness for r in reports),
             "blocks_seconds": extra["blocks_seconds"],
             "planned": extra["planned"],
             "worker_ready": max(extra["worker_ready"], default=0.0),

@@ -358,6 +358,7 @@ def _cluster_lines(rows) -> list[str]:
                 f"{extra.get('planned', 0):.1f} s into the run; workers' CPU "
                 f"{extra.get('worker_cpu', 0):.1f} s"
                 + (f" against the engine's {cpu:.1f} s" if cpu else "")
+                + f" (workers at nice {extra.get('worker_nice', 0)})"
                 + f"; head start {extra.get('head_start') or 0:.1f} s and worker processes' "
                 f"start {extra.get('startup', 0):.1f} s, not timed"
             )

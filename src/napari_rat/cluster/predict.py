@@ -1,10 +1,9 @@
-"""Predict across a Ray cluster: the tiled engine run block by block by Ray workers.
+"""Predict across a Ray cluster: the tiled engine run block by block by Ray tasks.
 
 The image's output grid (the engine's zarr chunks, one tile core each) is cut into **blocks** of
-``block`` chunks per axis. Each worker (a Ray actor, :class:`BlockWorker`) runs block after
-block: the engine's own tile step
+``block`` chunks per axis. A Ray task per block runs the engine's own tile step
 (:func:`napari_rat.inference.tiled_predict.predict_tiles_into`) on every tile whose core meets
-the block, writing only inside the block: blocks cover whole chunks, so no two workers ever
+the block, and writes only inside the block: blocks cover whole chunks, so no two tasks ever
 write the same chunk of the shared store, and every pixel comes from the same tile, read with
 the same halo, as in a single-process run (a tile that straddles two blocks is run by both; an
 image whose sides are multiples of the tile has none). The plan (tiles, intensity statistics,
@@ -12,17 +11,20 @@ levels) is made once on the driver, so the result equals :func:`~napari_rat.infe
 The instance step then runs on the driver, chunk by chunk, as in the engine (the union-find
 across chunk faces of :mod:`~napari_rat.inference.chunked_labels`).
 
-The model goes into the object store once; each worker is started with it before the driver
-plans the run (its process start, torch import and model transfer overlap the planning), loads
-it once and keeps it, its torch threads set to its CPUs. The run's plan, options and (lazy)
-image go into the object store once too, and each worker fetches them with its first block.
+The model goes into the object store once, and as the run starts a warm-up task per worker
+imports torch and deserialises it while the driver plans (:func:`warm_worker`); the plan (every
+tile), options and the image's (lazy) description go into the object store once too. Each
+worker process fetches both once and keeps them for the blocks it runs, its torch threads set
+to its CPUs. Tasks, not one actor per worker: Ray reuses its pooled worker processes from task
+to task and run to run, where an actor starts a fresh process (4-10 s here) for every run.
+
 The store is a folder every worker reads and writes (a shared file system on a real cluster;
 ``OUT.zarr`` on this machine for the local head). It is built in ``.OUT.zarr.cluster-work``
 beside the destination and moved into place only when complete (the package's build-aside
 rule): nothing partial is visible at the destination. Each finished block leaves a marker in
 the work folder's ``done/`` list, so a run that was stopped or crashed resumes
-(``resume=True``) with the blocks not yet written; a worker killed mid-block is restarted by
-Ray (``max_restarts``) and its block recomputed (``max_task_retries``).
+(``resume=True``) with the blocks not yet written; a worker killed mid-block is retried by Ray
+(``max_retries``) and its block recomputed.
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ class Block:
 
 @dataclass(frozen=True)
 class BlockReport:
-    """What a block reports: its non-finite input pixels, the seconds it computed (wall and the
-    worker process's CPU time), the worker's process id and peak resident memory (bytes)."""
+    """What a block's task reports: its non-finite input pixels, the seconds it computed (wall
+    and the worker process's CPU time), the worker's process id, peak resident memory (bytes)
+    and CPU priority (POSIX nice: Ray starts its workers at 15 unless the head says otherwise)."""
 
     index: int
     nan_pixels: int
@@ -75,6 +78,7 @@ class BlockReport:
     pid: int
     peak_rss: int
     cpu_seconds: float = 0.0
+    niceness: int = 0
 
 
 def plan_blocks(shape: Sequence[int], chunks: Sequence[int], block: int | Sequence[int]):
@@ -115,88 +119,100 @@ def _mark_done(work: Path, index: int, nan_pixels: int) -> None:
 
 
 # --- the worker side ---------------------------------------------------------------------------
+#: What a worker process keeps between the blocks of a run: the model, and the run's context.
+_WORKER_MODEL: dict[str, Any] = {}
+_WORKER_RUN: dict[str, Any] = {}
+
+
+def _worker_model(model_ref, device):
+    """The model, deserialised once per worker process (kept for the blocks that follow)."""
+    import ray
+
+    key = model_ref.hex()
+    if key not in _WORKER_MODEL:
+        _WORKER_MODEL.clear()
+        _WORKER_MODEL[key] = ray.get(model_ref).to(device).eval()
+    return _WORKER_MODEL[key]
+
+
+def _worker_run(run_ref):
+    """The run's ``(plan, options, image, work group, work folder)``, fetched and opened once
+    per worker process: the plan lists every tile of the image, too much to send per block."""
+    import ray
+    import zarr
+
+    from napari_rat.inference.devices import resolve_device
+
+    key = run_ref.hex()
+    if key not in _WORKER_RUN:
+        plan, options, image, work = ray.get(run_ref)
+        plan = dataclasses.replace(plan, device=resolve_device(options.device))
+        _WORKER_RUN.clear()
+        _WORKER_RUN[key] = (plan, options, image, zarr.open_group(work, mode="r+"), Path(work))
+    return _WORKER_RUN[key]
+
+
 def _peak_rss() -> int:
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
-class BlockWorker:
-    """A worker: a Ray actor (one per ``--workers``) that imports torch and deserialises the
-    model once, when it starts, then runs block after block (:meth:`run_block`).
+def _set_threads(threads: int) -> None:
+    import torch
 
-    Started before the driver plans the run, so that its process start, the torch import and
-    the model's transfer overlap with the planning. Everything it needs comes with its
-    constructor or with each call, so that Ray can restart a killed one (``max_restarts``) and
-    rerun its block (``max_task_retries``).
-    """
+    if threads > 0 and torch.get_num_threads() != threads:  # the CPUs Ray gave the task
+        torch.set_num_threads(threads)
 
-    def __init__(self, boxed_model, device: str, threads: int):
-        import ray
-        import torch
 
-        from napari_rat.inference.devices import resolve_device
+def warm_worker(boxed, device: str, threads: int) -> tuple[int, float]:
+    """A Ray task sent as the run starts, one per worker, while the driver plans: the worker
+    process imports torch and deserialises the model before its first block. Returns its pid
+    and when it was done (``time.time()``)."""
+    from napari_rat.inference.devices import resolve_device
 
-        if threads > 0:  # the CPUs Ray gave the worker, whatever torch would guess
-            torch.set_num_threads(threads)
-        self.device = resolve_device(device)
-        start = time.perf_counter()
-        # boxed in a list: fetched here, and kept by the driver for a restart (Ray warns of a
-        # constructor argument in the object store otherwise)
-        self.model = ray.get(boxed_model[0]).to(self.device).eval()
-        self.started = {"pid": os.getpid(), "ready_at": time.time(), "load": 0.0}
-        self.started["load"] = time.perf_counter() - start
-        self._context: tuple[str, Any] | None = None
+    _set_threads(threads)
+    _worker_model(boxed[0], resolve_device(device))
+    return os.getpid(), time.time()
 
-    def info(self) -> dict:
-        """When it was ready (``time.time()``), its pid and its model's set-up seconds."""
-        return dict(self.started)
 
-    def _open(self, boxed):
-        """The run's ``(plan, options, image, work group)``, fetched once per worker."""
-        import ray
-        import zarr
+def run_block(boxed, block: Block, threads: int) -> BlockReport:
+    """A Ray task: the engine's tile step over the tiles meeting ``block``, written inside it
+    into the work store; then the block's done marker. ``boxed`` holds the object refs of the
+    model and of the run's context (in a list, so that Ray hands them over unresolved and the
+    worker process fetches each once)."""
+    from napari_rat.inference.tiled_predict import (
+        predict_tiles_into,
+        run_prediction,
+        tiles_within,
+    )
 
-        (ref,) = boxed
-        if self._context is None or self._context[0] != ref.hex():
-            plan, options, image, work = ray.get(ref)
-            plan = dataclasses.replace(plan, device=self.device)
-            root = zarr.open_group(work, mode="r+")  # opened once, for every block
-            self._context = (ref.hex(), (plan, options, image, root, Path(work)))
-        return self._context[1]
-
-    def run_block(self, boxed, block: Block) -> BlockReport:
-        """The engine's tile step over the tiles meeting ``block``, written inside it into the
-        work store; then the block's done marker. ``boxed`` holds the object ref of the run's
-        context (in a list, so that Ray hands it over unresolved and the worker keeps it)."""
-        from napari_rat.inference.tiled_predict import (
-            predict_tiles_into,
-            run_prediction,
-            tiles_within,
-        )
-
-        start, cpu = time.perf_counter(), time.process_time()
-        plan, options, image, root, work = self._open(boxed)
-        steps = predict_tiles_into(
-            self.model,
-            image,
-            plan,
-            root["probabilities"],
-            root["semantic"],
-            options=options,
-            tiles=tiles_within(plan, block.region),
-            within=block.region,
-        )
-        nan_pixels = run_prediction(steps)  # drives the generator, returns its value
-        _mark_done(work, block.index, nan_pixels)
-        return BlockReport(
-            block.index,
-            nan_pixels,
-            time.perf_counter() - start,
-            os.getpid(),
-            _peak_rss(),
-            time.process_time() - cpu,
-        )
+    start, cpu = time.perf_counter(), time.process_time()
+    _set_threads(threads)
+    model_ref, run_ref = boxed
+    plan, options, image, root, work = _worker_run(run_ref)
+    model = _worker_model(model_ref, plan.device)
+    steps = predict_tiles_into(
+        model,
+        image,
+        plan,
+        root["probabilities"],
+        root["semantic"],
+        options=options,
+        tiles=tiles_within(plan, block.region),
+        within=block.region,
+    )
+    nan_pixels = run_prediction(steps)  # drives the generator, returns its value
+    _mark_done(work, block.index, nan_pixels)
+    return BlockReport(
+        block.index,
+        nan_pixels,
+        time.perf_counter() - start,
+        os.getpid(),
+        _peak_rss(),
+        time.process_time() - cpu,
+        os.nice(0),
+    )
 
 
 # --- connecting --------------------------------------------------------------------------------
@@ -304,7 +320,7 @@ def _fingerprint(plan, blocks, options) -> dict:
 
 def _check_work(work: Path, store: Path, fingerprint: dict | None, resume: bool) -> None:
     """Refuse a taken destination, and a stopped run's folder unless resuming it as it was
-    (``fingerprint`` ``None``: not checked yet, the run not planned)."""
+    (``fingerprint`` ``None``: the run not planned yet, its settings not checked)."""
     if store.exists():
         raise FileExistsError(f"{store} already exists; choose another output or remove it")
     if not work.exists():
@@ -367,10 +383,9 @@ def predict_on_cluster(
     A generator: yields a :class:`~napari_rat.inference.Progress` per finished block (stage
     ``"blocks"``), then during the instance step, and returns the
     :class:`~napari_rat.inference.Prediction` read from ``store``; its ``extra`` holds
-    ``blocks`` (the block count), ``blocks_computed`` (this run's; fewer on a resume),
-    ``reports`` (a :class:`BlockReport` per computed block), ``blocks_seconds`` (the block
-    phase's wall time), ``planned`` (seconds from the start until the first block was sent)
-    and ``worker_ready`` (per worker used, seconds from the start until its model was loaded).
+    ``blocks`` (the block count), ``blocks_computed`` (this run's; fewer on a resume) and
+    ``reports`` (a :class:`BlockReport` per computed block) and ``blocks_seconds`` (the block
+    phase's wall time).
 
     Parameters
     ----------
@@ -379,8 +394,8 @@ def predict_on_cluster(
     cluster
         ``local``, ``auto`` or ``HOST:PORT`` (see :func:`connect_ray`).
     workers
-        Blocks computed at once: one worker each, holding ``cpus_per_worker`` CPUs (its torch
-        threads) and ``gpus_per_worker`` GPUs for the run.
+        Blocks computed at once; each task takes ``cpus_per_worker`` CPUs (torch threads) and
+        ``gpus_per_worker`` GPUs.
     block
         Chunks (tile cores) per block and axis; default :data:`DEFAULT_BLOCK`.
     resume
@@ -423,19 +438,18 @@ def predict_on_cluster(
     with connect_ray(cluster):
         _check_resources(ray, cpus_per_worker, gpus_per_worker)
         timings = {"start": time.time()}
-        actor = ray.remote(BlockWorker).options(
-            num_cpus=cpus_per_worker,
-            num_gpus=gpus_per_worker,
-            max_restarts=max_retries,
-            max_task_retries=max_retries,
-        )
+        resources = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
         try:
             model_ref = ray.put(model.cpu().eval())
         finally:
             model.train(was_training)
-        # The workers start (a process, torch, the model) while this process plans the run.
-        pool = [actor.remote([model_ref], options.device, cpus_per_worker) for _ in range(workers)]
-        pending: dict[Any, tuple[Block, Any]] = {}
+        # The workers import torch and load the model while this process plans the run; the
+        # blocks then run in the same worker processes, which Ray reuses from run to run.
+        warm = ray.remote(warm_worker).options(**resources, max_retries=0)
+        warming = [
+            warm.remote([model_ref], options.device, cpus_per_worker) for _ in range(workers)
+        ]
+        pending: dict[Any, Block] = {}
         try:
             plan = plan_prediction(
                 model, image, spacing, translation, options=options, stats=stats, units=units
@@ -447,27 +461,28 @@ def predict_on_cluster(
             root = _open_work(work, plan, fingerprint)
             done = done_blocks(work)
             queue = [b for b in blocks if b.index not in done]
-            # one object for the run (the plan lists every tile): sent to each worker once
-            context = [ray.put((plan, options, image, str(work)))]
-            idle = list(pool[: max(1, min(workers, len(queue)))])
+            task = ray.remote(run_block).options(**resources, max_retries=max_retries)
+            # one object for the run (the plan lists every tile), fetched once per worker
+            boxed = [model_ref, ray.put((plan, options, image, str(work)))]
             timings["planned"] = time.time()
             started = time.perf_counter()
             while queue or pending:
-                while queue and idle:
-                    b, w = queue.pop(0), idle.pop(0)
-                    pending[w.run_block.remote(context, b)] = (b, w)
+                while queue and len(pending) < workers:
+                    b = queue.pop(0)
+                    pending[task.remote(boxed, b, cpus_per_worker)] = b
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 if cancel is not None and cancel.is_set():
                     raise PredictionCancelled("prediction cancelled")
                 for ref in ready:
-                    idle.append(pending.pop(ref)[1])
+                    pending.pop(ref)
                     reports.append(_result(ray, ref, max_retries))
                     yield Progress("blocks", len(done) + len(reports), len(blocks))
             blocks_seconds = time.perf_counter() - started
-            workers_info = ray.get([w.info.remote() for w in idle]) if reports else []
+            ready, _ = ray.wait(warming, num_returns=len(warming), timeout=0)
+            warmed = [ray.get(r) for r in ready if not _failed(ray, r)]
         finally:
-            for w in pool:  # stopped or finished: no worker may write on after the driver returns
-                ray.kill(w, no_restart=True)
+            for ref in [*pending, *warming]:  # stopped: no task may write on after we return
+                ray.cancel(ref, force=True)
             if pending:
                 ray.wait(list(pending), num_returns=len(pending), timeout=10)
     nan_pixels = sum(done.values()) + sum(r.nan_pixels for r in reports)
@@ -495,10 +510,10 @@ def predict_on_cluster(
             "blocks_computed": len(reports),
             "reports": reports,
             "blocks_seconds": blocks_seconds,
-            # seconds from the run's start until each worker had its model (overlapping the
-            # planning) and until the first block was sent
-            "worker_ready": [i["ready_at"] - timings["start"] for i in workers_info],
+            # seconds from the start until the first block was sent, and until each worker
+            # had imported torch and loaded the model (overlapping the planning)
             "planned": timings["planned"] - timings["start"],
+            "worker_ready": [at - timings["start"] for _, at in warmed],
         },
         nan_pixels=nan_pixels,
     )
@@ -515,11 +530,20 @@ def _result(ray, ref, max_retries: int = MAX_RETRIES) -> BlockReport:
         raise RuntimeError(
             f"a block failed on the cluster: {type(cause).__name__}: {cause}"
         ) from None
-    except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError):
+    except ray.exceptions.WorkerCrashedError:
         raise RuntimeError(
             f"a block's worker died more than {max_retries} times (out of memory?); the blocks "
             "done so far are kept: resume with --resume, with a smaller --tile or --block"
         ) from None
+
+
+def _failed(ray, ref) -> bool:
+    """Whether a finished warm-up task failed (its worker then loads the model with a block)."""
+    try:
+        ray.get(ref, timeout=0)
+    except ray.exceptions.RayError:
+        return True
+    return False
 
 
 def _check_resources(ray, cpus: int, gpus: float) -> None:
