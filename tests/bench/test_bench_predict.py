@@ -80,9 +80,14 @@ def test_repeats_interleave_and_keep_the_fastest_time_and_the_highest_peak(capsy
 def test_a_row_keeps_the_fastest_time_and_the_highest_peak_of_its_runs():
     from napari_rat.bench._measure import CaseResult
 
-    runs = [CaseResult(3.0, 100, 400), CaseResult(2.0, 90, 390), CaseResult(4.0, 120, 420)]
+    runs = [
+        CaseResult(3.0, 100, 400, {"cpu": 5.0}),
+        CaseResult(2.0, 90, 390, {"cpu": 3.0}),
+        CaseResult(4.0, 120, 420, {"cpu": 6.0}),
+    ]
     row = predict._row("engine", (10, 20), runs)
     assert (row["seconds"], row["peak"], row["runs"], row["error"]) == (2.0, 120, 3, None)
+    assert row["result"] == {"cpu": 3.0}  # the fastest run's details, not the last one's
     assert row["px_per_s"] == 100.0
     failed = predict._row("engine", (10, 20), [*runs, CaseResult(None, None, None, error="boom")])
     assert failed["error"] == "boom" and failed["seconds"] is None and failed["peak"] == 120

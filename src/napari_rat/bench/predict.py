@@ -179,7 +179,8 @@ def case_bare(
 
 
 def _row(name, shape, runs) -> dict[str, Any]:
-    """One table row from the runs of a case: the fastest time, the highest peak memory."""
+    """One table row from the runs of a case: the fastest time and its run's result, the
+    highest peak memory."""
     px = math.prod(shape)
     failed = [r for r in runs if r.error]
     seconds = min(r.seconds for r in runs) if not failed else None
@@ -191,7 +192,8 @@ def _row(name, shape, runs) -> dict[str, Any]:
         "peak": max((r.peak_bytes for r in runs if r.peak_bytes is not None), default=None),
         "error": failed[0].error if failed else None,
         "runs": len(runs),
-        "result": runs[-1].result if not failed else None,
+        # the fastest run's own figures, so that a row's details match its time
+        "result": min(runs, key=lambda r: r.seconds).result if not failed else None,
     }
 
 
