@@ -80,9 +80,14 @@ def test_repeats_interleave_and_keep_the_fastest_time_and_the_highest_peak(capsy
 def test_a_row_keeps_the_fastest_time_and_the_highest_peak_of_its_runs():
     from napari_rat.bench._measure import CaseResult
 
-    runs = [CaseResult(3.0, 100, 400), CaseResult(2.0, 90, 390), CaseResult(4.0, 120, 420)]
+    runs = [
+        CaseResult(3.0, 100, 400, {"cpu": 5.0}),
+        CaseResult(2.0, 90, 390, {"cpu": 3.0}),
+        CaseResult(4.0, 120, 420, {"cpu": 6.0}),
+    ]
     row = predict._row("engine", (10, 20), runs)
     assert (row["seconds"], row["peak"], row["runs"], row["error"]) == (2.0, 120, 3, None)
+    assert row["result"] == {"cpu": 3.0}  # the fastest run's details, not the last one's
     assert row["px_per_s"] == 100.0
     failed = predict._row("engine", (10, 20), [*runs, CaseResult(None, None, None, error="boom")])
     assert failed["error"] == "boom" and failed["seconds"] is None and failed["peak"] == 120
@@ -135,13 +140,44 @@ def test_cluster_cases_follow_the_engine_and_the_table_compares_them():
             "result": result or None,
         }
 
-    extra = {"overhead_per_block": 0.05, "blocks": 4, "startup": 3.0}
+    extra = {"overhead_per_block": 0.05, "blocks": 4, "startup": 3.0, "head_start": 7.5}
     rows = [
-        row("engine", "64x64", 10.0, 100),
-        row("cluster 1", "64x64", 11.0, 500, **extra),
+        row("engine", "64x64", 10.0, 100, cpu=19.0),
+        row("cluster 1", "64x64", 11.0, 500, worker_cpu=18.5, **extra),
+        row("engine", "64x512", 60.0, 100),
         row("cluster 1", "64x512", 80.0, 550, **extra),
     ]
     lines = predict._cluster_lines(rows)
     assert lines[0].startswith("- 64x64: cluster 1 worker(s) = 0.91 x single-process engine")
+    assert "(11.0 s against 10.0 s; within 15%)" in lines[0]
     assert "overhead 0.050 s per block (4 blocks" in lines[0]
+    assert "workers' CPU 18.5 s against the engine's 19.0 s" in lines[0]
+    assert "head start 7.5 s" in lines[0]
+    assert "(80.0 s against 60.0 s; outside 15%)" in lines[1]
+    # without --sizes, a cluster run compares a small image with one 16x larger
+    assert predict.bench_sizes(_args("--cluster", "local")) == [(512, 512), (2048, 2048)]
     assert lines[-1] == "- cluster 1: peak memory per worker 64x512 / 64x64: 1.10 x"
+
+
+@pytest.mark.slow
+def test_cluster_case_runs_on_a_private_head_with_workers_at_the_engines_priority(capsys):
+    """A real ``--cluster local`` case: its workers run at nice 0 like the engine (Ray's default
+    15 measured the machine's load, not the code), and the table reports the head's start apart,
+    the workers' CPU against the engine's, and the ratio to the engine."""
+    pytest.importorskip("ray")
+    args = _args(
+        "--model", "starter", "--sizes", "96x80", "--tile", "32", "--skip-bare",
+        "--cluster", "local", "--workers", "1", "--cores", "1", "--block", "2",
+    )  # fmt: skip
+    rows = predict.run_bench(args)
+    capsys.readouterr()
+    engine, cluster = rows
+    assert cluster["case"] == "cluster 1" and cluster["error"] is None, cluster["error"]
+    result = cluster["result"]
+    assert result["worker_nice"] == 0 and result["worker_processes"] == 1
+    assert result["blocks"] == 4 and result["head_start"] > 0 and result["worker_cpu"] > 0
+    assert 0 < result["planned"] and 0 < result["worker_ready"]
+    assert cluster["peak"] == result["worker_peak"] > 0
+    assert engine["result"]["cpu"] > 0
+    table = predict.format_table(rows, args)
+    assert "96x80: cluster 1 worker(s) = " in table and "(workers at nice 0)" in table

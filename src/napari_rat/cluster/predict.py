@@ -11,14 +11,20 @@ levels) is made once on the driver, so the result equals :func:`~napari_rat.infe
 The instance step then runs on the driver, chunk by chunk, as in the engine (the union-find
 across chunk faces of :mod:`~napari_rat.inference.chunked_labels`).
 
-The model and the image's (lazy) description go into the object store once; each worker process
-deserialises the model once and keeps it for the blocks it runs. The store is a folder every
-worker reads and writes (a shared file system on a real cluster; ``OUT.zarr`` on this machine
-for the local head). It is built in ``.OUT.zarr.cluster-work`` beside the destination and moved
-into place only when complete (the package's build-aside rule): nothing partial is visible at
-the destination. Each finished block leaves a marker in the work folder's ``done/`` list, so a
-run that was stopped or crashed resumes (``resume=True``) with the blocks not yet written; a
-worker killed mid-block is retried by Ray (``max_retries``) and its block recomputed.
+The model goes into the object store once, and as the run starts a warm-up task per worker
+imports torch and deserialises it while the driver plans (:func:`warm_worker`); the plan (every
+tile), options and the image's (lazy) description go into the object store once too. Each
+worker process fetches both once and keeps them for the blocks it runs, its torch threads set
+to its CPUs. Tasks, not one actor per worker: Ray reuses its pooled worker processes from task
+to task and run to run, where an actor starts a fresh process (4-10 s here) for every run.
+
+The store is a folder every worker reads and writes (a shared file system on a real cluster;
+``OUT.zarr`` on this machine for the local head). It is built in ``.OUT.zarr.cluster-work``
+beside the destination and moved into place only when complete (the package's build-aside
+rule): nothing partial is visible at the destination. Each finished block leaves a marker in
+the work folder's ``done/`` list, so a run that was stopped or crashed resumes
+(``resume=True``) with the blocks not yet written; a worker killed mid-block is retried by Ray
+(``max_retries``) and its block recomputed.
 """
 
 from __future__ import annotations
@@ -62,14 +68,17 @@ class Block:
 
 @dataclass(frozen=True)
 class BlockReport:
-    """What a block's task reports: its non-finite input pixels, the seconds it computed, the
-    worker's process id and peak resident memory (bytes)."""
+    """What a block's task reports: its non-finite input pixels, the seconds it computed (wall
+    and the worker process's CPU time), the worker's process id, peak resident memory (bytes)
+    and CPU priority (POSIX nice: Ray starts its workers at 15 unless the head says otherwise)."""
 
     index: int
     nan_pixels: int
     seconds: float
     pid: int
     peak_rss: int
+    cpu_seconds: float = 0.0
+    niceness: int = 0
 
 
 def plan_blocks(shape: Sequence[int], chunks: Sequence[int], block: int | Sequence[int]):
@@ -110,7 +119,9 @@ def _mark_done(work: Path, index: int, nan_pixels: int) -> None:
 
 
 # --- the worker side ---------------------------------------------------------------------------
+#: What a worker process keeps between the blocks of a run: the model, and the run's context.
 _WORKER_MODEL: dict[str, Any] = {}
+_WORKER_RUN: dict[str, Any] = {}
 
 
 def _worker_model(model_ref, device):
@@ -124,35 +135,63 @@ def _worker_model(model_ref, device):
     return _WORKER_MODEL[key]
 
 
+def _worker_run(run_ref):
+    """The run's ``(plan, options, image, work group, work folder)``, fetched and opened once
+    per worker process: the plan lists every tile of the image, too much to send per block."""
+    import ray
+    import zarr
+
+    from napari_rat.inference.devices import resolve_device
+
+    key = run_ref.hex()
+    if key not in _WORKER_RUN:
+        plan, options, image, work = ray.get(run_ref)
+        plan = dataclasses.replace(plan, device=resolve_device(options.device))
+        _WORKER_RUN.clear()
+        _WORKER_RUN[key] = (plan, options, image, zarr.open_group(work, mode="r+"), Path(work))
+    return _WORKER_RUN[key]
+
+
 def _peak_rss() -> int:
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
-def run_block(boxed, plan, options, work: str, block: Block, threads: int) -> BlockReport:
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads > 0 and torch.get_num_threads() != threads:  # the CPUs Ray gave the task
+        torch.set_num_threads(threads)
+
+
+def warm_worker(boxed, device: str, threads: int) -> tuple[int, float]:
+    """A Ray task sent as the run starts, one per worker, while the driver plans: the worker
+    process imports torch and deserialises the model before its first block. Returns its pid
+    and when it was done (``time.time()``)."""
+    from napari_rat.inference.devices import resolve_device
+
+    _set_threads(threads)
+    _worker_model(boxed[0], resolve_device(device))
+    return os.getpid(), time.time()
+
+
+def run_block(boxed, block: Block, threads: int) -> BlockReport:
     """A Ray task: the engine's tile step over the tiles meeting ``block``, written inside it
     into the work store; then the block's done marker. ``boxed`` holds the object refs of the
-    model and the image (in a list, so that Ray hands them over unresolved)."""
-    import ray
-    import torch
-    import zarr
-
-    from napari_rat.inference.devices import resolve_device
+    model and of the run's context (in a list, so that Ray hands them over unresolved and the
+    worker process fetches each once)."""
     from napari_rat.inference.tiled_predict import (
         predict_tiles_into,
         run_prediction,
         tiles_within,
     )
 
-    start = time.perf_counter()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    plan = dataclasses.replace(plan, device=resolve_device(options.device))
-    model_ref, image_ref = boxed
+    start, cpu = time.perf_counter(), time.process_time()
+    _set_threads(threads)
+    model_ref, run_ref = boxed
+    plan, options, image, root, work = _worker_run(run_ref)
     model = _worker_model(model_ref, plan.device)
-    image = ray.get(image_ref)
-    root = zarr.open_group(work, mode="r+")
     steps = predict_tiles_into(
         model,
         image,
@@ -164,9 +203,15 @@ def run_block(boxed, plan, options, work: str, block: Block, threads: int) -> Bl
         within=block.region,
     )
     nan_pixels = run_prediction(steps)  # drives the generator, returns its value
-    _mark_done(Path(work), block.index, nan_pixels)
+    _mark_done(work, block.index, nan_pixels)
     return BlockReport(
-        block.index, nan_pixels, time.perf_counter() - start, os.getpid(), _peak_rss()
+        block.index,
+        nan_pixels,
+        time.perf_counter() - start,
+        os.getpid(),
+        _peak_rss(),
+        time.process_time() - cpu,
+        os.nice(0),
     )
 
 
@@ -273,8 +318,9 @@ def _fingerprint(plan, blocks, options) -> dict:
     }
 
 
-def _check_work(work: Path, store: Path, fingerprint: dict, resume: bool) -> None:
-    """Refuse a taken destination, and a stopped run's folder unless resuming it as it was."""
+def _check_work(work: Path, store: Path, fingerprint: dict | None, resume: bool) -> None:
+    """Refuse a taken destination, and a stopped run's folder unless resuming it as it was
+    (``fingerprint`` ``None``: the run not planned yet, its settings not checked)."""
     if store.exists():
         raise FileExistsError(f"{store} already exists; choose another output or remove it")
     if not work.exists():
@@ -285,6 +331,8 @@ def _check_work(work: Path, store: Path, fingerprint: dict, resume: bool) -> Non
             "with --resume (resume=True), or remove the folder to start over"
         )
     saved = work / RUN_FILE
+    if fingerprint is None:
+        return
     if not saved.is_file() or json.loads(saved.read_text()) != fingerprint:
         raise ValueError(
             f"{work} was made by a run with other settings (image, tile, halo, block, levels "
@@ -382,48 +430,61 @@ def predict_on_cluster(
             f"need workers >= 1, cpus_per_worker >= 1 and gpus_per_worker >= 0; got {workers}, "
             f"{cpus_per_worker}, {gpus_per_worker}"
         )
-    plan = plan_prediction(
-        model, image, spacing, translation, options=options, stats=stats, units=units
-    )
-    block = block or DEFAULT_BLOCK.get(len(plan.shape), 2)
-    blocks = plan_blocks(plan.shape, plan.chunks, block)
     store = Path(store)
     work = work_folder(store)
-    fingerprint = _fingerprint(plan, blocks, options)
-    _check_work(work, store, fingerprint, resume)
+    _check_work(work, store, None, resume)  # before connecting: a taken destination, said fast
     reports: list[BlockReport] = []
     was_training = model.training
     with connect_ray(cluster):
         _check_resources(ray, cpus_per_worker, gpus_per_worker)
-        root = _open_work(work, plan, fingerprint)
-        done = done_blocks(work)
-        todo = [b for b in blocks if b.index not in done]
-        task = ray.remote(run_block).options(
-            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_retries=max_retries
-        )
-        boxed = [ray.put(model.cpu().eval()), ray.put(image)]
-        pending: dict[Any, Block] = {}
-        queue = list(todo)
-        started = time.perf_counter()
+        timings = {"start": time.time()}
+        resources = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
         try:
+            model_ref = ray.put(model.cpu().eval())
+        finally:
+            model.train(was_training)
+        # The workers import torch and load the model while this process plans the run; the
+        # blocks then run in the same worker processes, which Ray reuses from run to run.
+        warm = ray.remote(warm_worker).options(**resources, max_retries=0)
+        warming = [
+            warm.remote([model_ref], options.device, cpus_per_worker) for _ in range(workers)
+        ]
+        pending: dict[Any, Block] = {}
+        try:
+            plan = plan_prediction(
+                model, image, spacing, translation, options=options, stats=stats, units=units
+            )
+            block = block or DEFAULT_BLOCK.get(len(plan.shape), 2)
+            blocks = plan_blocks(plan.shape, plan.chunks, block)
+            fingerprint = _fingerprint(plan, blocks, options)
+            _check_work(work, store, fingerprint, resume)
+            root = _open_work(work, plan, fingerprint)
+            done = done_blocks(work)
+            queue = [b for b in blocks if b.index not in done]
+            task = ray.remote(run_block).options(**resources, max_retries=max_retries)
+            # one object for the run (the plan lists every tile), fetched once per worker
+            boxed = [model_ref, ray.put((plan, options, image, str(work)))]
+            timings["planned"] = time.time()
+            started = time.perf_counter()
             while queue or pending:
                 while queue and len(pending) < workers:
                     b = queue.pop(0)
-                    pending[task.remote(boxed, plan, options, str(work), b, cpus_per_worker)] = b
+                    pending[task.remote(boxed, b, cpus_per_worker)] = b
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 if cancel is not None and cancel.is_set():
                     raise PredictionCancelled("prediction cancelled")
                 for ref in ready:
                     pending.pop(ref)
-                    reports.append(_result(ray, ref))
+                    reports.append(_result(ray, ref, max_retries))
                     yield Progress("blocks", len(done) + len(reports), len(blocks))
+            blocks_seconds = time.perf_counter() - started
+            ready, _ = ray.wait(warming, num_returns=len(warming), timeout=0)
+            warmed = [ray.get(r) for r in ready if not _failed(ray, r)]
         finally:
-            for ref in pending:  # stopped: no task may write on after the driver returns
+            for ref in [*pending, *warming]:  # stopped: no task may write on after we return
                 ray.cancel(ref, force=True)
             if pending:
                 ray.wait(list(pending), num_returns=len(pending), timeout=10)
-            model.train(was_training)
-        blocks_seconds = time.perf_counter() - started
     nan_pixels = sum(done.values()) + sum(r.nan_pixels for r in reports)
     for name in ("seeds", "labels"):  # a resumed run that had reached the instance step
         if name in root:
@@ -449,6 +510,10 @@ def predict_on_cluster(
             "blocks_computed": len(reports),
             "reports": reports,
             "blocks_seconds": blocks_seconds,
+            # seconds from the start until the first block was sent, and until each worker
+            # had imported torch and loaded the model (overlapping the planning)
+            "planned": timings["planned"] - timings["start"],
+            "worker_ready": [at - timings["start"] for _, at in warmed],
         },
         nan_pixels=nan_pixels,
     )
@@ -457,7 +522,7 @@ def predict_on_cluster(
     return publish_work(result, work, store, with_labels=options.instances)
 
 
-def _result(ray, ref) -> BlockReport:
+def _result(ray, ref, max_retries: int = MAX_RETRIES) -> BlockReport:
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
@@ -467,9 +532,18 @@ def _result(ray, ref) -> BlockReport:
         ) from None
     except ray.exceptions.WorkerCrashedError:
         raise RuntimeError(
-            f"a block's worker died more than {MAX_RETRIES} times (out of memory?); the blocks "
+            f"a block's worker died more than {max_retries} times (out of memory?); the blocks "
             "done so far are kept: resume with --resume, with a smaller --tile or --block"
         ) from None
+
+
+def _failed(ray, ref) -> bool:
+    """Whether a finished warm-up task failed (its worker then loads the model with a block)."""
+    try:
+        ray.get(ref, timeout=0)
+    except ray.exceptions.RayError:
+        return True
+    return False
 
 
 def _check_resources(ray, cpus: int, gpus: float) -> None:
