@@ -14,6 +14,18 @@ def test_the_kind_is_registered_with_its_options():
     assert args.strokes_3d == 10 and args.cache_dir is None
 
 
+def test_only_selects_the_cases_and_gui_alone_runs_none_of_them():
+    parse = build_parser().parse_args
+    assert len(interactive.selected_cases(parse(["bench", "interactive"]))) == 6
+    names = [
+        c[0]
+        for c in interactive.selected_cases(parse(["bench", "interactive", "--only", "2d", "gui"]))
+    ]
+    assert len(names) == 3 and all(n.startswith("2D") for n in names)
+    assert interactive.selected_cases(parse(["bench", "interactive", "--only", "gui"])) == []
+    assert not parse(["bench", "interactive"]).gui
+
+
 def test_scripted_strokes_stay_inside_objects_or_far_from_them():
     _, truth = synthetic_nuclei((128, 128), (1.0, 1.0), radius=5.0, seed=2)
     scribbles = np.zeros(truth.shape, np.uint8)

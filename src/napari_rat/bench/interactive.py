@@ -270,10 +270,8 @@ def _p(times, q):
     return float(np.percentile(times, q)) if times else float("nan")
 
 
-def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Run every case; one row per case (``name``, ``seconds``, ``result``, ``error``)."""
-    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="napari-rat-bench-cache-")
-    here = __name__
+def selected_cases(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
+    """The cases ``args`` asks for: ``(name, function in this module, its arguments)``."""
     size2, view2 = (256, 128) if args.quick else (1024, 512)
     size3, view3 = (64, 32) if args.quick else (256, 128)
     cases = [
@@ -294,7 +292,19 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     ]
     if args.only:
         groups = {"2d": "2D", "3d": "3D", "quality": "quality"}
-        cases = [c for c in cases if any(c[0].startswith(groups[g]) for g in args.only)]
+        cases = [
+            c for c in cases if any(c[0].startswith(groups[g]) for g in args.only if g in groups)
+        ]
+    return cases
+
+
+def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run the selected cases; one row per case (``name``, ``seconds``, ``result``, ``error``)."""
+    cases = selected_cases(args)
+    if not cases:
+        return []
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="napari-rat-bench-cache-")
+    here = __name__
     rows = []
     try:
         for name, func, kwargs in cases:
@@ -348,9 +358,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    rows = run_bench(args) if args.only != ["gui"] else []
+    rows = run_bench(args)
     table = format_table(rows) if rows else ""
-    if args.gui or args.only == ["gui"]:
+    if args.gui or "gui" in (args.only or []):
         from napari_rat.bench._interactive_gui import run_gui
 
         cache_dir = tempfile.mkdtemp(prefix="napari-rat-bench-cache-")
