@@ -102,3 +102,37 @@ def test_job_with_data_and_storage_on_s3(s3_head, tmp_path, monkeypatch):
     model = load_checkpoint(fetched)
     assert model.checkpoint_info.model_config.spatial_dims == 2
     assert not list(tmp_path.glob("ray*"))  # nothing of the run landed on local disk
+
+
+def test_submit_predict_reads_the_image_from_s3(s3_head, tmp_path, capsys):
+    """The README's worked command for a remote cluster: ``submit-predict s3://... --output
+    /shared/...`` (the image read from S3 by the job's workers, the output on a shared folder)
+    gives what the single-process ``predict`` gives on a local copy of the image."""
+    import s3fs
+    import zarr
+
+    from napari_rat.cli import main
+    from napari_rat.cluster import connect
+    from napari_rat.io import write_image
+    from napari_rat.sample_data import nuclei_2d
+
+    image, _ = nuclei_2d()
+    src = write_image(tmp_path / "img.zarr", np.asarray(image)[:96, :128], axes="yx")
+    fs = s3fs.S3FileSystem()
+    fs.mkdirs(f"{BUCKET}/images", exist_ok=True)
+    fs.put(str(src), f"{BUCKET}/images/img.zarr", recursive=True)
+    common = ["--checkpoint", "starter", "--tile", "64", "--halo", "16"]
+    assert main(["predict", str(src), "--output", str(tmp_path / "one.zarr"), *common]) == 0
+    out = tmp_path / "shared" / "seg.zarr"
+    out.parent.mkdir()
+    remote = f"s3://{BUCKET}/images/img.zarr"
+    assert main(["submit-predict", remote, "--output", str(out), *common, "--workers", "1"]) == 0
+    job = capsys.readouterr().out.strip().splitlines()[-1]
+    client = connect()
+    status = client.wait(job, timeout=400)
+    assert status == "SUCCEEDED", client.logs(job)[-3000:]
+    one, done = zarr.open_group(tmp_path / "one.zarr"), zarr.open_group(out)
+    np.testing.assert_allclose(done["0"][:], one["0"][:], atol=1e-5, rtol=0)
+    labels = done["labels/instances/0"][:]
+    np.testing.assert_array_equal(labels, one["labels/instances/0"][:])
+    assert labels.max() > 0
