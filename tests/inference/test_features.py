@@ -288,3 +288,24 @@ def test_missing_pixels_have_zero_features_in_halo_tiles(model2d):
     assert (feats[:, 20:26, 10:30] == 0).all()
     assert np.abs(feats[:, :20]).sum() > 0 and np.isfinite(feats).all()
     assert (np.asarray(result.probabilities)[0, 20:26, 10:30] == 1).all()
+
+
+def test_an_abandoned_computation_leaves_its_thread_able_to_train(model2d, tmp_path):
+    """Grad mode is per thread: a features run suspended at its progress (or abandoned on
+    cancel) must not leave the (pooled) thread without gradients for the next job, a tune."""
+    import threading
+
+    result = {}
+
+    def job():
+        run = compute_features(model2d, _source(), options=TILES, use_cache=False)
+        for progress in run:  # suspended after a tile, as a dock's worker between progresses
+            if progress.stage == "tiles":
+                break
+        result["grad while suspended"] = torch.is_grad_enabled()
+        result["thread"] = run  # abandoned: never resumed nor closed here
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    worker.join()
+    assert result["grad while suspended"]

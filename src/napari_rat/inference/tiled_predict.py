@@ -376,35 +376,37 @@ def _predict_tiles(
     stats, n_classes = plan.stats, len(plan.class_names)
     tiles = plan.tiles if tiles is None else tiles
     # no_grad, not inference_mode: RoSE caches position tensors across calls (lru_cache),
-    # and an inference tensor in that cache would break later training in this process.
-    with torch.no_grad():
-        for done, t in enumerate(tiles, 1):
-            if cancel is not None and cancel.is_set():
-                raise PredictionCancelled("prediction cancelled")
-            core, crop = _clipped(t, within)
-            data = np.asarray(image[(slice(None), *t.read)], dtype=np.float32)
-            data, missing = _mask_missing(data, stats)
-            x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(plan.device)
-            with autocast_for(plan.device, options.precision):
-                p, f = _tile_outputs(model, x, plan, options, features is not None)
-            p = p[(slice(None), *crop)].cpu().numpy()
+    # and an inference tensor in that cache would break later training in this process. Only
+    # around the forward, never across a `yield`: grad mode is per thread, and a generator
+    # suspended (or abandoned on cancel) inside `no_grad` left its worker thread without
+    # gradients, so the next job in that pooled thread (a quick tune) could not train.
+    for done, t in enumerate(tiles, 1):
+        if cancel is not None and cancel.is_set():
+            raise PredictionCancelled("prediction cancelled")
+        core, crop = _clipped(t, within)
+        data = np.asarray(image[(slice(None), *t.read)], dtype=np.float32)
+        data, missing = _mask_missing(data, stats)
+        x = torch.from_numpy(stats.apply(data)).unsqueeze(0).to(plan.device)
+        with torch.no_grad(), autocast_for(plan.device, options.precision):
+            p, f = _tile_outputs(model, x, plan, options, features is not None)
+        p = p[(slice(None), *crop)].cpu().numpy()
+        if missing is not None:
+            missing = missing[crop]
+        if features is not None:
+            f = f[(slice(None), *crop)].cpu().numpy().astype(np.float16)
             if missing is not None:
-                missing = missing[crop]
-            if features is not None:
-                f = f[(slice(None), *crop)].cpu().numpy().astype(np.float16)
-                if missing is not None:
-                    f[:, missing] = 0.0
-                features[(slice(None), *core)] = f
-                del f
-            if missing is not None:
-                nan_pixels += int(missing.sum())
-                p[:, missing] = 0.0
-                p[0, missing] = 1.0  # background, sure
-            probs[(slice(None), *core)] = p
-            semantic[core] = np.argmax(p[:n_classes], axis=0).astype(np.uint8)
-            del data, x, p
-            release_freed_memory()  # what the forward freed: else the peak grows with the run
-            yield Progress("tiles", done, len(tiles))
+                f[:, missing] = 0.0
+            features[(slice(None), *core)] = f
+            del f
+        if missing is not None:
+            nan_pixels += int(missing.sum())
+            p[:, missing] = 0.0
+            p[0, missing] = 1.0  # background, sure
+        probs[(slice(None), *core)] = p
+        semantic[core] = np.argmax(p[:n_classes], axis=0).astype(np.uint8)
+        del data, x, p
+        release_freed_memory()  # what the forward freed: else the peak grows with the run
+        yield Progress("tiles", done, len(tiles))
     return nan_pixels
 
 

@@ -316,8 +316,10 @@ def _train_epoch(
         reason = run.stop_reason()
         if reason is not None and engine.at_accumulation_boundary:
             return reason
-        loss = _batch_loss(run, batch)
-        stepped = engine.backward(loss)
+        # grad mode is per thread: a pooled worker thread (a dock's) may come without it
+        with torch.enable_grad():
+            loss = _batch_loss(run, batch)
+            stepped = engine.backward(loss)
         window.add(loss, t.batch_size)
         if not stepped:
             continue
