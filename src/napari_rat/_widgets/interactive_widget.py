@@ -192,6 +192,11 @@ class InteractiveWidget(ModelDock):
         # from its start to its ``finished``
         return self.worker is not None or bool(self._short_workers)
 
+    @property
+    def update_pending(self) -> bool:
+        """Whether a scribble update waits for painting to pause (the debounce)."""
+        return self._timer.isActive()
+
     def _refresh_layers(self, *_) -> None:
         super()._refresh_layers()
         self.scribble_choice.reset_choices()

@@ -80,7 +80,7 @@ def measure_interactive_dock(
         updates.append(
             measure_event_loop(
                 viewer,
-                until=lambda: not widget._timer.isActive() and not widget.busy,
+                until=lambda: not widget.update_pending and not widget.busy,
                 interact=interact,
                 timeout_s=timeout_s,
             )
