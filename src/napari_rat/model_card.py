@@ -45,6 +45,9 @@ class ModelCard(BaseModel):
         description="Held-out scores, one row per spacing factor (factor, dice, iou, ap50).",
     )
     held_out_source: str = Field("", description="Where and how the held-out scores came.")
+    held_out_axes: str = Field(
+        "", description="The axes the held-out factors coarsened ('z': z alone); '': all."
+    )
     notes: list[str] = Field(default_factory=list)
 
     def summary(self) -> str:
@@ -77,7 +80,8 @@ class ModelCard(BaseModel):
             lines.append(f"Training time: {self.training_time_s:,.0f} s")
         if self.held_out:
             rows = "; ".join(f"{r.get('factor', 1.0):.3g}x {_scores(r)}" for r in self.held_out)
-            lines.append(f"Held out: {rows}")
+            axes = f" (factors on {self.held_out_axes} alone)" if self.held_out_axes else ""
+            lines.append(f"Held out{axes}: {rows}")
             if self.held_out_source:
                 lines.append(f"  ({self.held_out_source})")
         lines += [f"Note: {n}" for n in self.notes]

@@ -111,8 +111,8 @@ def test_starter_model_cases_build_and_run_on_tiny_inputs(tmp_path):
     run, _ = predict.case_engine(image=str(image), store=str(tmp_path / "out.zarr"), **common)
     assert run()["instances"] >= 0
     assert (tmp_path / "out.zarr").is_dir()
-    with pytest.raises(ValueError, match="starter model is 2D"):
-        predict._model("", 3, None, "starter")
+    # --dims 3 takes the bundled 3D starter
+    assert predict._model("", 3, None, "starter").spatial_dims == 3
 
 
 def test_cluster_cases_follow_the_engine_and_the_table_compares_them():

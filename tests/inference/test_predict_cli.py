@@ -177,3 +177,26 @@ def test_unwritable_targets_are_refused_before_predicting(files, tmp_path, capsy
     assert not (tmp_path / "o.zarr").exists()
     assert (taken / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i.zarr", "taken.zarr"]
+
+
+def test_the_default_model_of_a_volume_is_the_3d_starter(tmp_path, capsys):
+    """`predict VOLUME` without --checkpoint runs the bundled 3D starter (what `--checkpoint
+    starter-3d` gives); the 2D one, named, is refused for a volume."""
+    vol, truth = synthetic_nuclei((6, 40, 36), (2.0, 1.0, 1.0), radius=6.0, seed=3)
+    src = write_image(tmp_path / "vol.zarr", vol, axes="zyx", scale=(2.0, 1.0, 1.0), levels=1)
+    outputs = {}
+    for name, extra in (("default", []), ("3d", ["--checkpoint", "starter-3d"])):
+        out = tmp_path / f"{name}.zarr"
+        assert main(["predict", str(src), "--output", str(out), "--tile", "32", *extra]) == 0
+        pred = open_pyramid(out)
+        assert pred.levels[0].shape == (3, 6, 40, 36)
+        assert pred.levels[0].scale[1:] == (2.0, 1.0, 1.0)
+        outputs[name] = np.asarray(pred.levels[0].data)
+    np.testing.assert_array_equal(outputs["default"], outputs["3d"])
+    found, nuclei = outputs["default"][1] > 0.5, truth > 0  # the trained model finds them
+    assert 2 * (found & nuclei).sum() / (found.sum() + nuclei.sum()) > 0.9
+    capsys.readouterr()
+    out = tmp_path / "2d.zarr"
+    assert main(["predict", str(src), "--output", str(out), "--checkpoint", "starter-2d"]) == 2
+    assert "the model expects [channels, 2 spatial axes]" in capsys.readouterr().err
+    assert not out.exists()

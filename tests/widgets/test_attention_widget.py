@@ -308,3 +308,25 @@ def test_a_typed_point_that_is_not_numbers_is_explained(
     widget.show_button.native.click()
     assert widget.worker is None
     assert expected in widget.status.value and "could not convert" not in widget.status.value
+
+
+def test_the_bundled_choice_shows_the_3d_starter_s_attention_on_the_3d_sample(
+    make_napari_viewer, qtbot
+):
+    """File > Open Sample > nuclei 3D, then the dock's bundled model: the 3D starter's maps
+    (3D, not one plane's), placed on the anisotropic volume's grid."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-rat", "nuclei_3d")
+    layer = viewer.layers["nuclei 3D"]
+    widget = AttentionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image_layer.value = "nuclei 3D"
+    widget.window.value = 24
+    widget.point.value = ", ".join(map(str, layer.data_to_world((15, 30, 28))))
+    widget.show_point()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.status.value == "attention of the point over 2 blocks", widget.status.value
+    att = viewer.layers["attention block 0"]
+    assert att.data.ndim == 3 and att.data.shape[0] > 1 and att.data.shape[1:] == (24, 24)
+    np.testing.assert_allclose(att.scale, (2.0, 1.0, 1.0))
+    assert att.data.max() > 0

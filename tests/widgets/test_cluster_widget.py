@@ -181,3 +181,37 @@ def test_layers_to_a_fetched_model_that_segments(viewer_with_layers, qtbot, tmp_
 
     dock.close_cluster()
     assert recorded_head() is None and not head.alive()
+
+
+def test_a_volume_s_submission_starts_from_the_3d_starter(make_napari_viewer, tmp_path):
+    """Current layers of an anisotropic volume with "starter model (bundled)": the request
+    fine-tunes the bundled 3D starter on a 3D training set placed like the layers (no Ray
+    needed to build it; the 2D starter's recipe cannot train on a volume)."""
+    from napari_rat._widgets.cluster_widget import training_request
+    from napari_rat.sample_data import nuclei_3d
+    from napari_rat.train.datasets import build_data
+
+    viewer = make_napari_viewer()
+    image, labels = nuclei_3d()
+    viewer.add_image(image, name="vol", scale=(2.0, 1.0, 1.0), translate=(4.0, 0.0, 0.0))
+    viewer.add_labels(labels.astype(np.int32), name="fixed", scale=(2.0, 1.0, 1.0),
+                      translate=(4.0, 0.0, 0.0))  # fmt: skip
+    dock = ClusterTrainingWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Train on cluster")
+    dock.image_layer.value, dock.labels_layer.value = "vol", "fixed"
+    dock.run_name.value = "vol-tune"
+    assert dock.init_from.value == INIT_STARTER
+    config, init = training_request(
+        dock._capture_layers(),
+        None,
+        tmp_path,
+        int(dock.crop_size.value),
+        dock._init_choice(),
+        dock._options(),
+    )
+    assert init == "starter-3d"
+    assert config.model.spatial_dims == 3 and config.model.spacing == [2.0, 1.0, 1.0]
+    assert config.data.crop_size[0] == 31  # at most the volume's depth
+    data = build_data(config)
+    assert data.train.images[0].spacing == (2.0, 1.0, 1.0)
+    assert data.train[0]["images"][0].ndim == 4  # [C, z, y, x] crops

@@ -370,24 +370,24 @@ def test_a_channel_axis_is_the_model_s_channels_not_a_stack(make_napari_viewer, 
     np.testing.assert_allclose(out.data[0], viewer.layers["plain foreground (RAT)"].data, atol=1e-6)
 
 
-def test_the_bundled_choice_takes_a_3d_model_for_volumes_when_there_is_one(
-    make_napari_viewer, qtbot, checkpoints, monkeypatch
-):
-    from napari_rat._widgets import model_choice
-
+def test_the_bundled_choice_takes_the_3d_starter_for_volumes(make_napari_viewer, qtbot):
+    """A volume gets the bundled 3D starter (a real 3D run, not plane by plane); a 2D image the
+    2D one; the choice's card follows the model the run takes."""
     viewer = make_napari_viewer()
-    img, _ = synthetic_nuclei((4, 32, 32), seed=10)
-    viewer.add_image(img, name="vol", axis_labels=("z", "y", "x"))
+    img, _ = synthetic_nuclei((6, 40, 40), spacing=(2.0, 1.0, 1.0), radius=6.0, seed=10)
+    viewer.add_image(img, name="vol", scale=(2.0, 1.0, 1.0), axis_labels=("z", "y", "x"))
     widget = InferenceWidget(viewer)
     widget.image_layer.value = "vol"
     widget.tile.value = 32
-    assert widget.model.selection(3) == "starter" and widget.model.selection(2) == "starter"
-    assert "no bundled 3D model yet" in widget.model.note(3) and widget.model.note(2) == ""
-    monkeypatch.setitem(model_choice.BUNDLED_STARTERS, 3, str(checkpoints[1]))
-    assert widget.model.selection(3) == str(checkpoints[1]) and widget.model.note(3) == ""
+    assert widget.model.selection(3) == "starter-3d" and widget.model.selection(2) == "starter"
+    assert widget.model.note(3) == "" and widget.model.note(2) == ""
     _run(widget, qtbot)
-    assert widget.status.value.startswith("done"), widget.status.value
-    assert viewer.layers["vol foreground (RAT)"].data.shape == img.shape  # the whole volume
+    status = widget.status.value
+    assert status.startswith("done") and "plane" not in status, status
+    assert widget.plan.value == "", widget.plan.value  # no 2D-in-3D plan
+    fg = viewer.layers["vol foreground (RAT)"]
+    assert fg.data.shape == img.shape  # the whole volume, placed as the image
+    np.testing.assert_allclose(fg.scale, (2.0, 1.0, 1.0))
 
 
 @pytest.mark.slow

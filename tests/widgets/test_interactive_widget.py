@@ -461,14 +461,18 @@ def test_anisotropic_3d_slice_then_box_clicks_and_commit(
 
 
 def test_a_2d_model_on_a_volume_takes_the_current_plane(make_napari_viewer, qtbot, cache_dir):
-    """The starter (2D) on a stack: features, scribbles and clicks of the current plane, the
-    results in that plane of volume-shaped layers."""
+    """The 2D starter (chosen as a file: the bundled choice takes the 3D one for a volume) on a
+    stack: features, scribbles and clicks of the current plane, the results in that plane of
+    volume-shaped layers."""
+    from napari_rat.pretrained import starter_model_path
+
     viewer = make_napari_viewer()
     _, truth2d = _nuclei(viewer)
     plane = np.asarray(viewer.layers["nuclei 2D"].data)
     stack = np.stack([plane[::-1], plane, plane[:, ::-1]])
     image = viewer.add_image(stack, name="stack", scale=(3.0, 1.0, 1.0), translate=(6, 0, 0))
     widget = _dock(viewer, qtbot, image_name="stack")
+    widget.model.use_checkpoint(starter_model_path(2))
     viewer.dims.set_point(0, 6 + 3.0)  # plane 1
     _features(qtbot, widget)
     assert "plane 1" in widget.status.value, widget.status.value

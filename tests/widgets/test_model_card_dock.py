@@ -51,3 +51,24 @@ def test_the_dock_shows_the_chosen_model_s_card_and_hides_it_without_one(
     qtbot.waitUntil(lambda: not label.native.isHidden())
     assert label.value.startswith("held out: Dice 0.941, AP@0.5 0.742")
     assert "columns" in label.tooltip or "last axis" in label.tooltip
+
+
+def test_the_bundled_card_follows_the_chosen_layer_s_dimensions(make_napari_viewer, qtbot):
+    """The bundled choice runs the 2D starter on an image and the 3D one on a volume: the card
+    shown is that of the model the chosen layer gets."""
+    from napari_rat.model_card import read_card
+    from napari_rat.pretrained import starter_model_path
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-rat", "nuclei_2d")
+    viewer.open_sample("napari-rat", "nuclei_3d")
+    widget = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="RAT inference")
+    label = widget.model.card
+    cards = {dims: read_card(starter_model_path(dims)) for dims in (2, 3)}
+    assert cards[2].text() != cards[3].text()
+    widget.image_layer.value = "nuclei 3D"
+    qtbot.waitUntil(lambda: label.tooltip == cards[3].text())
+    assert "stardist_nuclei_3d" in label.tooltip and not label.native.isHidden()
+    widget.image_layer.value = "nuclei 2D"
+    qtbot.waitUntil(lambda: label.tooltip == cards[2].text())

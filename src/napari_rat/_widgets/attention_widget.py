@@ -19,6 +19,7 @@ from magicgui.widgets import ComboBox, LineEdit, PushButton, SpinBox
 from napari_rat._widgets.dock_base import ModelDock
 from napari_rat._widgets.layer_input import (
     brightest_on_ray,
+    channel_axis,
     check_not_rgb,
     layer_input,
     snapshot_layer,
@@ -195,7 +196,7 @@ class AttentionWidget(ModelDock):
         try:
             check_not_rgb(layer)
             world = parse_point(self.point.value, self.viewer.dims.ndim)
-            checkpoint = self.model.selection()
+            checkpoint = self.model.selection(layer.ndim - (channel_axis(layer) is not None))
         except ValueError as exc:
             self._set_status(f"error: {exc}", error=True)
             return

@@ -258,7 +258,7 @@ class ClusterTrainingWidget(Container):
 
     def _init_choice(self) -> str | None:
         if self.init_from.value == INIT_STARTER:
-            return "starter"
+            return "starter"  # the 2D or 3D one, by the data's dimensions (_submit_job)
         if self.init_from.value == INIT_FILE:
             path = self.init_file.value
             if not path or not Path(path).is_file():
@@ -476,7 +476,31 @@ def _submit_job(client, connection, layers, config_file, export_to, crop, init, 
     """Worker: the training set, the config, the connection (starting the local head if
     needed) and the submission; returns ``(client, started head, job id, config, init)``."""
     from napari_rat.cluster import connect, start_local_head
+
+    config, init = training_request(layers, config_file, export_to, crop, init, options)
+    started = None
+    if client is None:
+        if connection["local"]:
+            head, now = start_local_head()
+            started = head if now else None
+            client = connect()
+        else:
+            client = connect(
+                connection["address"],
+                token=connection["token"],
+                token_file=connection["token_file"],
+                token_env=config.cluster.token_env,
+            )
+    job = client.submit(config, init_from=init)
+    return client, started, job, config, init
+
+
+def training_request(layers, config_file, export_to, crop, init, options):
+    """The config and starting weights a submission sends: the layers exported as a training
+    set (or the config file) with the form's ``options``; ``init`` ``"starter"`` becomes the
+    bundled starter of the data's dimensions (the 3D one for a volume)."""
     from napari_rat.config import load_config
+    from napari_rat.inference.model_loading import STARTER, starter_for
     from napari_rat.train.training_set import (
         base_config_for_checkpoint,
         export_training_set,
@@ -484,9 +508,10 @@ def _submit_job(client, connection, layers, config_file, export_to, crop, init, 
         with_training_options,
     )
 
-    started = None
     if layers is not None:
-        base = base_config_for_checkpoint(init or "starter")
+        if init == STARTER:
+            init = starter_for(len(layers.axes))
+        base = base_config_for_checkpoint(init or starter_for(len(layers.axes)))
         dataset = export_training_set(
             export_to / f"{options['run_name']}.zarr",
             layers.image,
@@ -502,21 +527,9 @@ def _submit_job(client, connection, layers, config_file, export_to, crop, init, 
         options = {**options, "crop_size": [min(crop, s) for s in spatial]}
     else:
         config = load_config(config_file)
-    config = with_training_options(config, **options)
-    if client is None:
-        if connection["local"]:
-            head, now = start_local_head()
-            started = head if now else None
-            client = connect()
-        else:
-            client = connect(
-                connection["address"],
-                token=connection["token"],
-                token_file=connection["token_file"],
-                token_env=config.cluster.token_env,
-            )
-    job = client.submit(config, init_from=init)
-    return client, started, job, config, init
+        if init == STARTER:
+            init = starter_for(config.model.spatial_dims)
+    return with_training_options(config, **options), init
 
 
 def _resubmit(client, config, init):

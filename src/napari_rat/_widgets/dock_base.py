@@ -161,6 +161,7 @@ class ModelDock(Container):
 
     CALLBACKS: tuple[str, ...] = (
         "_refresh_layers",
+        "_follow_layer_dims",
         "_on_error",
         "_on_finished",
         "_run_steps",
@@ -191,6 +192,8 @@ class ModelDock(Container):
         self._turns = None
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.image_layer.changed.connect(self._follow_layer_dims)
+        self._follow_layer_dims()
         preload_model_stack()
 
     def _image_layers(self, *_) -> list[str]:
@@ -200,6 +203,15 @@ class ModelDock(Container):
 
     def _refresh_layers(self, *_) -> None:
         self.image_layer.reset_choices()
+
+    def _follow_layer_dims(self, *_) -> None:
+        """Show the card of the bundled model the chosen layer gets (2D or 3D)."""
+        from napari_rat._widgets.layer_input import channel_axis
+
+        name = self.image_layer.value
+        if name and name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            self.model.show_for(layer.ndim - (channel_axis(layer) is not None))
 
     def _set_status(self, text: str, error: bool = False) -> None:
         show_status(self.status.native, text, error)

@@ -9,19 +9,16 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label
 STARTER = "starter model (bundled)"
 CHECKPOINT = "checkpoint file"
 
-#: The bundled starter models by spatial dimensions (a name ``load_model_for_inference``
-#: knows). Only a 2D one ships yet: a volume gets it plane by plane, and the dock says so; a 3D
-#: starter added here is picked for layers with 3 or more spatial axes.
-BUNDLED_STARTERS: dict[int, str] = {2: "starter"}
+#: The bundled starter models by spatial dimensions (names ``load_model_for_inference``
+#: knows): layers with 3 or more spatial axes get the 3D one.
+BUNDLED_STARTERS: dict[int, str] = {2: "starter", 3: "starter-3d"}
 
 
 def _bundled_file(name: str) -> Path:
     """The file of a bundled model's name (``"starter"``; other values are paths)."""
-    if name == "starter":
-        from napari_rat.pretrained import starter_model_path
+    from napari_rat.pretrained import STARTERS, starter_model_path
 
-        return Path(starter_model_path())
-    return Path(name)
+    return Path(starter_model_path(STARTERS[name])) if name in STARTERS else Path(name)
 
 
 class ModelChoice(Container):
@@ -34,6 +31,7 @@ class ModelChoice(Container):
             label="checkpoint", mode="r", filter="*.safetensors", visible=False
         )
         self.card = Label(label="model card", value="")
+        self._layer_dims = 2  # the chosen layer's spatial axes: which bundled card to show
         super().__init__(widgets=[self.kind, self.checkpoint, self.card], labels=True)
         self.margins = (0, 0, 0, 0)
         self.kind.changed.connect(lambda v: setattr(self.checkpoint, "visible", v == CHECKPOINT))
@@ -45,7 +43,7 @@ class ModelChoice(Container):
         from napari_rat.model_card import read_card
 
         try:
-            chosen = self.selection()
+            chosen = self.selection(self._layer_dims)
         except ValueError:  # no file chosen yet
             card = None
         else:
@@ -53,6 +51,12 @@ class ModelChoice(Container):
         self.card.value = "" if card is None else card.summary()
         self.card.tooltip = "" if card is None else card.text()
         self.card.visible = card is not None
+
+    def show_for(self, layer_dims: int) -> None:
+        """Show the card of the model a layer with ``layer_dims`` spatial axes gets."""
+        if layer_dims != self._layer_dims:
+            self._layer_dims = layer_dims
+            self._show_card()
 
     def use_checkpoint(self, path) -> None:
         """Select a checkpoint file (as a user would)."""

@@ -61,13 +61,10 @@ def _model(config_path: str, dims: int, attention: str | None, model: str = "con
     from napari_rat.config import ModelConfig, load_config
     from napari_rat.model import build_model
 
-    if model == "starter":
-        from napari_rat.inference.model_loading import load_model_for_inference
+    if model == "starter":  # the bundled one of these dimensions
+        from napari_rat.inference.model_loading import load_model_for_inference, starter_for
 
-        loaded = load_model_for_inference("starter", attention=attention)
-        if loaded.spatial_dims != dims:
-            raise ValueError(f"the starter model is {loaded.spatial_dims}D; use --dims 2")
-        return loaded.eval()
+        return load_model_for_inference(starter_for(dims), attention=attention).eval()
     if model != "config":
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     if config_path:

@@ -26,6 +26,7 @@ from pathlib import Path
 from napari_rat import __version__
 from napari_rat.config import ExperimentConfig, save_config
 from napari_rat.job_environment import JOB_VERSION_ENV
+from napari_rat.pretrained import STARTERS
 
 #: Ray's limit on a job's uploaded working folder.
 UPLOAD_LIMIT_BYTES = 100 * 1024**2
@@ -175,8 +176,8 @@ def build_predict_job(
 ) -> JobSpec:
     """Lay out ``napari-rat predict IMAGE --output OUTPUT --cluster auto PREDICT_ARGS`` as a job
     (nothing is sent): the same package pinned as a training job's, the checkpoint shipped in
-    the upload (``starter`` and URLs are passed on), ``image`` and ``output`` placed as the
-    cluster sees them (a URL, or an absolute path on storage the cluster shares).
+    the upload (bundled starters' names and URLs are passed on), ``image`` and ``output``
+    placed as the cluster sees them (a URL, or an absolute path on storage the cluster shares).
 
     Raises
     ------
@@ -191,7 +192,7 @@ def build_predict_job(
     workdir = Path(tempfile.mkdtemp(prefix="napari-rat-job-"))
     try:
         python = shlex.quote(sys.executable) if local_cluster else "python"
-        model = checkpoint if checkpoint == "starter" else _ship_checkpoint(checkpoint, workdir)
+        model = checkpoint if checkpoint in STARTERS else _ship_checkpoint(checkpoint, workdir)
         args = [python, "-m", "napari_rat.cli", "predict", image, "--output", output]
         args += ["--checkpoint", model, "--cluster", "auto", *(predict_args or [])]
         check_upload_size(workdir)

@@ -27,6 +27,12 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, *, checkpoint_requ
         help="spacing factors instead of --resolutions (2: twice as coarse; e.g. 0.5 1 2 3 4)",
     )
     parser.add_argument(
+        "--axes",
+        metavar="AXES",
+        help="the spatial axes the factors coarsen, by name (e.g. 'z': a volume's z spacing "
+        "alone, its anisotropy); default every axis",
+    )
+    parser.add_argument(
         "--compare",
         nargs="+",
         metavar="CKPT",
@@ -70,7 +76,24 @@ def _compare_names(paths: list[str]) -> list[str]:
     return names
 
 
-def _complete_card(path, model, config, data, rows, prefix: str, source: str) -> None:
+def _factor_axes(text: str | None, spatial_dims: int) -> list[int] | None:
+    """The axis indices of ``--axes`` ('z', 'yx', ...) in ``spatial_dims``-D data."""
+    from napari_rat.errors import CommandError
+
+    if text is None:
+        return None
+    names = "zyx"[-spatial_dims:]
+    if not text or any(c not in names for c in text) or len(set(text)) != len(text):
+        raise CommandError(
+            f"--axes {text!r}: name {spatial_dims}D data's spatial axes from {names!r}, each "
+            "once (e.g. --axes z)"
+        )
+    return sorted(names.index(c) for c in text)
+
+
+def _complete_card(
+    path, model, config, data, rows, prefix: str, source: str, axes: str = ""
+) -> None:
     """Add the hold-out ``rows`` of ``prefix`` to the card of the checkpoint at ``path``;
     what training wrote stays, and a card it never got is filled from ``config``."""
     from napari_rat.model import write_card
@@ -85,6 +108,7 @@ def _complete_card(path, model, config, data, rows, prefix: str, source: str) ->
             for r in rows
         ],
         "held_out_source": source,
+        "held_out_axes": axes,
     }
     if not card.data:
         update["data"] = data_description(config, data)
@@ -126,6 +150,8 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     except CheckpointError as exc:
         raise CommandError(str(exc)) from None
     names = _compare_names(compare_paths)
+    axes = _factor_axes(args.axes, model.checkpoint_info.model_config.spatial_dims)
+    axes_name = "" if axes is None else args.axes
     if model.checkpoint_info.model_config.model_dump() != config.model.model_dump():
         config = config.model_copy(update={"model": model.checkpoint_info.model_config})
     try:
@@ -159,6 +185,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         baseline=not args.no_baseline,
         options=PredictOptions(),
         compare=list(zip(names, others, strict=True)),
+        axes=axes,
     )
     out = Path(args.output) if args.output else run_dir(config) / "evaluation"
     compared = f" vs {', '.join(names)}" if names else ""
@@ -168,6 +195,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
             out,
             title=f"{config.name}: {which} region, {checkpoint}{compared}",
             resolutions=resolutions,
+            factor_label=f"{axes_name} spacing factor".strip(),
         )
     except ImportError as exc:
         raise CommandError(str(exc)) from None
@@ -183,7 +211,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         for prefix, path, m in scored:
             cfg = config.model_copy(update={"model": m.checkpoint_info.model_config})
             try:
-                _complete_card(checkpoint_path(path), m, cfg, data, rows, prefix, source)
+                _complete_card(checkpoint_path(path), m, cfg, data, rows, prefix, source, axes_name)
             except (CheckpointError, OSError) as exc:
                 raise CommandError(f"--write-card: {exc}") from None
             print(f"wrote the model card of {path}")

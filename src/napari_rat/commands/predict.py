@@ -19,7 +19,7 @@ def _region(text: str) -> tuple[str, tuple[int, int]]:
 
 
 def load_model(checkpoint: str, device: str = "cpu", attention: str | None = None):
-    """A checkpoint path, or ``starter`` for the bundled starter model."""
+    """A checkpoint path, or a bundled starter's name (``starter``, ``starter-3d``)."""
     from napari_rat.errors import CommandError
     from napari_rat.inference.model_loading import load_model_for_inference
     from napari_rat.model import CheckpointError
@@ -93,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     from napari_rat.commands._progress import ProgressBar
     from napari_rat.errors import CommandError
     from napari_rat.inference import PredictOptions, resolve_device, run_prediction
+    from napari_rat.inference.model_loading import STARTER, starter_for
     from napari_rat.inference.sources import (
         input_from_pyramid,
         predict_input,
@@ -121,7 +122,10 @@ def _run(args: argparse.Namespace) -> int:
     except (OmeZarrError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     _check_targets(args, pyramid)
-    model = load_model(args.checkpoint, str(device), args.attention)
+    checkpoint = args.checkpoint
+    if checkpoint == STARTER:  # the bundled model of the image's dimensions
+        checkpoint = starter_for(len(source.spacing))
+    model = load_model(checkpoint, str(device), args.attention)
     dims = model.spatial_dims
     tile = tuple(args.tile) * (dims if len(args.tile) == 1 else 1) if args.tile else None
     halo = tuple(args.halo) * (dims if len(args.halo) == 1 else 1) if args.halo else None
@@ -260,7 +264,8 @@ def add_prediction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         default="starter",
-        help="checkpoint file, or 'starter' for the bundled model (default)",
+        help="checkpoint file, or 'starter' for the bundled model of the image's dimensions "
+        "(default: the 3D one for a volume, else the 2D one), or 'starter-2d' / 'starter-3d'",
     )
     p.add_argument("--level", type=int, default=0, help="pyramid level to predict on")
     p.add_argument(

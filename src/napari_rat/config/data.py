@@ -15,7 +15,9 @@ class DataConfig(StrictModel):
 
     ``source`` chooses the dataset: ``synthetic`` (generated nuclei with a known spacing),
     ``ome_zarr`` (images with a ``labels/`` group), ``tiff`` (image/label file pairs) or
-    ``stardist_nuclei_2d`` (the bundled real 2D nuclei image, see the README) or ``in_memory``
+    ``stardist_nuclei_2d`` (the bundled real 2D nuclei image, see the README),
+    ``stardist_nuclei_3d`` (the bundled 3D nuclei volume, z spacing twice the lateral) or
+    ``in_memory``
     (arrays handed to the training loop in code, e.g. by
     :func:`napari_rat.train.quick_tune.quick_tune`; a YAML file cannot hold them).
 
@@ -25,9 +27,9 @@ class DataConfig(StrictModel):
     and dropped, with a ``FutureWarning``.
     """
 
-    source: Literal["synthetic", "ome_zarr", "tiff", "stardist_nuclei_2d", "in_memory"] = (
-        "synthetic"
-    )
+    source: Literal[
+        "synthetic", "ome_zarr", "tiff", "stardist_nuclei_2d", "stardist_nuclei_3d", "in_memory"
+    ] = "synthetic"
     paths: list[str] = Field(default_factory=list, description="Images (OME-Zarr or TIFF).")
     label_paths: list[str] = Field(default_factory=list, description="Label TIFFs (tiff source).")
     label_name: str | None = Field(None, description="Which labels/<name> of an OME-Zarr.")
@@ -41,6 +43,11 @@ class DataConfig(StrictModel):
     )
     spacing_augmentation: tuple[float, float] | None = Field(
         None, description="Random rescale range (e.g. [0.5, 2.0]); the new spacing goes to RAT."
+    )
+    z_spacing_augmentation: tuple[float, float] | None = Field(
+        None,
+        description="3D only: a further random factor on the first (z) axis's spacing alone, "
+        "per batch (e.g. [0.7, 2.0]), so the model sees many z anisotropies; told to RAT too.",
     )
     flips: bool = True
     rotations: bool = True
@@ -74,6 +81,16 @@ class DataConfig(StrictModel):
         None, description="Pixel shape of each generated image (default: 4 crops per axis)."
     )
     synthetic_radius: float = Field(4.0, gt=0, description="Mean generated nucleus radius.")
+    synthetic_z_anisotropy: tuple[float, float] | None = Field(
+        None,
+        description="3D only: generated volumes get z spacing from low to high times the "
+        "config's z spacing, spread log-evenly over the images (e.g. [0.5, 2.0]).",
+    )
+    split_synthetic: bool = Field(
+        False,
+        description="Split generated images into train / validation / hold-out bands like the "
+        "real ones (otherwise, mixed into another source, they are all for training).",
+    )
     seed: int = 0
 
     @model_validator(mode="before")
@@ -126,6 +143,19 @@ class DataConfig(StrictModel):
                 raise ValueError(
                     f"spacing_augmentation must be [low, high] with 0 < low <= high, got "
                     f"{list(self.spacing_augmentation)}"
+                )
+        for key in ("z_spacing_augmentation", "synthetic_z_anisotropy"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if not 0 < value[0] <= value[1]:
+                raise ValueError(
+                    f"{key} must be [low, high] with 0 < low <= high, got {list(value)}"
+                )
+            if len(self.crop_size) != 3:
+                raise ValueError(
+                    f"{key} varies the z spacing of 3D data, but crop_size {self.crop_size} is "
+                    f"{len(self.crop_size)}D; remove {key}"
                 )
         lo, hi = self.normalization_percentiles
         if not 0 <= lo < hi <= 100:

@@ -1,4 +1,4 @@
-"""Load a model for inference: a checkpoint file or the bundled starter model.
+"""Load a model for inference: a checkpoint file or a bundled starter model.
 
 Checkpoints trained with the package's dense attention (``"dense"``) run with the ``"local"``
 implementation at inference, linear in pixels end to end: the same weights, windowed. ``"exact"``
@@ -14,15 +14,19 @@ from pathlib import Path
 
 import torch
 
+from napari_rat.pretrained import STARTERS, starter_for
+
 STARTER = "starter"
+__all__ = ["STARTER", "STARTERS", "checkpoint_path", "load_model_for_inference", "starter_for"]
 
 
 def checkpoint_path(checkpoint: str | os.PathLike) -> Path:
-    """Resolve ``"starter"`` to the bundled starter model's file; other values are paths."""
-    if str(checkpoint) == STARTER:
+    """Resolve a bundled starter's name (:data:`STARTERS`) to its file; other values are
+    paths."""
+    if str(checkpoint) in STARTERS:
         from napari_rat.pretrained import starter_model_path
 
-        path = Path(starter_model_path())
+        path = Path(starter_model_path(STARTERS[str(checkpoint)]))
         if not path.is_file():
             raise FileNotFoundError(
                 f"the bundled starter model ({path.name}) is not part of this installation; "
@@ -42,7 +46,7 @@ def load_model_for_inference(
     device: str | torch.device = "cpu",
     attention: str | None = None,
 ) -> torch.nn.Module:
-    """Load ``checkpoint`` (a path or ``"starter"``) ready for prediction.
+    """Load ``checkpoint`` (a path or a starter's name, :data:`STARTERS`) ready for prediction.
 
     Raises
     ------

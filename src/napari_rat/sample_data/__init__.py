@@ -6,6 +6,9 @@ From the ``stardist==0.9.2`` wheel (BSD-3-Clause, see ``LICENSE-stardist.txt``):
   (125 nuclei), from the 2018 Data Science Bowl, BBBC038 (Caicedo et al., Nature Methods 16,
   2019). The physical pixel size is not recorded; napari-rat treats it as a nominal 1.0.
 - ``img3d.tif`` / ``mask3d.tif``: 31x61x57 synthetic nuclei with labels (StarDist's test volume).
+  Its voxel size is not recorded either; its nuclei are half as deep in z as they are wide
+  (median extents 7 x 15 x 14 voxels over 51 nuclei), i.e. the z spacing is twice the lateral
+  one, as StarDist's 3D example infers from the same labels. napari-rat uses (2, 1, 1).
 
 Both are napari sample data too (File > Open Sample > napari-rat): the image with its labels,
 placed with the spacing below.
@@ -20,7 +23,8 @@ import numpy as np
 
 #: The nominal spacing of the bundled 2D nuclei image (its physical pixel size is unknown).
 NUCLEI_2D_SPACING = (1.0, 1.0)
-NUCLEI_3D_SPACING = (1.0, 1.0, 1.0)
+#: The bundled 3D volume's spacing: z twice the lateral, from its nuclei's shape (see above).
+NUCLEI_3D_SPACING = (2.0, 1.0, 1.0)
 
 
 def _read(name: str) -> np.ndarray:

@@ -148,11 +148,17 @@ def nearest_labels(
     return np.where(valid, lab, -1)
 
 
-def _equal_spacing_groups(spacing: Sequence[float]) -> list[list[int]]:
+def _equal_spacing_groups(
+    spacing: Sequence[float], shape: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Axes that may swap: the same spacing (and, given ``shape``, the same length)."""
     groups: list[list[int]] = []
     for axis, s in enumerate(spacing):
         for group in groups:
-            if np.isclose(spacing[group[0]], s, rtol=1e-3):
+            first = group[0]
+            if np.isclose(spacing[first], s, rtol=1e-3) and (
+                shape is None or shape[first] == shape[axis]
+            ):
                 group.append(axis)
                 break
         else:
@@ -161,12 +167,18 @@ def _equal_spacing_groups(spacing: Sequence[float]) -> list[list[int]]:
 
 
 def random_orientation(
-    spacing: Sequence[float], rng: np.random.Generator, *, flips: bool, rotations: bool
+    spacing: Sequence[float],
+    rng: np.random.Generator,
+    *,
+    flips: bool,
+    rotations: bool,
+    shape: Sequence[int] | None = None,
 ) -> tuple[list[int], list[bool]]:
-    """A permutation of the spatial axes (only within equal-spacing groups) and flips."""
+    """A permutation of the spatial axes (only within equal-spacing groups, and with
+    ``shape``, among axes of the same length, so a crop keeps its shape) and flips."""
     perm = list(range(len(spacing)))
     if rotations:
-        for group in _equal_spacing_groups(spacing):
+        for group in _equal_spacing_groups(spacing, shape):
             shuffled = list(rng.permutation(group))
             for src, dst in zip(group, shuffled, strict=True):
                 perm[src] = int(dst)
@@ -204,17 +216,19 @@ def sample_crop(
     scales: Sequence[int],
     rng: np.random.Generator,
     *,
-    factor: float = 1.0,
+    factor: float | Sequence[float] = 1.0,
     flips: bool = True,
     rotations: bool = True,
 ) -> CropSample:
     """A random training crop of ``region`` at ``factor`` times the image's spacing.
 
-    ``factor`` is the spacing augmentation (see :func:`spacing_factor`): one per batch, since
-    the model takes one spacing per level for the whole batch.
+    ``factor`` is the spacing augmentation (see :func:`spacing_factor`), one number or one per
+    axis (z augmentation): one per batch, since the model takes one spacing per level for the
+    whole batch.
     """
     ndim = len(crop_size)
-    spacing = [s * factor for s in image.spacing]
+    factors = [float(factor)] * ndim if np.isscalar(factor) else [float(f) for f in factor]
+    spacing = [s * f for s, f in zip(image.spacing, factors, strict=True)]
     extent = [c * s for c, s in zip(crop_size, spacing, strict=True)]
     origin = []
     for d in range(ndim):
@@ -222,7 +236,7 @@ def sample_crop(
         r1 = region.stop[d] * image.spacing[d]
         room = (r1 - r0) - extent[d]
         origin.append(r0 + (rng.uniform(0, room) if room > 0 else room / 2))
-    perm, flip = random_orientation(spacing, rng, flips=flips, rotations=rotations)
+    perm, flip = random_orientation(spacing, rng, flips=flips, rotations=rotations, shape=crop_size)
     images, labels, spacings = [], [], []
     classes: list[np.ndarray] | None = None if image.classes is None else []
     for shape in level_shapes(crop_size, scales):

@@ -234,22 +234,36 @@ def _finish(
     )
 
 
+def synthetic_spacings(config: DataConfig, spatial_dims: int) -> list[list[float]]:
+    """The spacing of each generated image: the config's, with the z spacing spread log-evenly
+    over ``synthetic_z_anisotropy`` when set (3D)."""
+    spacing = list(config.spacing or [1.0] * spatial_dims)
+    n = config.synthetic_images
+    if config.synthetic_z_anisotropy is None:
+        return [spacing] * n
+    lo, hi = np.log(config.synthetic_z_anisotropy)
+    ratios = np.exp(np.linspace(lo, hi, n)) if n > 1 else [np.exp((lo + hi) / 2)]
+    return [[spacing[0] * float(r), *spacing[1:]] for r in ratios]
+
+
 def synthetic_images(
     config: DataConfig, spatial_dims: int, norm: Normalization, seed_offset: int = 0
 ) -> list[LabeledImage]:
-    """Generated nuclei (``napari_rat.synthetic.synthetic_nuclei``) at the config's spacing."""
+    """Generated nuclei (``napari_rat.synthetic.synthetic_nuclei``) at the config's spacing
+    (see :func:`synthetic_spacings`); a coarser z keeps the volume's physical depth."""
     from napari_rat.synthetic import synthetic_nuclei
 
-    spacing = config.spacing or [1.0] * spatial_dims
     if config.synthetic_shape is not None:
         shape = config.synthetic_shape
     else:
         per_axis = 4 if spatial_dims < 3 else 2
         shape = [c * per_axis for c in config.crop_size]
+    base = config.spacing or [1.0] * spatial_dims
     out = []
-    for i in range(config.synthetic_images):
+    for i, spacing in enumerate(synthetic_spacings(config, spatial_dims)):
         seed = config.seed * 1000 + seed_offset + i
-        image, labels = synthetic_nuclei(shape, spacing, radius=config.synthetic_radius, seed=seed)
+        pixels = [max(1, round(n * b / s)) for n, b, s in zip(shape, base, spacing, strict=True)]
+        image, labels = synthetic_nuclei(pixels, spacing, radius=config.synthetic_radius, seed=seed)
         out.append(
             _finish(f"synthetic-{seed}", image, labels, spacing, norm, spatial_dims, synthetic=True)
         )
@@ -259,17 +273,21 @@ def synthetic_images(
 def stardist_images(
     config: DataConfig, spatial_dims: int, norm: Normalization
 ) -> list[LabeledImage]:
-    """The bundled real 2D nuclei image (``napari_rat.sample_data.nuclei_2d``)."""
-    if spatial_dims != 2:
+    """The bundled 2D nuclei image or 3D nuclei volume (``napari_rat.sample_data``)."""
+    from napari_rat import sample_data
+
+    dims = 2 if config.source == "stardist_nuclei_2d" else 3
+    if spatial_dims != dims:
         raise DatasetError(
-            f"data.source 'stardist_nuclei_2d' is a 2D image but model.spatial_dims is "
+            f"data.source {config.source!r} is a {dims}D image but model.spatial_dims is "
             f"{spatial_dims}"
         )
-    from napari_rat.sample_data import NUCLEI_2D_SPACING, nuclei_2d
-
-    image, labels = nuclei_2d()
-    spacing = config.spacing or list(NUCLEI_2D_SPACING)
-    return [_finish("stardist_nuclei_2d", image, labels, spacing, norm, spatial_dims)]
+    if dims == 2:
+        (image, labels), native = sample_data.nuclei_2d(), sample_data.NUCLEI_2D_SPACING
+    else:
+        (image, labels), native = sample_data.nuclei_3d(), sample_data.NUCLEI_3D_SPACING
+    spacing = config.spacing or list(native)
+    return [_finish(config.source, image, labels, spacing, norm, spatial_dims)]
 
 
 def _need(path: str) -> Path:
@@ -390,7 +408,7 @@ def load_images(
         images = in_memory_images(in_memory, spatial_dims, norm)
     elif config.source == "synthetic":
         images = synthetic_images(config, spatial_dims, norm)
-    elif config.source == "stardist_nuclei_2d":
+    elif config.source in ("stardist_nuclei_2d", "stardist_nuclei_3d"):
         images = stardist_images(config, spatial_dims, norm)
     elif config.source == "tiff":
         images = tiff_images(config, spatial_dims, norm)

@@ -118,6 +118,9 @@ class CropDataset(torch.utils.data.Dataset):
         key = (cfg.seed, self.rank, self.epoch)
         batch_rng = np.random.default_rng((*key, index // self.batch_size, 7))
         factor = spacing_factor(batch_rng, cfg.spacing_augmentation)
+        if cfg.z_spacing_augmentation is not None:
+            z = spacing_factor(batch_rng, cfg.z_spacing_augmentation)
+            factor = (factor * z, *[factor] * (len(cfg.crop_size) - 1))
         rng = np.random.default_rng((*key, index))
         region = self._pick(rng)
         sample = sample_crop(
@@ -222,7 +225,7 @@ def build_data(
     val: list[EvalRegion] = []
     holdout: list[EvalRegion] = []
     for i, image in enumerate(images):
-        if image.synthetic and data.source != "synthetic":
+        if image.synthetic and data.source != "synthetic" and not data.split_synthetic:
             regions.append(Region(i, (0,) * len(image.shape), image.shape))
             continue
         if data.source == "in_memory":

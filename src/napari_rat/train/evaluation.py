@@ -90,10 +90,11 @@ def predict_region_probabilities(
     spacing: Sequence[float],
     options: PredictOptions,
     *,
-    factor: float = 1.0,
+    factor: float | Sequence[float] = 1.0,
 ) -> np.ndarray:
     """The engine's probabilities of a normalised region ``[C, *spatial]`` predicted at
-    ``factor`` x spacing, brought back (linearly) onto the region's native grid."""
+    ``factor`` x spacing (one number, or one per spatial axis), brought back (linearly) onto
+    the region's native grid."""
     scaled = rescale_image(image, factor)
     scaled_spacing = [s * image.shape[1 + d] / scaled.shape[1 + d] for d, s in enumerate(spacing)]
     channels = image.shape[0]
@@ -127,7 +128,7 @@ def evaluate_regions(
     regions: Sequence,
     config: ExperimentConfig,
     *,
-    factor: float = 1.0,
+    factor: float | Sequence[float] = 1.0,
     options: PredictOptions | None = None,
     select_min_instance_size: bool = False,
 ) -> dict[str, float]:
@@ -193,7 +194,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between[:-1]))])
 
 
-def evaluate_otsu(regions: Sequence, factor: float = 1.0) -> dict[str, float]:
+def evaluate_otsu(regions: Sequence, factor: float | Sequence[float] = 1.0) -> dict[str, float]:
     """The Otsu floor on the same regions and the same resampling as the model."""
     score = RegionScore()
     for region in regions:
@@ -227,9 +228,13 @@ def robustness_table(
     baseline: bool = True,
     options: PredictOptions | None = None,
     compare: Sequence[tuple[str, torch.nn.Module]] = (),
+    axes: Sequence[int] | None = None,
 ) -> list[dict[str, float]]:
     """One row per spacing factor: the model's metrics (``model_dice``, ...), those of each
     ``compare`` model under its name (``<name>_dice``, ...) and, with ``baseline``, Otsu's.
+
+    ``axes``: the spatial axes the factor coarsens (e.g. ``[0]``: z alone, the anisotropy of
+    a volume); default every axis.
 
     ``options``: the engine's settings (default: :func:`validation_options`). A compared
     model loaded from a checkpoint is scored with its own head settings (minimum instance
@@ -244,13 +249,15 @@ def robustness_table(
         (name, other, _config_of(other, config)) for name, other in compare
     ]
     rows = []
+    ndim = regions[0].image.ndim - 1 if regions else 0
     for f in factors:
         row = {"factor": float(f)}
+        per_axis = axis_factors(f, ndim, axes)
         for name, m, cfg in scored:
-            metrics = evaluate_regions(m, regions, cfg, factor=f, options=options)
+            metrics = evaluate_regions(m, regions, cfg, factor=per_axis, options=options)
             row.update({f"{name}_{k}": v for k, v in metrics.items()})
         if baseline:
-            row.update({f"otsu_{k}": v for k, v in evaluate_otsu(regions, f).items()})
+            row.update({f"otsu_{k}": v for k, v in evaluate_otsu(regions, per_axis).items()})
         rows.append(row)
     return rows
 
@@ -263,13 +270,31 @@ def _config_of(model: torch.nn.Module, config: ExperimentConfig) -> ExperimentCo
     return config.model_copy(update={"model": info.model_config})
 
 
-def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
-    """Resample ``[C, *spatial]`` to ``1/factor`` times as many pixels per axis (area/linear)."""
-    if factor == 1:
+def axis_factors(factor: float, ndim: int, axes: Sequence[int] | None = None) -> tuple[float, ...]:
+    """``factor`` on each of ``axes`` (default all ``ndim`` spatial axes), 1 on the others.
+
+    Raises
+    ------
+    ValueError
+        For an axis the data does not have.
+    """
+    chosen = range(ndim) if axes is None else list(axes)
+    if any(not 0 <= a < ndim for a in chosen):
+        raise ValueError(f"axes {list(chosen)} do not exist in {ndim}D data")
+    return tuple(float(factor) if d in chosen else 1.0 for d in range(ndim))
+
+
+def rescale_image(image: np.ndarray, factor: float | Sequence[float]) -> np.ndarray:
+    """Resample ``[C, *spatial]`` to ``1/factor`` times as many pixels per axis (area when
+    every axis gets coarser or stays, else linear); ``factor``: one number or one per axis."""
+    ndim = image.ndim - 1
+    factors = axis_factors(factor, ndim) if np.isscalar(factor) else tuple(factor)
+    if all(f == 1 for f in factors):
         return image
     t = torch.from_numpy(np.ascontiguousarray(image))[None]
-    size = [max(1, int(round(s / factor))) for s in image.shape[1:]]
-    mode = "area" if factor > 1 else ("bilinear" if image.ndim == 3 else "trilinear")
+    size = [max(1, int(round(s / f))) for s, f in zip(image.shape[1:], factors, strict=True)]
+    coarser = all(f >= 1 for f in factors)
+    mode = "area" if coarser else ("bilinear" if image.ndim == 3 else "trilinear")
     kwargs = {} if mode == "area" else {"align_corners": False}
     return F.interpolate(t, size=size, mode=mode, **kwargs)[0].numpy()
 

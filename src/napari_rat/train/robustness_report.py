@@ -26,11 +26,16 @@ def scored_models(rows: list[dict[str, float]]) -> list[str]:
     return sorted(names, key=lambda n: (n != "model", n == "otsu"))
 
 
-def markdown_table(rows: list[dict[str, float]], resolutions: Sequence[int] | None = None) -> str:
+def markdown_table(
+    rows: list[dict[str, float]],
+    resolutions: Sequence[int] | None = None,
+    factor_label: str = "spacing factor",
+) -> str:
     """A Markdown table: one row per spacing factor; Dice, IoU and AP@0.5 of the model and of
-    every compared checkpoint, then Otsu's Dice and AP@0.5."""
+    every compared checkpoint, then Otsu's Dice and AP@0.5. ``factor_label`` heads the first
+    column (e.g. "z spacing factor" when only z was coarsened)."""
     models = scored_models(rows)
-    head = ["spacing factor"] + (["pixels (longest axis)"] if resolutions else [])
+    head = [factor_label] + (["pixels (longest axis)"] if resolutions else [])
     for name in models:
         label = "Otsu" if name == "otsu" else name
         metrics = ("Dice", "AP@0.5") if name == "otsu" else ("Dice", "IoU", "AP@0.5")
@@ -55,7 +60,13 @@ _MISSING_MATPLOTLIB = (
 )
 
 
-def plot_robustness(rows: list[dict[str, float]], path: str | Path, *, title: str = "") -> Path:
+def plot_robustness(
+    rows: list[dict[str, float]],
+    path: str | Path,
+    *,
+    title: str = "",
+    factor_label: str = "spacing factor",
+) -> Path:
     """Plot Dice and AP@0.5 against the spacing factor (log axis), the model, every compared
     checkpoint and Otsu, as a PNG.
 
@@ -92,7 +103,7 @@ def plot_robustness(rows: list[dict[str, float]], path: str | Path, *, title: st
     # ticks at the measured factors, labelled as in the table ("0.5x", "2x")
     ax.set_xticks(x, labels=[f"{f:.3g}x" for f in x])
     ax.minorticks_off()
-    ax.set_xlabel("spacing factor (x native, coarser to the right)")
+    ax.set_xlabel(f"{factor_label} (x native, coarser to the right)")
     ax.set_ylabel("score")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
@@ -113,6 +124,7 @@ def write_report(
     *,
     title: str = "",
     resolutions: Sequence[int] | None = None,
+    factor_label: str = "spacing factor",
 ) -> list[Path]:
     """Write ``robustness.md``, ``robustness.csv`` and ``robustness.png`` into ``folder``.
 
@@ -131,7 +143,9 @@ def write_report(
     written = []
     md = folder / "robustness.md"
     with atomic_path(md) as tmp:
-        tmp.write_text((f"{title}\n\n" if title else "") + markdown_table(rows, resolutions))
+        tmp.write_text(
+            (f"{title}\n\n" if title else "") + markdown_table(rows, resolutions, factor_label)
+        )
     written.append(md)
     path = folder / "robustness.csv"
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
@@ -139,5 +153,7 @@ def write_report(
         writer.writeheader()
         writer.writerows(rows)
     written.append(path)
-    written.append(plot_robustness(rows, folder / "robustness.png", title=title))
+    written.append(
+        plot_robustness(rows, folder / "robustness.png", title=title, factor_label=factor_label)
+    )
     return written

@@ -20,6 +20,9 @@ def data_description(config: ExperimentConfig, data: DataBundle) -> str:
             f"{d.synthetic_fraction:.0%} of the crops from {d.synthetic_images} generated "
             f"images (nuclei radius {d.synthetic_radius:g})"
         )
+    if d.synthetic_z_anisotropy is not None:
+        lo, hi = d.synthetic_z_anisotropy
+        parts.append(f"generated volumes' z spacing {lo:g}x-{hi:g}x the config's")
     parts.append(f"spacing {[float(s) for s in data.spacing]} {d.units}")
     if d.spacing_augmentation is not None:
         lo, hi = d.spacing_augmentation
@@ -29,6 +32,9 @@ def data_description(config: ExperimentConfig, data: DataBundle) -> str:
             else "the model is told it"
         )
         parts.append(f"resampled to {lo:g}x-{hi:g}x the spacing, {told}")
+    if d.z_spacing_augmentation is not None:
+        lo, hi = d.z_spacing_augmentation
+        parts.append(f"z spacing further resampled to {lo:g}x-{hi:g}x")
     elif config.model.spacing_blind:
         parts.append(f"spacing_blind: always told {config.model.spacing}")
     return "; ".join(parts)
@@ -41,7 +47,7 @@ def split_description(config: ExperimentConfig, data: DataBundle) -> str:
         return "the annotated box of each image in memory; no validation or held-out part"
     out = []
     for image in data.train.images:
-        if image.synthetic and d.source != "synthetic":
+        if image.synthetic and d.source != "synthetic" and not d.split_synthetic:
             continue
         boxes = split_regions(image.shape, d.val_fraction, d.holdout_fraction)
         spans = [
@@ -54,7 +60,7 @@ def split_description(config: ExperimentConfig, data: DataBundle) -> str:
             if box is not None
         ]
         out.append(f"{image.name}: last axis {', '.join(spans)}")
-    if d.source != "synthetic" and d.synthetic_fraction > 0:
+    if d.source != "synthetic" and d.synthetic_fraction > 0 and not d.split_synthetic:
         out.append("generated images: training only")
     return "; ".join(out)
 
