@@ -170,11 +170,18 @@ def test_train_then_evaluate_across_z(tmp_path, capsys):
     )
     table = (out / "robustness.md").read_text()
     assert "| z spacing factor |" in table and table.count("\n| ") == 3
+    assert not (out / "robustness_by_region.md").exists()
     from napari_rat.model_card import read_card
 
     card = read_card(best)
     assert card.held_out_axes == "z" and [r["factor"] for r in card.held_out] == [1.0, 2.0]
     assert "factors on z alone" in card.text()
+    # --per-region: each held-out band alone, the real volume's first
+    by_region = tmp_path / "by_region"
+    assert main([*args, "--factors", "1", "--per-region", "--output", str(by_region)]) == 0
+    parts = (by_region / "robustness_by_region.md").read_text().split("### ")[1:]
+    assert len(parts) == 4 and parts[0].startswith("stardist_nuclei_3d[holdout]: (31, 61, 14)")
+    assert all(p.count("\n| 1x |") == 1 for p in parts)
     capsys.readouterr()
     assert main([*args, "--factors", "2", "--axes", "q", "--output", str(out)]) == 2
     assert "--axes 'q'" in capsys.readouterr().err

@@ -50,6 +50,12 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, *, checkpoint_requ
         "--output", metavar="DIR", help="where the table and plot go (default: <run>/evaluation)"
     )
     parser.add_argument(
+        "--per-region",
+        action="store_true",
+        help="also score each evaluated region alone (robustness_by_region.md): which image "
+        "the pooled scores come from",
+    )
+    parser.add_argument(
         "--no-baseline",
         action="store_true",
         help="skip the Gaussian + Otsu + connected components floor",
@@ -200,6 +206,8 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     except ImportError as exc:
         raise CommandError(str(exc)) from None
     print((out / "robustness.md").read_text())
+    if args.per_region:
+        files.append(_per_region_report(model, regions, config, factors, args, axes, out))
     for f in files:
         print(f"wrote {f}")
     if args.write_card:
@@ -216,6 +224,37 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
                 raise CommandError(f"--write-card: {exc}") from None
             print(f"wrote the model card of {path}")
     return 0
+
+
+def _per_region_report(model, regions, config, factors, args, axes, out):
+    """Score each region alone (the model and the floor) into ``robustness_by_region.md``."""
+    from napari_rat.atomic_files import atomic_path
+    from napari_rat.inference.tiled_predict import PredictOptions
+    from napari_rat.train.evaluation import robustness_table
+    from napari_rat.train.robustness_report import markdown_table
+
+    label = f"{args.axes or ''} spacing factor".strip()
+    parts = []
+    for region in regions:
+        rows = robustness_table(
+            model,
+            [region],
+            config,
+            factors,
+            baseline=not args.no_baseline,
+            options=PredictOptions(),
+            axes=axes,
+        )
+        objects = len(set(region.labels[region.labels > 0].ravel().tolist()))
+        parts.append(
+            f"### {region.name}: {region.labels.shape}, spacing {list(region.spacing)}, "
+            f"{objects} objects\n\n{markdown_table(rows, factor_label=label)}"
+        )
+    path = out / "robustness_by_region.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(parts))
+    print(path.read_text())
+    return path
 
 
 def _evaluate(args: argparse.Namespace) -> int:
