@@ -391,7 +391,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         choices=MODELS,
         default="config",
-        help="config: built from --config, random weights; starter: the bundled 2D model",
+        help="config: built from --config, random weights; starter: the bundled model of "
+        "--dims (2D or 3D)",
     )
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="config whose model is used")
     p.add_argument("--attention", choices=["dense", "exact", "local"], default=None)
