@@ -198,5 +198,7 @@ def test_the_default_model_of_a_volume_is_the_3d_starter(tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "2d.zarr"
     assert main(["predict", str(src), "--output", str(out), "--checkpoint", "starter-2d"]) == 2
-    assert "the model expects [channels, 2 spatial axes]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "starter-2d is a 2D model but the image has 3 spatial axes (zyx)" in err
+    assert "--checkpoint starter-3d" in err
     assert not out.exists()

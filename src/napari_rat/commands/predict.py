@@ -127,6 +127,13 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint = starter_for(len(source.spacing))
     model = load_model(checkpoint, str(device), args.attention)
     dims = model.spatial_dims
+    if dims != len(source.spacing):
+        raise CommandError(
+            f"{checkpoint} is a {dims}D model but the image has {len(source.spacing)} spatial "
+            f"axes ({''.join(source.axis_names)}); give a {len(source.spacing)}D checkpoint "
+            f"(the bundled one: --checkpoint {starter_for(len(source.spacing))}), or segment "
+            "a volume plane by plane with a 2D model in the RAT inference dock"
+        )
     tile = tuple(args.tile) * (dims if len(args.tile) == 1 else 1) if args.tile else None
     halo = tuple(args.halo) * (dims if len(args.halo) == 1 else 1) if args.halo else None
     options = PredictOptions(
