@@ -380,7 +380,6 @@ def test_the_bundled_choice_takes_the_3d_starter_for_volumes(make_napari_viewer,
     widget.image_layer.value = "vol"
     widget.tile.value = 32
     assert widget.model.selection(3) == "starter-3d" and widget.model.selection(2) == "starter"
-    assert widget.model.note(3) == "" and widget.model.note(2) == ""
     _run(widget, qtbot)
     status = widget.status.value
     assert status.startswith("done") and "plane" not in status, status

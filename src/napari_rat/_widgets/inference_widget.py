@@ -418,7 +418,7 @@ class InferenceWidget(ModelDock):
             self.tile.value,
             self.levels.value,
             channel,
-            self.model.note(spatial),
+            "",  # no note: the bundled choice has a model of every dimension
             RUN_ON[self.run_on.value],
             self.workers.value,
             yielded=self._on_progress,

@@ -9,10 +9,6 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label
 STARTER = "starter model (bundled)"
 CHECKPOINT = "checkpoint file"
 
-#: The bundled starter models by spatial dimensions (names ``load_model_for_inference``
-#: knows): layers with 3 or more spatial axes get the 3D one.
-BUNDLED_STARTERS: dict[int, str] = {2: "starter", 3: "starter-3d"}
-
 
 def _bundled_file(name: str) -> Path:
     """The file of a bundled model's name (``"starter"``; other values are paths)."""
@@ -65,9 +61,11 @@ class ModelChoice(Container):
 
     def selection(self, layer_dims: int = 2) -> str | Path:
         """The bundled model for a layer with ``layer_dims`` spatial axes (the 3D one for a
-        volume when there is one) or the chosen file; ``ValueError`` when no file is chosen."""
+        volume) or the chosen file; ``ValueError`` when no file is chosen."""
         if self.kind.value == STARTER:
-            return BUNDLED_STARTERS[3 if layer_dims >= 3 and 3 in BUNDLED_STARTERS else 2]
+            from napari_rat.pretrained import starter_for
+
+            return starter_for(layer_dims)
         path = self.checkpoint.value
         try:
             is_file = path is not None and Path(path).is_file()
@@ -76,12 +74,3 @@ class ModelChoice(Container):
         if not is_file:
             raise ValueError(f"choose a checkpoint file (got {path or 'nothing'})")
         return Path(path)
-
-    def note(self, layer_dims: int) -> str:
-        """What the user should know of the choice for such a layer ("" when nothing)."""
-        if self.kind.value == STARTER and layer_dims >= 3 and 3 not in BUNDLED_STARTERS:
-            return (
-                "no bundled 3D model yet: the 2D starter model runs plane by plane; choose a "
-                "3D checkpoint file to segment in 3D"
-            )
-        return ""

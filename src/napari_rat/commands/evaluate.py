@@ -158,6 +158,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     names = _compare_names(compare_paths)
     axes = _factor_axes(args.axes, model.checkpoint_info.model_config.spatial_dims)
     axes_name = "" if axes is None else args.axes
+    label = f"{axes_name} spacing factor".strip()
     if model.checkpoint_info.model_config.model_dump() != config.model.model_dump():
         config = config.model_copy(update={"model": model.checkpoint_info.model_config})
     try:
@@ -201,13 +202,13 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
             out,
             title=f"{config.name}: {which} region, {checkpoint}{compared}",
             resolutions=resolutions,
-            factor_label=f"{axes_name} spacing factor".strip(),
+            factor_label=label,
         )
     except ImportError as exc:
         raise CommandError(str(exc)) from None
     print((out / "robustness.md").read_text())
     if args.per_region:
-        files.append(_per_region_report(model, regions, config, factors, args, axes, out))
+        files.append(_per_region_report(model, regions, config, factors, args, axes, out, label))
     for f in files:
         print(f"wrote {f}")
     if args.write_card:
@@ -226,14 +227,14 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     return 0
 
 
-def _per_region_report(model, regions, config, factors, args, axes, out):
-    """Score each region alone (the model and the floor) into ``robustness_by_region.md``."""
+def _per_region_report(model, regions, config, factors, args, axes, out, label):
+    """Score each region alone (the model and the floor, predicted again region by region)
+    into ``robustness_by_region.md``; ``label`` heads the factor column."""
     from napari_rat.atomic_files import atomic_path
     from napari_rat.inference.tiled_predict import PredictOptions
     from napari_rat.train.evaluation import robustness_table
     from napari_rat.train.robustness_report import markdown_table
 
-    label = f"{args.axes or ''} spacing factor".strip()
     parts = []
     for region in regions:
         rows = robustness_table(

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from napari_rat.pretrained import STARTERS, starter_for
+from napari_rat.pretrained import STARTER, STARTERS, starter_for
 
-STARTER = "starter"
 __all__ = ["STARTER", "STARTERS", "checkpoint_path", "load_model_for_inference", "starter_for"]
 
 

@@ -27,15 +27,18 @@ STARTER_NUCLEI_2D = "starter_nuclei_2d.safetensors"
 STARTER_NUCLEI_3D = "starter_nuclei_3d.safetensors"
 #: The bundled starter file per spatial dimensions.
 STARTER_FILES = {2: STARTER_NUCLEI_2D, 3: STARTER_NUCLEI_3D}
+#: The name of the bundled 2D starter, and for commands given an image, of the bundled
+#: starter of its dimensions.
+STARTER = "starter"
 #: The names that load a bundled starter, with its spatial dimensions: ``"starter"`` alone is
 #: the 2D one (commands given an image pick by its dimensions, :func:`starter_for`).
-STARTERS = {"starter": 2, "starter-2d": 2, "starter-3d": 3}
+STARTERS = {STARTER: 2, "starter-2d": 2, "starter-3d": 3}
 
 
 def starter_for(spatial_dims: int) -> str:
     """The bundled starter's name for an image with ``spatial_dims`` spatial axes: the 3D one
     for volumes, the 2D one (run plane by plane on anything else) otherwise."""
-    return "starter-3d" if spatial_dims >= 3 else "starter"
+    return "starter-3d" if spatial_dims >= 3 else STARTER
 
 
 def starter_model_path(spatial_dims: int = 2) -> str:
