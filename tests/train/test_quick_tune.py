@@ -368,7 +368,7 @@ def test_scribbles_win_over_labels_where_painted():
     painted = np.full((6, 6), -1, np.int32)
     painted[2, 2] = 0  # "this pixel is background", against the labels
     painted[5, 5] = 1  # "this pixel is the object class", against the labels
-    classes, boundary = targets_from_labels(labels, painted)
+    classes, boundary, _ = targets_from_labels(labels, painted)
     expected = (labels > 0).astype(np.int64)
     expected[2, 2], expected[5, 5] = 0, 1
     np.testing.assert_array_equal(classes, expected)

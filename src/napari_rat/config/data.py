@@ -81,6 +81,13 @@ class DataConfig(StrictModel):
         None, description="Pixel shape of each generated image (default: 4 crops per axis)."
     )
     synthetic_radius: float = Field(4.0, gt=0, description="Mean generated nucleus radius.")
+    synthetic_touching: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of the generated nuclei pressed against another (touching, with a "
+        "faint seam) instead of apart.",
+    )
     synthetic_z_anisotropy: tuple[float, float] | None = Field(
         None,
         description="3D only: generated volumes get z spacing from low to high times the "

@@ -25,6 +25,14 @@ class HeadConfig(StrictModel):
     )
     boundary: bool = Field(True, description="Predict instance boundaries (for instance labels).")
     decoder_dims: int = Field(32, ge=4, le=1024, description="Channels of the upsampling decoder.")
+    boundary_width: int = Field(
+        1,
+        ge=1,
+        le=3,
+        description="Width in pixels of the boundary band the head learns, inside each instance "
+        "(1: the inner contour). A wider band is easier to learn from coarse tokens; instances "
+        "grow back over it and 2 pixels more (napari_rat.inference.instances.grow_radius).",
+    )
     min_instance_size: float | None = Field(
         None,
         ge=0,

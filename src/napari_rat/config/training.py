@@ -30,6 +30,12 @@ class TrainingConfig(StrictModel):
     seed: int = 0
     dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice loss beside CE.")
     boundary_weight: float = Field(1.0, ge=0, description="Weight of the boundary BCE.")
+    contact_weight: float = Field(
+        1.0,
+        ge=1,
+        description="How many times a boundary pixel where two instances touch counts in the "
+        "boundary BCE (merged touching objects are the usual instance error).",
+    )
     min_lr_ratio: float = Field(0.05, ge=0, le=1, description="Cosine floor, x learning_rate.")
     time_limit_minutes: float | None = Field(
         None, gt=0, description="Stop (and save) after this long; the schedule is unchanged."

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from napari_rat.inference.instances import BOUNDARY_RADIUS
 from napari_rat.inference.devices import resolve_device
 from napari_rat.inference.feature_cache import (
     FeatureCache,
@@ -55,6 +56,8 @@ class FeatureMaps:
     channel_names: list[str]
     from_cache: bool
     path: Path | None = None
+    #: How far the model's instance seeds grow back over its boundary band (``Prediction``).
+    boundary_radius: int = BOUNDARY_RADIUS
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -224,6 +227,7 @@ def _maps(result, probabilities, *, from_cache: bool, path: Path | None, group) 
             channel_names=list(meta["channel_names"]),
             from_cache=from_cache,
             path=path,
+            boundary_radius=int(meta.get("boundary_radius", BOUNDARY_RADIUS)),
         )
     return FeatureMaps(
         features=result.features,
@@ -235,6 +239,7 @@ def _maps(result, probabilities, *, from_cache: bool, path: Path | None, group) 
         channel_names=result.channel_names,
         from_cache=from_cache,
         path=None,
+        boundary_radius=result.boundary_radius,
     )
 
 

@@ -10,7 +10,8 @@ the validation scores measure what the plugin delivers
    and boundary is ``sigmoid(boundary logit) > 0.5``; their connected components (face
    connectivity, so a one-pixel boundary line separates) are the seeds;
 2. the seeds grow back into the foreground: each foreground pixel takes the nearest seed within
-   :data:`BOUNDARY_RADIUS` pixels (nearest in physical units);
+   :func:`grow_radius` pixels (nearest in physical units): 2 more than the boundary band the
+   head learned (``model.head.boundary_width``), :data:`BOUNDARY_RADIUS` for the 1-pixel band;
 3. foreground that no seed reached (an object predicted all boundary, say) becomes instances
    of its own: no foreground pixel is lost;
 4. instances smaller than ``min_instance_size`` (physical area in 2D, volume in 3D) are dropped
@@ -18,7 +19,9 @@ the validation scores measure what the plugin delivers
    region's edge cuts off and specks of noise) and stores it in the checkpoint's head config.
 
 The boundary target (:func:`boundary_from_instances`) is the inner contour of every instance:
-its pixels that touch a pixel of another label (background included).
+its pixels that touch a pixel of another label (background included), widened to a band of
+``model.head.boundary_width`` pixels inside the instance when that is more than 1. Its part where two
+instances touch (:func:`contact_pixels`) is where merges come from; training can weight it.
 
 Pure NumPy/SciPy and torch-optional: no Qt, napari, ray or deepspeed.
 """
@@ -28,29 +31,56 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from napari_rat.inference.chunked_labels import instances_chunked
 
-#: How far (in pixels of the finest axis) seeds grow back into the foreground: wider than the
-#: boundary band the head learns (the inner contours of two touching instances).
-BOUNDARY_RADIUS = 3
+#: The widest boundary band a head can learn (``model.head.boundary_width``), in pixels.
+MAX_BOUNDARY_WIDTH = 3
 
 
-def boundary_from_instances(labels: np.ndarray) -> np.ndarray:
-    """Inner contours of the instances: pixels with a differently labelled face neighbour.
+def grow_radius(boundary_width: int = 1) -> int:
+    """How far (in pixels of the finest axis) seeds grow back into the foreground: 2 pixels
+    more than the boundary band the head learned, so that the band's far edge and the corners
+    of an object are reached."""
+    return int(boundary_width) + 2
+
+
+#: The grow radius for the 1-pixel band (the inner contours of two touching instances).
+BOUNDARY_RADIUS = grow_radius(1)
+
+
+def boundary_from_instances(labels: np.ndarray, width: int = 1) -> np.ndarray:
+    """Inner contours of the instances: pixels with a differently labelled face neighbour,
+    and with ``width`` > 1 the instance pixels up to ``width`` face steps from one.
 
     Parameters
     ----------
     labels
         Integer instance labels, 0 = background, any number of dimensions. Negative values
         (ignored pixels) count as "another label" for their neighbours but are never boundary.
+    width
+        Width of the band in pixels (``model.head.boundary_width``; at most
+        :data:`MAX_BOUNDARY_WIDTH`; instances grow back over it, see :func:`grow_radius`).
 
     Returns
     -------
     Boolean array of ``labels.shape``.
     """
     labels = np.asarray(labels)
-    boundary = np.zeros(labels.shape, dtype=bool)
+    return _widen(labels, _differing_neighbours(labels, instances_only=False), width)
+
+
+def contact_pixels(labels: np.ndarray, width: int = 1) -> np.ndarray:
+    """The part of :func:`boundary_from_instances` (of the same ``width``) where two instances
+    touch: instance pixels near a face neighbour in another instance (background and ignored
+    pixels do not count)."""
+    labels = np.asarray(labels)
+    return _widen(labels, _differing_neighbours(labels, instances_only=True), width)
+
+
+def _differing_neighbours(labels: np.ndarray, *, instances_only: bool) -> np.ndarray:
+    out = np.zeros(labels.shape, dtype=bool)
     for axis in range(labels.ndim):
         if labels.shape[axis] < 2:
             continue
@@ -58,10 +88,24 @@ def boundary_from_instances(labels: np.ndarray) -> np.ndarray:
         b = [slice(None)] * labels.ndim
         a[axis] = slice(1, None)
         b[axis] = slice(None, -1)
-        differ = labels[tuple(a)] != labels[tuple(b)]
-        boundary[tuple(a)] |= differ
-        boundary[tuple(b)] |= differ
-    return boundary & (labels > 0)
+        la, lb = labels[tuple(a)], labels[tuple(b)]
+        differ = la != lb
+        if instances_only:
+            differ &= (la > 0) & (lb > 0)
+        out[tuple(a)] |= differ
+        out[tuple(b)] |= differ
+    return out & (labels > 0)
+
+
+def _widen(labels: np.ndarray, band: np.ndarray, width: int) -> np.ndarray:
+    """``band`` grown ``width - 1`` face steps into its own instances (an instance pixel next to
+    the band of another instance is already in the band, so growth stays within each)."""
+    if not 1 <= width <= MAX_BOUNDARY_WIDTH:
+        raise ValueError(f"boundary width {width} must be 1 to {MAX_BOUNDARY_WIDTH} pixels")
+    inside = labels > 0
+    for _ in range(width - 1):
+        band = band | (inside & ndi.binary_dilation(band))
+    return band
 
 
 def _softmax_foreground(class_logits: np.ndarray) -> np.ndarray:
@@ -98,7 +142,8 @@ def instances_from_probabilities(
         Final instances smaller than this physical area (2D) or volume (3D), in units of
         ``spacing`` squared or cubed, become background.
     radius
-        How far seeds grow back, in pixels of the finest axis.
+        How far seeds grow back, in pixels of the finest axis (:func:`grow_radius` of the
+        head's boundary width).
 
     Returns
     -------

@@ -125,6 +125,7 @@ class InteractiveSegmenter:
         self._boundary_channel = (
             maps.channel_names.index("boundary") if "boundary" in maps.channel_names else None
         )
+        self._grow_radius = maps.boundary_radius
         self._stats: tuple[np.ndarray, np.ndarray] | None = None  # for the MLP, on first use
         self._head = None
         self._head_classes: list[int] | None = None
@@ -234,7 +235,9 @@ class InteractiveSegmenter:
         boundary = None
         if self._boundary_channel is not None:
             boundary = self._probabilities[(self._boundary_channel, *box)].astype(np.float32)
-        return instances_from_probabilities(fg, boundary, spacing=self.spacing)
+        return instances_from_probabilities(
+            fg, boundary, spacing=self.spacing, radius=self._grow_radius
+        )
 
     # -- clicks ---------------------------------------------------------------------------
 
@@ -338,6 +341,13 @@ class InteractiveSegmenter:
         region[local] = True
         components, _ = ndimage.label(region)
         region = components == components[local]
+        if self._boundary_channel is not None:
+            # Back over the model's boundary band, as its instances grow back over it.
+            band = self._probabilities[(self._boundary_channel, *box)] > 0.5
+            band &= allowed & (foreground >= 0.5)
+            unit = np.asarray(self.spacing) / min(self.spacing)
+            near = ndimage.distance_transform_edt(~region, sampling=unit) <= self._grow_radius
+            region |= band & near
         mask = np.zeros(self.shape, dtype=bool)
         mask[box] = region
         return mask

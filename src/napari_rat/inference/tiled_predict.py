@@ -34,7 +34,7 @@ from napari_rat.atomic_files import atomic_path
 from napari_rat.inference.chunked_labels import instances_chunked
 from napari_rat.inference.devices import Precision, autocast_for, resolve_device
 from napari_rat.inference.heap import release_freed_memory
-from napari_rat.inference.instances import BOUNDARY_RADIUS, min_instance_pixels
+from napari_rat.inference.instances import BOUNDARY_RADIUS, grow_radius, min_instance_pixels
 from napari_rat.inference.normalization import IntensityStats, image_statistics
 from napari_rat.inference.tiling import tile_grid
 from napari_rat.io.units import to_model_units
@@ -65,7 +65,9 @@ class PredictOptions:
     ``levels`` is the number of pyramid levels fed to the model (``None``: the levels the
     checkpoint was trained on, see :func:`level_factors`; a number: that many levels planned
     from the spacing); ``boundary_radius`` is how far
-    (in pixels of the finest axis) instance seeds grow back into the foreground; instances
+    (in pixels of the finest axis) instance seeds grow back into the foreground (``None``:
+    :func:`~napari_rat.inference.instances.grow_radius` of the checkpoint's boundary band,
+    3 pixels for a model without a checkpoint); instances
     smaller than ``min_instance_size`` (physical area or volume; ``None``: the checkpoint's head
     setting, chosen on validation during training, else 0) are dropped. ``features`` adds the
     per-pixel features (``RATSegmentation.forward_features``: the decoder's last features and
@@ -79,7 +81,7 @@ class PredictOptions:
     precision: Precision = "auto"
     resample_to_training_spacing: bool = False
     instances: bool = True
-    boundary_radius: int = BOUNDARY_RADIUS
+    boundary_radius: int | None = None
     threshold: float = 0.5
     min_instance_size: float | None = None
     features: bool = False
@@ -110,6 +112,9 @@ class Prediction:
     extra: dict[str, Any] = field(default_factory=dict)
     nan_pixels: int = 0
     features: Any = None
+    #: How far the instance seeds grew back (:func:`grow_radius_for`): interactive
+    #: segmentation grows its objects over the model's boundary band the same way.
+    boundary_radius: int = BOUNDARY_RADIUS
 
 
 def level_factors(
@@ -322,6 +327,7 @@ def _placement_attrs(result: Prediction) -> dict:
         "class_names": result.class_names,
         "channel_names": result.channel_names,
         "num_instances": result.num_instances,
+        "boundary_radius": result.boundary_radius,
     }
 
 
@@ -473,8 +479,18 @@ def instances_into(
             cancel,
             plan.spacing,
             _min_pixels(model, plan, options),
+            grow_radius_for(model, options),
         )
     )
+
+
+def grow_radius_for(model, options: PredictOptions) -> int:
+    """How far seeds grow back: the option, else :func:`grow_radius` of the checkpoint's
+    boundary band (a model without a checkpoint: the 1-pixel band)."""
+    if options.boundary_radius is not None:
+        return int(options.boundary_radius)
+    info = getattr(model, "checkpoint_info", None)
+    return grow_radius(info.model_config.head.boundary_width if info is not None else 1)
 
 
 def _min_pixels(model, plan: _Plan, options: PredictOptions) -> float:
@@ -571,6 +587,7 @@ def predict(
                     cancel,
                     plan.spacing,
                     _min_pixels(model, plan, options),
+                    grow_radius_for(model, options),
                 )
             result = Prediction(
                 probs,
@@ -584,6 +601,7 @@ def predict(
                 extra={"stats": plan.stats, "levels": plan.factors},
                 nan_pixels=nan_pixels,
                 features=features,
+                boundary_radius=grow_radius_for(model, options),
             )
             if root is not None:
                 root.attrs.update({"napari_rat": _placement_attrs(result)})
@@ -608,7 +626,7 @@ def _mask_missing(data: np.ndarray, stats: IntensityStats) -> tuple[np.ndarray, 
     return np.where(bad, low, data).astype(np.float32, copy=False), bad.any(axis=0)
 
 
-def _instances(probs, root, shape, chunks, boundary, options, cancel, spacing, min_pixels):
+def _instances(probs, root, shape, chunks, boundary, options, cancel, spacing, min_pixels, radius):
     """The package's instance algorithm over the probability chunks (see ``instances``)."""
     thr = options.threshold
 
@@ -630,7 +648,7 @@ def _instances(probs, root, shape, chunks, boundary, options, cancel, spacing, m
         labels,
         shape,
         chunks,
-        radius=options.boundary_radius,
+        radius=radius,
         spacing=spacing,
         min_pixels=min_pixels,
     )

@@ -263,7 +263,13 @@ def synthetic_images(
     for i, spacing in enumerate(synthetic_spacings(config, spatial_dims)):
         seed = config.seed * 1000 + seed_offset + i
         pixels = [max(1, round(n * b / s)) for n, b, s in zip(shape, base, spacing, strict=True)]
-        image, labels = synthetic_nuclei(pixels, spacing, radius=config.synthetic_radius, seed=seed)
+        image, labels = synthetic_nuclei(
+            pixels,
+            spacing,
+            radius=config.synthetic_radius,
+            seed=seed,
+            touching=config.synthetic_touching,
+        )
         out.append(
             _finish(f"synthetic-{seed}", image, labels, spacing, norm, spatial_dims, synthetic=True)
         )

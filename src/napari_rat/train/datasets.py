@@ -7,8 +7,10 @@ into a real dataset (``data.synthetic_fraction``) are training-only.
 
 Targets per level: ``classes`` (0 background, 1 foreground, -1 ignored) and ``boundary``
 (:func:`napari_rat.inference.instances.boundary_from_instances` of the instance labels; -1
-where unknown). Scribbled classes (in-memory images) win over the labels where painted; a
-scribble tells no boundary, except that background is never one.
+where unknown) and ``contact`` (its part where two instances touch,
+:func:`~napari_rat.inference.instances.contact_pixels`, which ``training.contact_weight``
+weights). Scribbled classes (in-memory images) win over the labels where painted; a scribble
+tells no boundary, except that background is never one.
 
 In-memory images (``data.source: in_memory``) are training-only, and their crops are drawn
 around what is annotated (:func:`annotated_box`), so sparse scribbles are not missed.
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from napari_rat.config import DataConfig, ExperimentConfig
-from napari_rat.inference.instances import boundary_from_instances
+from napari_rat.inference.instances import boundary_from_instances, contact_pixels
 from napari_rat.train.crops import Region, sample_crop, spacing_factor, split_regions
 from napari_rat.train.data_sources import DatasetError, InMemoryImage, LabeledImage, load_images
 from napari_rat.train.normalization import Normalization
@@ -54,18 +56,21 @@ class DataBundle:
 
 
 def targets_from_labels(
-    labels: np.ndarray, classes: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(classes int64, boundary float32)`` from instance labels (``-1`` = ignore) and, where
-    painted (``>= 0``), scribbled ``classes``; boundary ``-1`` where it is unknown."""
+    labels: np.ndarray, classes: np.ndarray | None = None, boundary_width: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(classes int64, boundary float32, contact bool)`` from instance labels (``-1`` =
+    ignore) and, where painted (``>= 0``), scribbled ``classes``; boundary (a band of
+    ``boundary_width`` pixels) ``-1`` where it is unknown; contact where two instances touch
+    (never where painted)."""
     target = np.where(labels < 0, -1, (labels > 0).astype(np.int64))
-    boundary = np.where(labels < 0, -1.0, boundary_from_instances(labels))
+    boundary = np.where(labels < 0, -1.0, boundary_from_instances(labels, boundary_width))
     if classes is not None:
         painted = classes >= 0
         target = np.where(painted, classes, target)
         # Background is never boundary (inner contours only); painted objects say nothing.
         boundary = np.where(painted, np.where(classes == 0, 0.0, -1.0), boundary)
-    return target.astype(np.int64), boundary.astype(np.float32)
+    contact = contact_pixels(labels, boundary_width) & (boundary > 0)
+    return target.astype(np.int64), boundary.astype(np.float32), contact
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -84,6 +89,7 @@ class CropDataset(torch.utils.data.Dataset):
         *,
         rank: int = 0,
         world_size: int = 1,
+        boundary_width: int = 1,
     ) -> None:
         if not regions:
             raise DatasetError("no training region: every image is held out or too small")
@@ -93,6 +99,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
+        self.boundary_width = boundary_width
         self.epoch = 0
         real = [r for r in regions if not images[r.image].synthetic]
         synth = [r for r in regions if images[r.image].synthetic]
@@ -134,9 +141,9 @@ class CropDataset(torch.utils.data.Dataset):
             rotations=cfg.rotations,
         )
         painted = sample.classes or [None] * len(sample.labels)
-        classes, boundary = zip(
+        classes, boundary, contact = zip(
             *(
-                targets_from_labels(lab, cls)
+                targets_from_labels(lab, cls, self.boundary_width)
                 for lab, cls in zip(sample.labels, painted, strict=True)
             ),
             strict=True,
@@ -145,6 +152,7 @@ class CropDataset(torch.utils.data.Dataset):
             "images": [torch.from_numpy(a) for a in sample.images],
             "classes": [torch.from_numpy(c) for c in classes],
             "boundary": [torch.from_numpy(b) for b in boundary],
+            "contact": [torch.from_numpy(c) for c in contact],
             "spacings": sample.spacings,
         }
 
@@ -164,7 +172,7 @@ def collate(items: list[dict]) -> dict:
     levels = len(items[0]["images"])
     return {
         key: [torch.stack([it[key][lv] for it in items]) for lv in range(levels)]
-        for key in ("images", "classes", "boundary")
+        for key in ("images", "classes", "boundary", "contact")
     } | {"spacings": items[0]["spacings"]}
 
 
@@ -239,7 +247,13 @@ def build_data(
             if band is not None:
                 out.append(band)
     train = CropDataset(
-        images, regions, data, config.training.batch_size, rank=rank, world_size=world_size
+        images,
+        regions,
+        data,
+        config.training.batch_size,
+        rank=rank,
+        world_size=world_size,
+        boundary_width=config.model.head.boundary_width,
     )
     spacing = tuple(data.spacing) if data.spacing else images[0].spacing
     names = config.model.head.class_names

@@ -24,6 +24,7 @@ from scipy import ndimage as ndi
 from napari_rat.config import ExperimentConfig
 from napari_rat.inference.instances import (
     drop_small_instances,
+    grow_radius,
     instances_from_probabilities,
     relabel_sequential,
 )
@@ -111,15 +112,16 @@ def predict_region_probabilities(
     return _resize(np.asarray(result.probabilities), image.shape[1:])
 
 
-def _instances(probs: np.ndarray, spacing, boundary: bool, options: PredictOptions) -> np.ndarray:
+def _instances(probs: np.ndarray, spacing, head, options: PredictOptions) -> np.ndarray:
     """The engine's instances of its probabilities, before any minimum-size filter."""
+    radius = options.boundary_radius
     return instances_from_probabilities(
         1.0 - probs[0],
-        probs[-1] if boundary else None,
+        probs[-1] if head.boundary else None,
         threshold=options.threshold,
         boundary_threshold=options.threshold,
         spacing=list(spacing),
-        radius=options.boundary_radius,
+        radius=grow_radius(head.boundary_width) if radius is None else radius,
     )
 
 
@@ -156,9 +158,8 @@ def evaluate_regions(
         candidates = [n * pixel for n in MIN_INSTANCE_PIXELS]
     # The instances once per region; each candidate size only filters them (as the engine
     # does last).
-    boundary = config.model.head.boundary
     unfiltered = [
-        _instances(p, r.spacing, boundary, options)
+        _instances(p, r.spacing, config.model.head, options)
         for r, p in zip(regions, probabilities, strict=True)
     ]
     scored = []

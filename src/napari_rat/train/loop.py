@@ -298,6 +298,8 @@ def _batch_loss(run: _Run, batch: dict) -> torch.Tensor:
             len(run.config.model.head.class_names),
             dice_weight=t.dice_weight,
             boundary_weight=t.boundary_weight,
+            contact=batch["contact"][lv].to(out.device),
+            contact_weight=t.contact_weight,
         )
         losses.append(loss)
     return torch.stack(losses).mean()

@@ -1,4 +1,6 @@
-"""The segmentation loss: cross-entropy + soft Dice on the classes, BCE on the boundary."""
+"""The segmentation loss: cross-entropy + soft Dice on the classes, BCE on the boundary (each
+pixel where two instances touch weighted ``contact_weight`` times, as merges of touching
+objects are the usual instance error)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,14 @@ def segmentation_loss(
     *,
     dice_weight: float = 1.0,
     boundary_weight: float = 1.0,
+    contact: torch.Tensor | None = None,
+    contact_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one level's logits ``[B, K(+1), *spatial]``; ``classes`` ``-1`` is ignored, and
     so is ``boundary`` ``-1`` (unknown there, e.g. under a scribble).
+
+    ``contact`` (bool, like ``boundary``): the boundary pixels where two instances touch; their
+    boundary BCE counts ``contact_weight`` times (a weighted mean over the known pixels).
 
     Returns the loss and its parts (floats, for logging).
     """
@@ -40,7 +47,10 @@ def segmentation_loss(
         bce = F.binary_cross_entropy_with_logits(
             logits[:, num_classes], boundary.float().clamp(min=0), reduction="none"
         )
-        bce = (bce * known).sum() / known.sum().clamp(min=1)
+        weight = known.float()
+        if contact is not None and contact_weight != 1.0:
+            weight = weight * (1.0 + (contact_weight - 1.0) * contact.float())
+        bce = (bce * weight).sum() / weight.sum().clamp(min=1)
         loss = loss + boundary_weight * bce
         parts["boundary_bce"] = float(bce.detach())
     return loss, parts
