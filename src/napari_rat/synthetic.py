@@ -127,4 +127,3 @@ def synthetic_nuclei(
     background = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=8) * 0.5
     image = image + 0.1 + 0.05 * background + noise * rng.normal(size=shape).astype(np.float32)
     return np.clip(image, 0, None).astype(np.float32), labels
-

@@ -137,6 +137,30 @@ def test_levels_default_to_those_the_checkpoint_was_trained_with(model2d, tmp_pa
     assert planned.extra["levels"] == [(1, 1), (2, 2)]
 
 
+def test_instances_grow_back_over_the_checkpoint_s_boundary_band(model2d, tmp_path):
+    from napari_rat.inference.feature_cache import FeatureCache
+    from napari_rat.inference.features import features_for
+    from napari_rat.inference.sources import PyramidInput
+    from napari_rat.model import load_checkpoint, save_checkpoint
+
+    wide = ModelConfig(**{**SMALL, "head": {**SMALL["head"], "boundary_width": 3}})
+    model = load_checkpoint(save_checkpoint(model2d, tmp_path / "w.safetensors", wide))
+    img, _ = synthetic_nuclei((40, 40), (1.0, 1.0), seed=5)
+    options = PredictOptions(tile=(32, 32))
+
+    def radius(m, o):
+        return run_prediction(predict(m, img[None], (1.0, 1.0), options=o)).boundary_radius
+
+    assert radius(model, options) == 5 and radius(model2d, options) == 3
+    assert radius(model, PredictOptions(tile=(32, 32), boundary_radius=2)) == 2
+    # Kept with the cached features, for interactive segmentation to grow its objects alike.
+    cache = FeatureCache(tmp_path / "cache")
+    source = PyramidInput(img[None], (1.0, 1.0), (0.0, 0.0), ("y", "x"), ("micrometer",) * 2)
+    first = features_for(model, source, options=options, cache=cache)
+    again = features_for(model, source, options=options, cache=cache)
+    assert again.from_cache and first.boundary_radius == again.boundary_radius == 5
+
+
 def test_the_bundled_starter_gets_the_levels_it_got_before_level_factors():
     """The starter predates level_factors (its extra says scales [1]): one level."""
     from napari_rat.inference.model_loading import load_model_for_inference
@@ -320,8 +344,15 @@ def test_engine_instances_are_those_training_scores(spacing):
         )
     )
     probs = np.asarray(result.probabilities)
+    # Grown over the model's boundary band and 2 pixels more.
+    width = model.checkpoint_info.model_config.head.boundary_width
+    assert result.boundary_radius == width + 2
     expected = instances_from_probabilities(
-        1.0 - probs[0], probs[-1], spacing=spacing, min_instance_size=size
+        1.0 - probs[0],
+        probs[-1],
+        spacing=spacing,
+        min_instance_size=size,
+        radius=result.boundary_radius,
     )
     labels = np.asarray(result.labels)
     assert result.num_instances == expected.max() > 5

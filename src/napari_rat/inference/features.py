@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_rat.inference.instances import BOUNDARY_RADIUS
 from napari_rat.inference.devices import resolve_device
 from napari_rat.inference.feature_cache import (
     FeatureCache,
@@ -27,6 +26,7 @@ from napari_rat.inference.feature_cache import (
     array_fingerprint,
     model_fingerprint,
 )
+from napari_rat.inference.instances import BOUNDARY_RADIUS
 from napari_rat.inference.tiled_predict import (
     PredictOptions,
     Progress,

@@ -20,8 +20,9 @@ the validation scores measure what the plugin delivers
 
 The boundary target (:func:`boundary_from_instances`) is the inner contour of every instance:
 its pixels that touch a pixel of another label (background included), widened to a band of
-``model.head.boundary_width`` pixels inside the instance when that is more than 1. Its part where two
-instances touch (:func:`contact_pixels`) is where merges come from; training can weight it.
+``model.head.boundary_width`` pixels inside the instance when that is more than 1. Its part
+where two instances touch (:func:`contact_pixels`) is where merges come from; training can
+weight it.
 
 Pure NumPy/SciPy and torch-optional: no Qt, napari, ray or deepspeed.
 """
