@@ -114,3 +114,19 @@ def test_the_head_s_boundary_width_reaches_the_training_targets(tiny):
     wide = wide.train[0]["boundary"][0]
     assert bool(((wide == 1) | (thin != 1)).all())  # the thin band lies in the wide one
     assert (wide == 1).sum() > (thin == 1).sum()
+
+
+def test_the_band_never_eats_a_small_object_s_core():
+    """A nucleus seen at a coarse spacing is a few pixels across: its band narrows to at most
+    half its depth, so it keeps a core (a seed) and is not left all boundary."""
+    labels = np.zeros((16, 30), dtype=np.int32)
+    labels[2:14, 2:14] = 1  # 12 px: depth 6, the full 3-pixel band
+    labels[4:8, 18:22], labels[4:8, 22:26] = 2, 3  # 4 px, touching: depth 2, a 1-pixel band
+    band = boundary_from_instances(labels, 3)
+    assert band[7, 4] and not band[7, 5]  # three deep in the large one
+    for small in (2, 3):
+        inside = labels == small
+        assert (inside & ~band).any()  # a core is left
+        np.testing.assert_array_equal(band & inside, boundary_from_instances(labels) & inside)
+    contact = contact_pixels(labels, 3)
+    assert contact[5, 21] and contact[5, 22] and not contact[5, 20]

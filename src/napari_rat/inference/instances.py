@@ -53,7 +53,9 @@ BOUNDARY_RADIUS = grow_radius(1)
 
 def boundary_from_instances(labels: np.ndarray, width: int = 1) -> np.ndarray:
     """Inner contours of the instances: pixels with a differently labelled face neighbour,
-    and with ``width`` > 1 the instance pixels up to ``width`` face steps from one.
+    and with ``width`` > 1 the instance pixels up to ``width`` face steps from one, but never
+    more than half an instance's depth: a small object (a nucleus seen at a coarse spacing)
+    keeps a core, so the band means the same at every spacing.
 
     Parameters
     ----------
@@ -99,13 +101,22 @@ def _differing_neighbours(labels: np.ndarray, *, instances_only: bool) -> np.nda
 
 
 def _widen(labels: np.ndarray, band: np.ndarray, width: int) -> np.ndarray:
-    """``band`` grown ``width - 1`` face steps into its own instances (an instance pixel next to
-    the band of another instance is already in the band, so growth stays within each)."""
+    """``band`` grown face step by face step into its own instances (an instance pixel next to
+    the band of another instance is already in the band, so growth stays within each): up to
+    ``width`` pixels, and at most half of each instance's depth (its deepest pixel's face steps
+    from its contour)."""
     if not 1 <= width <= MAX_BOUNDARY_WIDTH:
         raise ValueError(f"boundary width {width} must be 1 to {MAX_BOUNDARY_WIDTH} pixels")
+    if width == 1:
+        return band
     inside = labels > 0
-    for _ in range(width - 1):
-        band = band | (inside & ndi.binary_dilation(band))
+    contour = _differing_neighbours(labels, instances_only=False)
+    depth = ndi.distance_transform_cdt(inside & ~contour, metric="taxicab") + 1
+    ids = np.where(inside, labels, 0)
+    deepest = np.asarray(ndi.maximum(depth, ids, index=np.arange(int(ids.max()) + 1)))
+    cap = np.clip(deepest // 2, 1, width)[ids]
+    for step in range(1, width):
+        band = band | (inside & (cap > step) & ndi.binary_dilation(band))
     return band
 
 
