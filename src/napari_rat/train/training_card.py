@@ -18,7 +18,9 @@ def data_description(config: ExperimentConfig, data: DataBundle) -> str:
     if d.source != "synthetic" and d.synthetic_fraction > 0:
         parts.append(
             f"{d.synthetic_fraction:.0%} of the crops from {d.synthetic_images} generated "
-            f"images (nuclei radius {d.synthetic_radius:g})"
+            f"images (nuclei radius {d.synthetic_radius:g}"
+            + (f", {d.synthetic_touching:.0%} touching another" if d.synthetic_touching else "")
+            + ")"
         )
     if d.synthetic_z_anisotropy is not None:
         lo, hi = d.synthetic_z_anisotropy
@@ -35,7 +37,7 @@ def data_description(config: ExperimentConfig, data: DataBundle) -> str:
     if d.z_spacing_augmentation is not None:
         lo, hi = d.z_spacing_augmentation
         parts.append(f"z spacing further resampled to {lo:g}x-{hi:g}x")
-    elif config.model.spacing_blind:
+    if config.model.spacing_blind and d.spacing_augmentation is None:
         parts.append(f"spacing_blind: always told {config.model.spacing}")
     return "; ".join(parts)
 
