@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_rat.label_faces import differing_neighbours
+
 
 def synthetic_nuclei(
     shape: Sequence[int],
@@ -119,9 +121,7 @@ def synthetic_nuclei(
     mask = (labels > 0).astype(np.float32)
     if touching > 0:
         # Contacts show as a faint seam: their pixels are dimmer before the blur.
-        from napari_rat.inference.instances import contact_pixels
-
-        mask[contact_pixels(labels)] = touch_rng.uniform(0.2, 0.6)
+        mask[differing_neighbours(labels, instances_only=True)] = touch_rng.uniform(0.2, 0.6)
     image = ndi.gaussian_filter(mask, sigma=sigma)
     image *= rng.uniform(0.6, 1.0, size=label + 1)[labels].astype(np.float32) * 0.5 + 0.5
     background = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=8) * 0.5

@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_rat.inference.chunked_labels import instances_chunked
+from napari_rat.label_faces import differing_neighbours
 
 #: The widest boundary band a head can learn (``model.head.boundary_width``), in pixels.
 MAX_BOUNDARY_WIDTH = 3
@@ -71,7 +72,7 @@ def boundary_from_instances(labels: np.ndarray, width: int = 1) -> np.ndarray:
     Boolean array of ``labels.shape``.
     """
     labels = np.asarray(labels)
-    return _widen(labels, _differing_neighbours(labels, instances_only=False), width)
+    return _widen(labels, differing_neighbours(labels), width)
 
 
 def contact_pixels(labels: np.ndarray, width: int = 1) -> np.ndarray:
@@ -79,25 +80,7 @@ def contact_pixels(labels: np.ndarray, width: int = 1) -> np.ndarray:
     touch: instance pixels near a face neighbour in another instance (background and ignored
     pixels do not count)."""
     labels = np.asarray(labels)
-    return _widen(labels, _differing_neighbours(labels, instances_only=True), width)
-
-
-def _differing_neighbours(labels: np.ndarray, *, instances_only: bool) -> np.ndarray:
-    out = np.zeros(labels.shape, dtype=bool)
-    for axis in range(labels.ndim):
-        if labels.shape[axis] < 2:
-            continue
-        a = [slice(None)] * labels.ndim
-        b = [slice(None)] * labels.ndim
-        a[axis] = slice(1, None)
-        b[axis] = slice(None, -1)
-        la, lb = labels[tuple(a)], labels[tuple(b)]
-        differ = la != lb
-        if instances_only:
-            differ &= (la > 0) & (lb > 0)
-        out[tuple(a)] |= differ
-        out[tuple(b)] |= differ
-    return out & (labels > 0)
+    return _widen(labels, differing_neighbours(labels, instances_only=True), width)
 
 
 def _widen(labels: np.ndarray, band: np.ndarray, width: int) -> np.ndarray:
@@ -110,7 +93,7 @@ def _widen(labels: np.ndarray, band: np.ndarray, width: int) -> np.ndarray:
     if width == 1:
         return band
     inside = labels > 0
-    contour = _differing_neighbours(labels, instances_only=False)
+    contour = differing_neighbours(labels)
     depth = ndi.distance_transform_cdt(inside & ~contour, metric="taxicab") + 1
     ids = np.where(inside, labels, 0)
     deepest = np.asarray(ndi.maximum(depth, ids, index=np.arange(int(ids.max()) + 1)))
