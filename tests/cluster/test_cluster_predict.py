@@ -108,6 +108,7 @@ def test_cluster_run_equals_the_single_process_run(head, tmp_path, dims):
         stages = []
         result = run_prediction(gen, lambda p, stages=stages: stages.append(p))
         _assert_same(result, single)
+        assert result.boundary_radius == single.boundary_radius == 2  # as grown
         assert result.store == out and out.is_dir() and not work_folder(out).exists()
         assert result.extra["blocks_computed"] == result.extra["blocks"] > 1
         # blocks came back as they finished, from two worker processes at most at once

@@ -419,6 +419,7 @@ def predict_on_cluster(
         PredictionCancelled,
         PredictOptions,
         Progress,
+        grow_radius_for,
         instances_into,
         plan_prediction,
         publish_work,
@@ -516,6 +517,7 @@ def predict_on_cluster(
             "worker_ready": [at - timings["start"] for _, at in warmed],
         },
         nan_pixels=nan_pixels,
+        boundary_radius=grow_radius_for(model, options),
     )
     shutil.rmtree(work / DONE)
     (work / RUN_FILE).unlink()
