@@ -161,16 +161,18 @@ def test_instances_grow_back_over_the_checkpoint_s_boundary_band(model2d, tmp_pa
     assert again.from_cache and first.boundary_radius == again.boundary_radius == 5
 
 
-def test_the_bundled_starter_gets_the_levels_it_got_before_level_factors():
-    """The starter predates level_factors (its extra says scales [1]): one level."""
+def test_the_bundled_starters_get_the_levels_they_were_trained_on():
+    """Both starters store their trained levels (one, at full resolution): that is what they
+    are fed, whatever the image's spacing."""
     from napari_rat.inference.model_loading import load_model_for_inference
 
-    model = load_model_for_inference("starter")
-    assert model.checkpoint_info.level_factors is None
-    assert model.checkpoint_info.extra["scales"] == [1]
+    for name, dims in (("starter-2d", 2), ("starter-3d", 3)):
+        model = load_model_for_inference(name)
+        assert model.checkpoint_info.level_factors == [[1] * dims]
+    model = load_model_for_inference("starter-2d")
     img, _ = synthetic_nuclei((40, 40), (1.0, 1.0), seed=5)
     options = PredictOptions(tile=(32, 32), instances=False)
-    result = run_prediction(predict(model, img[None], (1.0, 1.0), options=options))
+    result = run_prediction(predict(model, img[None], (3.0, 3.0), options=options))
     assert result.extra["levels"] == [(1, 1)]
 
 
