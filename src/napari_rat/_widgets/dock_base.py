@@ -69,6 +69,8 @@ def dock_callback(method: Callable, on_error: Callable[[str, BaseException], Non
 
     Qt aborts the process on an exception that escapes a slot (napari's default), so no dock
     callback may raise. A generator ``method`` (a napari mouse-drag callback) stays a generator.
+    A callback that finds the dock's Qt widgets deleted (work that ended after the dock or the
+    viewer closed) has nothing left to update and returns quietly.
     """
     name = getattr(method, "__name__", repr(method))
     if getattr(method, "_dock_guarded", False):
@@ -80,7 +82,8 @@ def dock_callback(method: Callable, on_error: Callable[[str, BaseException], Non
             try:
                 return (yield from method(*args, **kwargs))
             except Exception as exc:
-                on_error(name, exc)
+                if not _widget_gone(exc):
+                    on_error(name, exc)
 
     else:
 
@@ -89,10 +92,16 @@ def dock_callback(method: Callable, on_error: Callable[[str, BaseException], Non
             try:
                 return method(*args, **kwargs)
             except Exception as exc:
-                on_error(name, exc)
+                if not _widget_gone(exc):
+                    on_error(name, exc)
 
     guarded._dock_guarded = True
     return guarded
+
+
+def _widget_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is Qt's error for a widget already deleted (its dock closed)."""
+    return isinstance(exc, RuntimeError) and "has been deleted" in str(exc)
 
 
 def offer_checkpoint(viewer, path) -> str:
