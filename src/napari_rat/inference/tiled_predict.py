@@ -576,6 +576,7 @@ def predict(
                 model, image, plan, options, probs, semantic, cancel, features=features
             )
             labels, n_instances = None, 0
+            radius = grow_radius_for(model, options)
             if options.instances:
                 labels, n_instances = yield from _instances(
                     probs,
@@ -587,7 +588,7 @@ def predict(
                     cancel,
                     plan.spacing,
                     _min_pixels(model, plan, options),
-                    grow_radius_for(model, options),
+                    radius,
                 )
             result = Prediction(
                 probs,
@@ -601,7 +602,7 @@ def predict(
                 extra={"stats": plan.stats, "levels": plan.factors},
                 nan_pixels=nan_pixels,
                 features=features,
-                boundary_radius=grow_radius_for(model, options),
+                boundary_radius=radius,
             )
             if root is not None:
                 root.attrs.update({"napari_rat": _placement_attrs(result)})
