@@ -71,36 +71,38 @@ def boundary_from_instances(labels: np.ndarray, width: int = 1) -> np.ndarray:
     -------
     Boolean array of ``labels.shape``.
     """
-    labels = np.asarray(labels)
-    return _widen(labels, differing_neighbours(labels), width)
+    return boundary_bands(labels, width)[0]
 
 
 def contact_pixels(labels: np.ndarray, width: int = 1) -> np.ndarray:
     """The part of :func:`boundary_from_instances` (of the same ``width``) where two instances
     touch: instance pixels near a face neighbour in another instance (background and ignored
     pixels do not count)."""
-    labels = np.asarray(labels)
-    return _widen(labels, differing_neighbours(labels, instances_only=True), width)
+    return boundary_bands(labels, width)[1]
 
 
-def _widen(labels: np.ndarray, band: np.ndarray, width: int) -> np.ndarray:
-    """``band`` grown face step by face step into its own instances (an instance pixel next to
-    the band of another instance is already in the band, so growth stays within each): up to
-    ``width`` pixels, and at most half of each instance's depth (its deepest pixel's face steps
-    from its contour)."""
+def boundary_bands(labels: np.ndarray, width: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(boundary, contact)``: :func:`boundary_from_instances` and :func:`contact_pixels` of
+    the same ``width`` in one pass (the training targets need both)."""
     if not 1 <= width <= MAX_BOUNDARY_WIDTH:
         raise ValueError(f"boundary width {width} must be 1 to {MAX_BOUNDARY_WIDTH} pixels")
-    if width == 1:
-        return band
-    inside = labels > 0
+    labels = np.asarray(labels)
     contour = differing_neighbours(labels)
+    contact = differing_neighbours(labels, instances_only=True)
+    if width == 1:
+        return contour, contact
+    # Each band grows face step by face step into its own instances (an instance pixel next
+    # to another instance's band is in the band already): up to ``width`` pixels, and at most
+    # half of the instance's depth (its deepest pixel's face steps from its contour).
+    inside = labels > 0
     depth = ndi.distance_transform_cdt(inside & ~contour, metric="taxicab") + 1
     ids = np.where(inside, labels, 0)
     deepest = np.asarray(ndi.maximum(depth, ids, index=np.arange(int(ids.max()) + 1)))
     cap = np.clip(deepest // 2, 1, width)[ids]
+    bands = [contour, contact]
     for step in range(1, width):
-        band = band | (inside & (cap > step) & ndi.binary_dilation(band))
-    return band
+        bands = [b | (inside & (cap > step) & ndi.binary_dilation(b)) for b in bands]
+    return bands[0], bands[1]
 
 
 def _softmax_foreground(class_logits: np.ndarray) -> np.ndarray:

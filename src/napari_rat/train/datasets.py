@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from napari_rat.config import DataConfig, ExperimentConfig
-from napari_rat.inference.instances import boundary_from_instances, contact_pixels
+from napari_rat.inference.instances import boundary_bands
 from napari_rat.train.crops import Region, sample_crop, spacing_factor, split_regions
 from napari_rat.train.data_sources import DatasetError, InMemoryImage, LabeledImage, load_images
 from napari_rat.train.normalization import Normalization
@@ -63,13 +63,14 @@ def targets_from_labels(
     ``boundary_width`` pixels) ``-1`` where it is unknown; contact where two instances touch
     (never where painted)."""
     target = np.where(labels < 0, -1, (labels > 0).astype(np.int64))
-    boundary = np.where(labels < 0, -1.0, boundary_from_instances(labels, boundary_width))
+    band, contact = boundary_bands(labels, boundary_width)
+    boundary = np.where(labels < 0, -1.0, band)
     if classes is not None:
         painted = classes >= 0
         target = np.where(painted, classes, target)
         # Background is never boundary (inner contours only); painted objects say nothing.
         boundary = np.where(painted, np.where(classes == 0, 0.0, -1.0), boundary)
-    contact = contact_pixels(labels, boundary_width) & (boundary > 0)
+    contact &= boundary > 0
     return target.astype(np.int64), boundary.astype(np.float32), contact
 
 
