@@ -1,10 +1,14 @@
 """Where instance labels meet: the one face-neighbour comparison behind the boundary targets
 (:mod:`napari_rat.inference.instances`) and the seams of generated touching nuclei
-(:mod:`napari_rat.synthetic`). Pure NumPy, a leaf any layer may use."""
+(:mod:`napari_rat.synthetic`), and the widest boundary band a head may learn (the config's
+limit and the targets'). Pure NumPy, a leaf any layer may use."""
 
 from __future__ import annotations
 
 import numpy as np
+
+#: The widest boundary band a head can learn (``model.head.boundary_width``), in pixels.
+MAX_BOUNDARY_WIDTH = 3
 
 
 def differing_neighbours(labels: np.ndarray, *, instances_only: bool = False) -> np.ndarray:

@@ -419,6 +419,7 @@ def predict_on_cluster(
         PredictionCancelled,
         PredictOptions,
         Progress,
+        checkpoint_head,
         grow_radius_for,
         instances_into,
         plan_prediction,
@@ -517,7 +518,7 @@ def predict_on_cluster(
             "worker_ready": [at - timings["start"] for _, at in warmed],
         },
         nan_pixels=nan_pixels,
-        boundary_radius=grow_radius_for(model, options),
+        boundary_radius=grow_radius_for(checkpoint_head(model), options),
     )
     shutil.rmtree(work / DONE)
     (work / RUN_FILE).unlink()

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from napari_rat.config._base import StrictModel
+from napari_rat.label_faces import MAX_BOUNDARY_WIDTH
 
 IntOrTuple = int | list[int]
 
@@ -28,7 +29,7 @@ class HeadConfig(StrictModel):
     boundary_width: int = Field(
         1,
         ge=1,
-        le=3,
+        le=MAX_BOUNDARY_WIDTH,
         description="Width in pixels of the boundary band the head learns, inside each instance "
         "(1: the inner contour). A wider band is easier to learn from coarse tokens; instances "
         "grow back over it and 2 pixels more (napari_rat.inference.instances.grow_radius).",

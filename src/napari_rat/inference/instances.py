@@ -35,10 +35,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_rat.inference.chunked_labels import instances_chunked
-from napari_rat.label_faces import differing_neighbours
-
-#: The widest boundary band a head can learn (``model.head.boundary_width``), in pixels.
-MAX_BOUNDARY_WIDTH = 3
+from napari_rat.label_faces import MAX_BOUNDARY_WIDTH, differing_neighbours
 
 
 def grow_radius(boundary_width: int = 1) -> int:

@@ -479,18 +479,24 @@ def instances_into(
             cancel,
             plan.spacing,
             _min_pixels(model, plan, options),
-            grow_radius_for(model, options),
+            grow_radius_for(checkpoint_head(model), options),
         )
     )
 
 
-def grow_radius_for(model, options: PredictOptions) -> int:
-    """How far seeds grow back: the option, else :func:`grow_radius` of the checkpoint's
-    boundary band (a model without a checkpoint: the 1-pixel band)."""
+def checkpoint_head(model):
+    """The head config of the checkpoint ``model`` was loaded from, or ``None``."""
+    info = getattr(model, "checkpoint_info", None)
+    return None if info is None else info.model_config.head
+
+
+def grow_radius_for(head, options: PredictOptions) -> int:
+    """How far seeds grow back: the option, else :func:`grow_radius` of the ``head``'s boundary
+    band (``None``, a model without a checkpoint: the 1-pixel band). Prediction passes its
+    checkpoint's head (:func:`checkpoint_head`), validation the head of the config in training."""
     if options.boundary_radius is not None:
         return int(options.boundary_radius)
-    info = getattr(model, "checkpoint_info", None)
-    return grow_radius(info.model_config.head.boundary_width if info is not None else 1)
+    return grow_radius(head.boundary_width if head is not None else 1)
 
 
 def _min_pixels(model, plan: _Plan, options: PredictOptions) -> float:
@@ -576,7 +582,7 @@ def predict(
                 model, image, plan, options, probs, semantic, cancel, features=features
             )
             labels, n_instances = None, 0
-            radius = grow_radius_for(model, options)
+            radius = grow_radius_for(checkpoint_head(model), options)
             if options.instances:
                 labels, n_instances = yield from _instances(
                     probs,

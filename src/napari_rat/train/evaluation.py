@@ -24,12 +24,16 @@ from scipy import ndimage as ndi
 from napari_rat.config import ExperimentConfig
 from napari_rat.inference.instances import (
     drop_small_instances,
-    grow_radius,
     instances_from_probabilities,
     relabel_sequential,
 )
 from napari_rat.inference.normalization import IntensityStats
-from napari_rat.inference.tiled_predict import PredictOptions, predict, run_prediction
+from napari_rat.inference.tiled_predict import (
+    PredictOptions,
+    grow_radius_for,
+    predict,
+    run_prediction,
+)
 from napari_rat.train.metrics import ap_from_counts, instance_counts
 
 
@@ -114,14 +118,13 @@ def predict_region_probabilities(
 
 def _instances(probs: np.ndarray, spacing, head, options: PredictOptions) -> np.ndarray:
     """The engine's instances of its probabilities, before any minimum-size filter."""
-    radius = options.boundary_radius
     return instances_from_probabilities(
         1.0 - probs[0],
         probs[-1] if head.boundary else None,
         threshold=options.threshold,
         boundary_threshold=options.threshold,
         spacing=list(spacing),
-        radius=grow_radius(head.boundary_width) if radius is None else radius,
+        radius=grow_radius_for(head, options),
     )
 
 
