@@ -42,6 +42,20 @@ def test_loop_in_process_writes_best_last_and_metrics(tiny):
     assert chosen / 1.0 in MIN_INSTANCE_PIXELS  # spacing 1: a physical size of n pixels
 
 
+class Thresholder(torch.nn.Module):
+    """A segmentation "model" the engine can run: 2D, one channel, two classes + boundary; it
+    reads the foreground off its input (above 0.5)."""
+
+    num_outputs, spatial_dims, boundary = 3, 2, True
+    class_names = ["background", "nucleus"]
+    backbone = type("Backbone", (), {"input_features": 1})
+
+    def forward(self, x, input_spacing=None):
+        x = x[0] if isinstance(x, list) else x
+        f = (x[:, :1] > 0.5).float() * 12 - 6
+        return [torch.cat([-f, f, torch.full_like(f, -6.0)], dim=1)]
+
+
 def test_validation_picks_the_instance_size_only_when_unset(tiny):
     import numpy as np
 
@@ -56,18 +70,6 @@ def test_validation_picks_the_instance_size_only_when_unset(tiny):
     fg = truth > 0
     fg[40:41, 2:5] = True
 
-    class Thresholder(torch.nn.Module):
-        """A segmentation "model" the engine can run: 2D, one channel, two classes + boundary."""
-
-        num_outputs, spatial_dims, boundary = 3, 2, True
-        class_names = ["background", "nucleus"]
-        backbone = type("Backbone", (), {"input_features": 1})
-
-        def forward(self, x, input_spacing=None):
-            x = x[0] if isinstance(x, list) else x
-            f = (x[:, :1] > 0.5).float() * 12 - 6
-            return [torch.cat([-f, f, torch.full_like(f, -6.0)], dim=1)]
-
     image = fg.astype(np.float32)[None]
     region = EvalRegion(name="band", image=image, labels=truth, spacing=(2.0, 2.0))
     picked = evaluate_regions(Thresholder(), [region], config, select_min_instance_size=True)
@@ -78,6 +80,43 @@ def test_validation_picks_the_instance_size_only_when_unset(tiny):
     fixed = config.model_copy(update={"model": config.model.model_copy(update={"head": head})})
     kept = evaluate_regions(Thresholder(), [region], fixed, select_min_instance_size=True)
     assert kept["ap50"] == pytest.approx(2 / 3) and kept["min_instance_size"] == 0.0
+
+
+def test_region_by_region_scores_come_from_the_pooled_predictions(tiny):
+    """`evaluate --per-region` scores each region alone from the predictions the pooled table
+    made: the same rows as a separate run on that region, for the model, a compared model and
+    the Otsu floor, and the pooled AP counts every region's nuclei."""
+    import numpy as np
+
+    from napari_rat.train.datasets import EvalRegion
+    from napari_rat.train.evaluation import robustness_table, robustness_tables
+
+    config = tiny()
+    regions = []
+    for seed, n in ((0, 3), (1, 2)):
+        rng = np.random.default_rng(seed)
+        truth = np.zeros((48, 48), np.int32)
+        for label in range(1, n + 1):
+            y, x = rng.integers(4, 36, size=2)
+            truth[y : y + 9, x : x + 9] = np.where(truth[y : y + 9, x : x + 9] == 0, label, 0)
+        image = (truth > 0).astype(np.float32)
+        image[0:2, 40:47] = 1.0  # a speck: a false positive at native spacing
+        regions.append(
+            EvalRegion(name=f"r{seed}", image=image[None], labels=truth, spacing=(1.0, 1.0))
+        )
+    args = dict(factors=[1.0, 2.0], compare=[("twin", Thresholder())])
+    tables = robustness_tables(Thresholder(), regions, config, **args)
+    assert len(tables.by_region) == 2 and all(len(t) == 2 for t in tables.by_region)
+    for region, table in zip(regions, tables.by_region, strict=True):
+        alone = robustness_table(Thresholder(), [region], config, **args)
+        assert [set(r) for r in table] == [set(r) for r in alone]
+        for got, want in zip(table, alone, strict=True):
+            assert got == pytest.approx(want)
+    pooled = robustness_table(Thresholder(), regions, config, **args)
+    assert all(got == pytest.approx(want) for got, want in zip(tables.pooled, pooled, strict=True))
+    # pooled AP@0.5: every region's nuclei found, one speck each -> tp / (tp + fp + fn)
+    nuclei = sum(len(np.unique(r.labels)) - 1 for r in regions)
+    assert tables.pooled[0]["model_ap50"] == pytest.approx(nuclei / (nuclei + 2))
 
 
 def test_cancel_then_resume_continues(tiny):

@@ -173,7 +173,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
             "--write-card records hold-out scores, but the config holds nothing out "
             "(data.holdout_fraction is 0); set data.holdout_fraction, or leave out --write-card"
         )
-    from napari_rat.train.evaluation import robustness_table
+    from napari_rat.train.evaluation import robustness_tables
 
     resolutions = None
     if not args.robustness:
@@ -184,7 +184,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         resolutions = args.resolutions or DEFAULT_RESOLUTIONS
         longest = max(max(r.labels.shape) for r in regions)
         factors = factors_for_resolutions(longest, resolutions)
-    rows = robustness_table(
+    tables = robustness_tables(
         model,
         regions,
         config,
@@ -194,6 +194,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         compare=list(zip(names, others, strict=True)),
         axes=axes,
     )
+    rows = tables.pooled
     out = Path(args.output) if args.output else run_dir(config) / "evaluation"
     compared = f" vs {', '.join(names)}" if names else ""
     try:
@@ -208,7 +209,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         raise CommandError(str(exc)) from None
     print((out / "robustness.md").read_text())
     if args.per_region:
-        files.append(_per_region_report(model, regions, config, factors, args, axes, out, label))
+        files.append(_per_region_report(regions, tables.by_region, out, label))
     for f in files:
         print(f"wrote {f}")
     if args.write_card:
@@ -227,25 +228,14 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     return 0
 
 
-def _per_region_report(model, regions, config, factors, args, axes, out, label):
-    """Score each region alone (the model and the floor, predicted again region by region)
-    into ``robustness_by_region.md``; ``label`` heads the factor column."""
+def _per_region_report(regions, tables, out, label):
+    """Each region's own table (scored alone from the pooled run's predictions) into
+    ``robustness_by_region.md``; ``label`` heads the factor column."""
     from napari_rat.atomic_files import atomic_path
-    from napari_rat.inference.tiled_predict import PredictOptions
-    from napari_rat.train.evaluation import robustness_table
     from napari_rat.train.robustness_report import markdown_table
 
     parts = []
-    for region in regions:
-        rows = robustness_table(
-            model,
-            [region],
-            config,
-            factors,
-            baseline=not args.no_baseline,
-            options=PredictOptions(),
-            axes=axes,
-        )
+    for region, rows in zip(regions, tables, strict=True):
         objects = len(set(region.labels[region.labels > 0].ravel().tolist()))
         parts.append(
             f"### {region.name}: {region.labels.shape}, spacing {list(region.spacing)}, "

@@ -59,6 +59,11 @@ class RegionScore:
         self.fp += c["fp"]
         self.fn += c["fn"]
 
+    def merge(self, other: RegionScore) -> None:
+        """Pool ``other``'s counts into these."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
     def metrics(self) -> dict[str, float]:
         dice = 1.0 if self.total == 0 else 2 * self.inter / self.total
         iou = 1.0 if self.union == 0 else self.inter / self.union
@@ -136,8 +141,11 @@ def evaluate_regions(
     factor: float | Sequence[float] = 1.0,
     options: PredictOptions | None = None,
     select_min_instance_size: bool = False,
-) -> dict[str, float]:
-    """Pooled ``dice``, ``iou``, ``ap50`` and ``score`` (mean of Dice and AP) over regions.
+    per_region: bool = False,
+) -> dict:
+    """Pooled ``dice``, ``iou``, ``ap50`` and ``score`` (mean of Dice and AP) over regions;
+    with ``per_region``, also ``per_region``: the same metrics of each region alone, from the
+    same predictions.
 
     The regions are predicted by the engine with ``options`` (default:
     :func:`validation_options`, on the CPU in fp32).
@@ -167,12 +175,17 @@ def evaluate_regions(
     ]
     scored = []
     for size in candidates:
-        score = RegionScore()
+        score, alone = RegionScore(), []
         for region, labels in zip(regions, unfiltered, strict=True):
             if size > 0:
                 labels = relabel_sequential(drop_small_instances(labels, size, region.spacing))
-            score.add(labels, region.labels)
-        scored.append({**score.metrics(), "min_instance_size": size})
+            alone.append(RegionScore())
+            alone[-1].add(labels, region.labels)
+            score.merge(alone[-1])
+        metrics = {**score.metrics(), "min_instance_size": size}
+        if per_region:
+            metrics["per_region"] = [a.metrics() for a in alone]
+        scored.append(metrics)
     return max(scored, key=lambda m: m["score"])  # the first (smallest size) of equal scores
 
 
@@ -198,9 +211,12 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between[:-1]))])
 
 
-def evaluate_otsu(regions: Sequence, factor: float | Sequence[float] = 1.0) -> dict[str, float]:
-    """The Otsu floor on the same regions and the same resampling as the model."""
-    score = RegionScore()
+def evaluate_otsu(
+    regions: Sequence, factor: float | Sequence[float] = 1.0, *, per_region: bool = False
+) -> dict:
+    """The Otsu floor on the same regions and the same resampling as the model (with
+    ``per_region``, also each region's metrics alone, as :func:`evaluate_regions`)."""
+    score, alone = RegionScore(), []
     for region in regions:
         scaled = rescale_image(region.image, factor)
         sp = [
@@ -212,8 +228,13 @@ def evaluate_otsu(regions: Sequence, factor: float | Sequence[float] = 1.0) -> d
             zoom = [a / b for a, b in zip(region.image.shape[1:], labels.shape, strict=True)]
             labels = ndi.zoom(labels, zoom, order=0, grid_mode=True, mode="nearest")
             labels = _fit(labels, region.image.shape[1:])
-        score.add(labels, region.labels)
-    return score.metrics()
+        alone.append(RegionScore())
+        alone[-1].add(labels, region.labels)
+        score.merge(alone[-1])
+    metrics = score.metrics()
+    if per_region:
+        metrics["per_region"] = [a.metrics() for a in alone]
+    return metrics
 
 
 def _fit(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -236,6 +257,41 @@ def robustness_table(
 ) -> list[dict[str, float]]:
     """One row per spacing factor: the model's metrics (``model_dice``, ...), those of each
     ``compare`` model under its name (``<name>_dice``, ...) and, with ``baseline``, Otsu's.
+    The pooled part of :func:`robustness_tables` (same arguments)."""
+    return robustness_tables(
+        model,
+        regions,
+        config,
+        factors,
+        baseline=baseline,
+        options=options,
+        compare=compare,
+        axes=axes,
+    ).pooled
+
+
+@dataclass
+class RobustnessTables:
+    """:func:`robustness_tables`' rows: ``pooled`` over the regions, and ``by_region``, one
+    table (the same rows and keys) per region, scored alone from the same predictions."""
+
+    pooled: list[dict[str, float]]
+    by_region: list[list[dict[str, float]]]
+
+
+def robustness_tables(
+    model: torch.nn.Module,
+    regions: Sequence,
+    config: ExperimentConfig,
+    factors: Sequence[float],
+    *,
+    baseline: bool = True,
+    options: PredictOptions | None = None,
+    compare: Sequence[tuple[str, torch.nn.Module]] = (),
+    axes: Sequence[int] | None = None,
+) -> RobustnessTables:
+    """The rows of :func:`robustness_table`, pooled and region by region, each model and
+    factor predicted once.
 
     ``axes``: the spatial axes the factor coarsens (e.g. ``[0]``: z alone, the anisotropy of
     a volume); default every axis.
@@ -252,18 +308,33 @@ def robustness_table(
     scored = [("model", model, config)] + [
         (name, other, _config_of(other, config)) for name, other in compare
     ]
-    rows = []
+    rows, by_region = [], [[] for _ in regions]
     ndim = regions[0].image.ndim - 1 if regions else 0
     for f in factors:
         row = {"factor": float(f)}
+        alone = [{"factor": float(f)} for _ in regions]
         per_axis = axis_factors(f, ndim, axes)
-        for name, m, cfg in scored:
-            metrics = evaluate_regions(m, regions, cfg, factor=per_axis, options=options)
-            row.update({f"{name}_{k}": v for k, v in metrics.items()})
+        results = [
+            (
+                name,
+                evaluate_regions(
+                    m, regions, cfg, factor=per_axis, options=options, per_region=True
+                ),
+            )
+            for name, m, cfg in scored
+        ]
         if baseline:
-            row.update({f"otsu_{k}": v for k, v in evaluate_otsu(regions, per_axis).items()})
+            results.append(("otsu", evaluate_otsu(regions, per_axis, per_region=True)))
+        for name, metrics in results:
+            for region_row, region_metrics in zip(alone, metrics.pop("per_region"), strict=True):
+                region_row.update({f"{name}_{k}": v for k, v in region_metrics.items()})
+                if "min_instance_size" in metrics:
+                    region_row[f"{name}_min_instance_size"] = metrics["min_instance_size"]
+            row.update({f"{name}_{k}": v for k, v in metrics.items()})
         rows.append(row)
-    return rows
+        for table, region_row in zip(by_region, alone, strict=True):
+            table.append(region_row)
+    return RobustnessTables(rows, by_region)
 
 
 def _config_of(model: torch.nn.Module, config: ExperimentConfig) -> ExperimentConfig:
