@@ -198,3 +198,35 @@ def test_rotations_never_change_a_crop_s_shape():
             (1.0, 1.0, 1.0), rng, flips=False, rotations=True, shape=(8, 24, 24)
         )
         assert perm[0] == 0 and sorted(perm[1:]) == [1, 2]
+
+
+def test_a_3d_crop_s_boundary_band_is_measured_at_its_level_s_spacing(tmp_path, monkeypatch):
+    """The targets of an anisotropic crop measure the band in physical units: each level's
+    boundary is the band of its labels at the spacing that level tells the model."""
+    import napari_rat.train.datasets as datasets
+    from napari_rat.inference.instances import boundary_bands
+
+    config = _config(tmp_path)
+    head = config.model.head.model_copy(update={"boundary_width": 2})
+    config = config.model_copy(update={"model": config.model.model_copy(update={"head": head})})
+    seen = []
+
+    def spy(labels, width, spacing=None):
+        seen.append((labels.copy(), width, spacing))
+        return boundary_bands(labels, width, spacing)
+
+    monkeypatch.setattr(datasets, "boundary_bands", spy)
+    data = build_data(config)
+    told_spacings = []
+    for index in range(4):
+        seen.clear()
+        item = data.train[index]
+        told_spacings += item["spacings"]
+        assert len(seen) == len(item["boundary"])
+        for (labels, width, spacing), target, told in zip(
+            seen, item["boundary"], item["spacings"], strict=True
+        ):
+            assert width == 2 and tuple(spacing) == tuple(told)
+            band = boundary_bands(labels, 2, told)[0]
+            np.testing.assert_array_equal(target.numpy() == 1, band & (labels >= 0))
+    assert any(s[0] > 1.2 * min(s) for s in told_spacings)  # anisotropic levels were seen

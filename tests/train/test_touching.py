@@ -4,6 +4,7 @@ boundary loss weighted there (``training.contact_weight``)."""
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 from napari_rat.inference.instances import boundary_from_instances, contact_pixels
 from napari_rat.synthetic import synthetic_nuclei
@@ -130,3 +131,73 @@ def test_the_band_never_eats_a_small_object_s_core():
         np.testing.assert_array_equal(band & inside, boundary_from_instances(labels) & inside)
     contact = contact_pixels(labels, 3)
     assert contact[5, 21] and contact[5, 22] and not contact[5, 20]
+
+
+def _reference_band(labels, width, spacing):
+    """The band by its definition, with a shortest-path solver: instance pixels whose cheapest
+    path of face steps (a step costs its axis' spacing over the finest one) from their
+    instance's contour, inside the instance, is at most the capped width minus one; the cap
+    is half the depth (the cheapest path to a pixel off the instance's core, plus one)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    costs = np.asarray(spacing, float) / min(spacing)
+    shape, n = labels.shape, labels.size
+    index = np.arange(n).reshape(shape)
+    inside = labels > 0
+    contour = boundary_from_instances(labels)
+    rows, cols, weights = [], [], []
+    for axis, cost in enumerate(costs):
+        a = [slice(None)] * labels.ndim
+        b = [slice(None)] * labels.ndim
+        a[axis], b[axis] = slice(1, None), slice(None, -1)
+        rows += [index[tuple(a)].ravel(), index[tuple(b)].ravel()]
+        cols += [index[tuple(b)].ravel(), index[tuple(a)].ravel()]
+        weights += [np.full(index[tuple(a)].size, cost)] * 2
+    graph = coo_matrix(
+        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), (n, n)
+    ).tocsr()
+    off_core = np.flatnonzero(~(inside & ~contour))
+    depth = dijkstra(graph, indices=off_core, min_only=True).reshape(shape) + 1
+    band = np.zeros(shape, bool)
+    for label in np.unique(labels[inside]):
+        own = labels == label
+        cap = np.clip(np.floor(depth[own].max() / 2), 1, width)
+        keep = own.ravel()
+        sub = graph[keep][:, keep]
+        seeds = np.flatnonzero(contour.ravel()[keep])
+        dist = dijkstra(sub, indices=seeds, min_only=True)
+        band[own] = (dist <= cap - 1).reshape(-1)
+    return band
+
+
+@pytest.mark.parametrize(
+    "spacing", [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0), (1.6, 1.0, 1.0), (4.0, 1.0, 1.0)]
+)
+def test_the_band_is_measured_in_physical_units_on_anisotropic_crops(spacing):
+    """On a volume whose z planes lie farther apart than its pixels, the band grows along z
+    only as far as its width reaches physically: 2 pixels wide stays one plane thick when
+    planes lie 1.6, 2 or 4 pixels apart (the plain band stepped a plane in), and it matches
+    the definition (a shortest-path reference) at every spacing."""
+    _, labels = synthetic_nuclei((12, 32, 32), radius=7, spacing=spacing, seed=1, touching=0.5)[:2]
+    assert labels.max() > 2
+    for width in (2, 3):
+        band = boundary_from_instances(labels, width, spacing)
+        np.testing.assert_array_equal(band, _reference_band(labels, width, spacing))
+    band = boundary_from_instances(labels, 2, spacing)
+    plain = boundary_from_instances(labels, 2)
+    if spacing[0] == 1.0:
+        np.testing.assert_array_equal(band, plain)
+    else:
+        # a 2-pixel band takes one step in from the contour: laterally only, as a z step costs
+        # more than a pixel; the plain band also stepped in along z
+        contour = boundary_from_instances(labels)
+        lateral = ndi.binary_dilation(
+            contour,
+            structure=np.array([[[0] * 3] * 3, [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0] * 3] * 3]),
+        )
+        assert not (band & ~contour & ~lateral).any()
+        if spacing[0] < 3:  # at 4, nuclei 3-4 planes deep: the depth cap kept the plain band
+            assert (plain & ~contour & ~lateral).any()  # to the contour too
+    with pytest.raises(ValueError, match="3 positive values"):
+        boundary_from_instances(labels, 2, (1.0, 1.0))

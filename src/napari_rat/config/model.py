@@ -30,9 +30,11 @@ class HeadConfig(StrictModel):
         1,
         ge=1,
         le=MAX_BOUNDARY_WIDTH,
-        description="Width in pixels of the boundary band the head learns, inside each instance "
-        "(1: the inner contour). A wider band is easier to learn from coarse tokens; instances "
-        "grow back over it and 2 pixels more (napari_rat.inference.instances.grow_radius).",
+        description="Width of the boundary band the head learns, inside each instance, in pixels "
+        "of the finest axis (1: the inner contour; on anisotropic crops the band is measured in "
+        "physical units, so it stays thinner along a coarser axis). A wider band is easier to "
+        "learn from coarse tokens; instances grow back over it and 2 pixels more "
+        "(napari_rat.inference.instances.grow_radius).",
     )
     min_instance_size: float | None = Field(
         None,

@@ -49,9 +49,11 @@ def grow_radius(boundary_width: int = 1) -> int:
 BOUNDARY_RADIUS = grow_radius(1)
 
 
-def boundary_from_instances(labels: np.ndarray, width: int = 1) -> np.ndarray:
+def boundary_from_instances(
+    labels: np.ndarray, width: int = 1, spacing: Sequence[float] | None = None
+) -> np.ndarray:
     """Inner contours of the instances: pixels with a differently labelled face neighbour,
-    and with ``width`` > 1 the instance pixels up to ``width`` face steps from one, but never
+    and with ``width`` > 1 the instance pixels within ``width - 1`` face steps of one, but never
     more than half an instance's depth: a small object (a nucleus seen at a coarse spacing)
     keeps a core, so the band means the same at every spacing.
 
@@ -61,26 +63,36 @@ def boundary_from_instances(labels: np.ndarray, width: int = 1) -> np.ndarray:
         Integer instance labels, 0 = background, any number of dimensions. Negative values
         (ignored pixels) count as "another label" for their neighbours but are never boundary.
     width
-        Width of the band in pixels (``model.head.boundary_width``; at most
-        :data:`MAX_BOUNDARY_WIDTH`; instances grow back over it, see :func:`grow_radius`).
+        Width of the band in pixels of the finest axis (``model.head.boundary_width``; at
+        most :data:`MAX_BOUNDARY_WIDTH`; instances grow back over it, see :func:`grow_radius`).
+    spacing
+        Physical pixel size. A face step along an axis costs its spacing over the finest one,
+        so on an anisotropic volume the band (and the depth that caps it) is measured in
+        physical units: a 2-pixel band stays one plane thick in z when z planes lie 4 pixels
+        apart, instead of eating half a nucleus 4 planes deep. ``None`` or equal spacings:
+        plain face steps.
 
     Returns
     -------
     Boolean array of ``labels.shape``.
     """
-    return boundary_bands(labels, width)[0]
+    return boundary_bands(labels, width, spacing)[0]
 
 
-def contact_pixels(labels: np.ndarray, width: int = 1) -> np.ndarray:
-    """The part of :func:`boundary_from_instances` (of the same ``width``) where two instances
-    touch: instance pixels near a face neighbour in another instance (background and ignored
-    pixels do not count)."""
-    return boundary_bands(labels, width)[1]
+def contact_pixels(
+    labels: np.ndarray, width: int = 1, spacing: Sequence[float] | None = None
+) -> np.ndarray:
+    """The part of :func:`boundary_from_instances` (of the same ``width`` and ``spacing``)
+    where two instances touch: instance pixels near a face neighbour in another instance
+    (background and ignored pixels do not count)."""
+    return boundary_bands(labels, width, spacing)[1]
 
 
-def boundary_bands(labels: np.ndarray, width: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def boundary_bands(
+    labels: np.ndarray, width: int = 1, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(boundary, contact)``: :func:`boundary_from_instances` and :func:`contact_pixels` of
-    the same ``width`` in one pass (the training targets need both)."""
+    the same ``width`` and ``spacing`` in one pass (the training targets need both)."""
     if not 1 <= width <= MAX_BOUNDARY_WIDTH:
         raise ValueError(f"boundary width {width} must be 1 to {MAX_BOUNDARY_WIDTH} pixels")
     labels = np.asarray(labels)
@@ -88,18 +100,58 @@ def boundary_bands(labels: np.ndarray, width: int = 1) -> tuple[np.ndarray, np.n
     contact = differing_neighbours(labels, instances_only=True)
     if width == 1:
         return contour, contact
-    # Each band grows face step by face step into its own instances (an instance pixel next
-    # to another instance's band is in the band already): up to ``width`` pixels, and at most
-    # half of the instance's depth (its deepest pixel's face steps from its contour).
+    costs = _step_costs(spacing, labels.ndim)
+    # Each band grows step by step into its own instances (an instance pixel next to another
+    # instance's band is in the band already): up to ``width - 1`` steps, and at most half of
+    # the instance's depth (its deepest pixel's steps from its contour, plus one).
     inside = labels > 0
-    depth = ndi.distance_transform_cdt(inside & ~contour, metric="taxicab") + 1
+    limit = 2.0 * width + 1.0  # depths beyond this give the full width anyway
+    depth = _step_distance(~(inside & ~contour), None, costs, limit) + 1.0
     ids = np.where(inside, labels, 0)
     deepest = np.asarray(ndi.maximum(depth, ids, index=np.arange(int(ids.max()) + 1)))
-    cap = np.clip(deepest // 2, 1, width)[ids]
-    bands = [contour, contact]
-    for step in range(1, width):
-        bands = [b | (inside & (cap > step) & ndi.binary_dilation(b)) for b in bands]
-    return bands[0], bands[1]
+    cap = np.clip(np.floor(deepest / 2), 1, width)[ids]
+    return tuple(
+        inside & (_step_distance(b, inside, costs, width - 1.0) <= cap - 1.0)
+        for b in (contour, contact)
+    )
+
+
+def _step_costs(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    """What a face step along each axis costs, in pixels of the finest axis."""
+    if spacing is None:
+        return (1.0,) * ndim
+    spacing = [float(s) for s in spacing]
+    if len(spacing) != ndim or min(spacing) <= 0:
+        raise ValueError(f"spacing must be {ndim} positive values, got {spacing}")
+    return tuple(s / min(spacing) for s in spacing)
+
+
+def _step_distance(
+    seeds: np.ndarray, within: np.ndarray | None, costs: Sequence[float], limit: float
+) -> np.ndarray:
+    """The cheapest path of face steps (each costing its axis' ``costs``) from ``seeds`` to
+    every pixel, through ``within`` pixels only (``None``: anywhere); ``inf`` beyond
+    ``limit``. Relaxation: each round lets every path take one more step, and a path within
+    ``limit`` has at most ``limit`` steps (every step costs 1 or more)."""
+    dist = np.where(seeds, 0.0, np.inf)
+    for _ in range(int(limit)):
+        before = dist
+        dist = dist.copy()
+        for axis, cost in enumerate(costs):
+            if cost > limit or dist.shape[axis] < 2:
+                continue
+            lo = [slice(None)] * dist.ndim
+            hi = [slice(None)] * dist.ndim
+            lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+            lo, hi = tuple(lo), tuple(hi)
+            np.minimum(dist[hi], before[lo] + cost, out=dist[hi])
+            np.minimum(dist[lo], before[hi] + cost, out=dist[lo])
+        if within is not None:
+            dist[~within & ~seeds] = np.inf
+        if np.array_equal(dist, before):
+            break
+    dist[dist > limit] = np.inf
+    return dist
 
 
 def _softmax_foreground(class_logits: np.ndarray) -> np.ndarray:

@@ -6,11 +6,11 @@ validation and evaluation predict the whole validation or hold-out band. Generat
 into a real dataset (``data.synthetic_fraction``) are training-only.
 
 Targets per level: ``classes`` (0 background, 1 foreground, -1 ignored) and ``boundary``
-(:func:`napari_rat.inference.instances.boundary_from_instances` of the instance labels; -1
-where unknown) and ``contact`` (its part where two instances touch,
-:func:`~napari_rat.inference.instances.contact_pixels`, which ``training.contact_weight``
-weights). Scribbled classes (in-memory images) win over the labels where painted; a scribble
-tells no boundary, except that background is never one.
+(:func:`napari_rat.inference.instances.boundary_from_instances` of the instance labels, its
+band measured at the crop level's spacing; -1 where unknown) and ``contact`` (its part where
+two instances touch, :func:`~napari_rat.inference.instances.contact_pixels`, which
+``training.contact_weight`` weights). Scribbled classes (in-memory images) win over the
+labels where painted; a scribble tells no boundary, except that background is never one.
 
 In-memory images (``data.source: in_memory``) are training-only, and their crops are drawn
 around what is annotated (:func:`annotated_box`), so sparse scribbles are not missed.
@@ -56,14 +56,17 @@ class DataBundle:
 
 
 def targets_from_labels(
-    labels: np.ndarray, classes: np.ndarray | None = None, boundary_width: int = 1
+    labels: np.ndarray,
+    classes: np.ndarray | None = None,
+    boundary_width: int = 1,
+    spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(classes int64, boundary float32, contact bool)`` from instance labels (``-1`` =
     ignore) and, where painted (``>= 0``), scribbled ``classes``; boundary (a band of
-    ``boundary_width`` pixels) ``-1`` where it is unknown; contact where two instances touch
-    (never where painted)."""
+    ``boundary_width`` pixels of the finest axis of ``spacing``) ``-1`` where it is unknown;
+    contact where two instances touch (never where painted)."""
     target = np.where(labels < 0, -1, (labels > 0).astype(np.int64))
-    band, contact = boundary_bands(labels, boundary_width)
+    band, contact = boundary_bands(labels, boundary_width, spacing)
     boundary = np.where(labels < 0, -1.0, band)
     if classes is not None:
         painted = classes >= 0
@@ -144,8 +147,8 @@ class CropDataset(torch.utils.data.Dataset):
         painted = sample.classes or [None] * len(sample.labels)
         classes, boundary, contact = zip(
             *(
-                targets_from_labels(lab, cls, self.boundary_width)
-                for lab, cls in zip(sample.labels, painted, strict=True)
+                targets_from_labels(lab, cls, self.boundary_width, spacing)
+                for lab, cls, spacing in zip(sample.labels, painted, sample.spacings, strict=True)
             ),
             strict=True,
         )
