@@ -65,6 +65,28 @@ def test_train_then_evaluate_robustness(tiny, tmp_path, capsys):
     from matplotlib.image import imread
 
     assert imread(out / "robustness.png").shape == (350, 500, 4)  # the saved plot decodes
+    # --resample scores what `predict --resample` gives: at the training spacing (factor 1)
+    # the same as without, at twice as coarse the tiles were resampled to the training spacing
+    import csv
+
+    def rows(folder, *extra):
+        args = ["evaluate", "--config", str(path), "--checkpoint", str(best), "--robustness"]
+        assert main([*args, "--factors", "1", "2", "--output", str(folder), *extra]) == 0
+        with open(folder / "robustness.csv") as fh:
+            return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+    told, resampled = rows(tmp_path / "told"), rows(tmp_path / "resampled", "--resample")
+    assert (
+        "resampled to the training spacing"
+        in (tmp_path / "resampled" / "robustness.md").read_text()
+    )
+    assert told[0] == resampled[0]
+    assert told[1]["otsu_dice"] == resampled[1]["otsu_dice"]  # the floor resamples nothing
+    assert told[1] != resampled[1]
+    card = best.read_bytes()
+    args = ["evaluate", "--config", str(path), "--checkpoint", str(best), "--resample"]
+    assert main([*args, "--write-card"]) == 2
+    assert "leave out --resample" in capsys.readouterr().err and best.read_bytes() == card
     assert (
         main(
             [

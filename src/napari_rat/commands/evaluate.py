@@ -60,6 +60,12 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, *, checkpoint_requ
         action="store_true",
         help="skip the Gaussian + Otsu + connected components floor",
     )
+    parser.add_argument(
+        "--resample",
+        action="store_true",
+        help="predict as `napari-rat predict --resample` does: each tile resampled to the "
+        "model's training spacing and back (default: RAT told the true spacing)",
+    )
 
 
 DEFAULT_RESOLUTIONS = [128, 256, 512, 1024]
@@ -168,6 +174,12 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     regions, which = (data.holdout, "hold-out") if data.holdout else (data.val, "validation")
     if not regions:
         raise CommandError("the config leaves no hold-out or validation region to evaluate on")
+    resample = bool(getattr(args, "resample", False))
+    if args.write_card and resample:
+        raise CommandError(
+            "--write-card records the model's own scores, told the true spacing; leave out "
+            "--resample (or --write-card)"
+        )
     if args.write_card and which != "hold-out":
         raise CommandError(
             "--write-card records hold-out scores, but the config holds nothing out "
@@ -190,7 +202,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         config,
         factors,
         baseline=not args.no_baseline,
-        options=PredictOptions(),
+        options=PredictOptions(resample_to_training_spacing=resample),
         compare=list(zip(names, others, strict=True)),
         axes=axes,
     )
@@ -201,7 +213,8 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         files = write_report(
             rows,
             out,
-            title=f"{config.name}: {which} region, {checkpoint}{compared}",
+            title=f"{config.name}: {which} region, {checkpoint}{compared}"
+            + (", tiles resampled to the training spacing" if resample else ""),
             resolutions=resolutions,
             factor_label=label,
         )
