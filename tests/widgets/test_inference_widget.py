@@ -389,6 +389,44 @@ def test_the_bundled_choice_takes_the_3d_starter_for_volumes(make_napari_viewer,
     np.testing.assert_allclose(fg.scale, (2.0, 1.0, 1.0))
 
 
+def test_resample_runs_the_starter_at_its_training_spacing(make_napari_viewer, qtbot):
+    """A volume twice as coarse in z as the 3D starter's training data: "resample to the
+    training spacing" gives what `predict --resample` gives (the same engine run with tiles
+    resampled), not the told-spacing run, in the same place; removing the first results and
+    running again with it on leaves one set of layers."""
+    from napari_rat._widgets.inference_widget import result_arrays
+    from napari_rat._widgets.layer_input import layer_input, snapshot_layer
+    from napari_rat.inference import PredictOptions, run_prediction
+    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.inference.sources import predict_input
+    from napari_rat.pretrained import starter_model_path
+
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((5, 40, 40), spacing=(4.0, 1.0, 1.0), radius=6.0, seed=11)
+    layer = viewer.add_image(img, name="vol", scale=(4.0, 1.0, 1.0), axis_labels=("z", "y", "x"))
+    widget = InferenceWidget(viewer)
+    widget.image_layer.value = "vol"
+    widget.tile.value = 32
+    assert widget.resample.value is False
+    _run(widget, qtbot)
+    told = np.asarray(viewer.layers["vol foreground (RAT)"].data).copy()
+    for name in ("vol foreground (RAT)", "vol instances (RAT)"):
+        viewer.layers.remove(name)
+    widget.resample.value = True
+    _run(widget, qtbot)
+    assert widget.status.value.startswith("done"), widget.status.value
+    fg = viewer.layers["vol foreground (RAT)"]
+    assert [lay.name for lay in viewer.layers].count("vol foreground (RAT)") == 1
+    assert fg.data.shape == img.shape
+    np.testing.assert_allclose(fg.scale, (4.0, 1.0, 1.0))
+    model = load_model_for_inference(starter_model_path(3))
+    source = layer_input(snapshot_layer(layer), 3, "whole", [0, 0, 0], 0)
+    options = PredictOptions(tile=(32,) * 3, resample_to_training_spacing=True)
+    expected = result_arrays(run_prediction(predict_input(model, source, options=options)), source)
+    np.testing.assert_allclose(fg.data, expected["foreground"], atol=1e-5)
+    assert np.abs(np.asarray(fg.data) - told).max() > 0.05  # not the told-spacing run
+
+
 @pytest.mark.slow
 def test_run_on_the_local_cluster_gives_the_layers_of_a_run_here(
     make_napari_viewer, qtbot, checkpoints, tmp_path, monkeypatch

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-from magicgui.widgets import ComboBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Label, ProgressBar, PushButton, SpinBox
 
 from napari_rat._widgets.dock_base import ModelDock, wrap_status_label
 from napari_rat._widgets.layer_input import (
@@ -87,13 +87,15 @@ def _prediction_job(
     note="",
     cluster=None,
     workers=2,
+    resample=False,
 ):
     """Generator run in the worker: load the model, say the plan, cut the input, predict.
 
     ``layer``: a :class:`~napari_rat._widgets.layer_input.LayerSnapshot` taken on the GUI
     thread. ``cluster``: ``None`` (here) or a cluster for
     :func:`napari_rat.cluster.predict.predict_on_cluster` with ``workers`` (every plane of a
-    stack still runs here, one plane after the other).
+    stack still runs here, one plane after the other). ``resample``: each tile resampled to
+    the model's training spacing and back (``napari-rat predict --resample``).
     """
     keep_triton_out()
     from napari_rat.inference import PredictOptions, resolve_device
@@ -106,7 +108,12 @@ def _prediction_job(
     if plan:
         yield plan
     check_channels(layer, channel, model.backbone.input_features)
-    options = PredictOptions(tile=(tile,) * dims, levels=levels, device=device)
+    options = PredictOptions(
+        tile=(tile,) * dims,
+        levels=levels,
+        device=device,
+        resample_to_training_spacing=resample,
+    )
     if region == "planes" and stack_axes(layer, dims):
         return (yield from _predict_planes(model, layer, level, channel, options, plan))
     source = layer_input(
@@ -349,6 +356,13 @@ class InferenceWidget(ModelDock):
             "(started if none runs; `napari-rat cluster stop` stops it)"
         )
         self.workers = SpinBox(label="cluster workers", min=1, max=256, value=2)
+        self.resample = CheckBox(text="resample to the training spacing", value=False)
+        self.resample.tooltip = (
+            "off: RAT is told the image's true spacing. On: each tile is resampled to the "
+            "spacing the model was trained at and the result back (`napari-rat predict "
+            "--resample`); for images much coarser than the training data this scored "
+            "better with the bundled starters (README, 'Starter model')"
+        )
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
@@ -362,6 +376,7 @@ class InferenceWidget(ModelDock):
                 self.level,
                 self.tile,
                 self.levels,
+                self.resample,
                 self.run_on,
                 self.workers,
             ],
@@ -421,6 +436,7 @@ class InferenceWidget(ModelDock):
             "",  # no note: the bundled choice has a model of every dimension
             RUN_ON[self.run_on.value],
             self.workers.value,
+            self.resample.value,
             yielded=self._on_progress,
             returned=partial(self._on_result, source_name=layer.name),
         )
