@@ -89,7 +89,7 @@ def test_region_by_region_scores_come_from_the_pooled_predictions(tiny):
     import numpy as np
 
     from napari_rat.train.datasets import EvalRegion
-    from napari_rat.train.evaluation import robustness_table, robustness_tables
+    from napari_rat.train.evaluation import robustness_tables
 
     config = tiny()
     regions = []
@@ -108,11 +108,11 @@ def test_region_by_region_scores_come_from_the_pooled_predictions(tiny):
     tables = robustness_tables(Thresholder(), regions, config, **args)
     assert len(tables.by_region) == 2 and all(len(t) == 2 for t in tables.by_region)
     for region, table in zip(regions, tables.by_region, strict=True):
-        alone = robustness_table(Thresholder(), [region], config, **args)
+        alone = robustness_tables(Thresholder(), [region], config, **args).pooled
         assert [set(r) for r in table] == [set(r) for r in alone]
         for got, want in zip(table, alone, strict=True):
             assert got == pytest.approx(want)
-    pooled = robustness_table(Thresholder(), regions, config, **args)
+    pooled = robustness_tables(Thresholder(), regions, config, **args).pooled
     assert all(got == pytest.approx(want) for got, want in zip(tables.pooled, pooled, strict=True))
     # pooled AP@0.5: every region's nuclei found, one speck each -> tp / (tp + fp + fn)
     nuclei = sum(len(np.unique(r.labels)) - 1 for r in regions)

@@ -20,15 +20,15 @@ from pathlib import Path
 def _scores(checkpoint: str, config, regions) -> dict[str, float]:
     from napari_rat.inference.model_loading import load_model_for_inference
     from napari_rat.inference.tiled_predict import PredictOptions
-    from napari_rat.train.evaluation import robustness_table
+    from napari_rat.train.evaluation import robustness_tables
 
     model = load_model_for_inference(checkpoint)
     # As `napari-rat evaluate` does: the checkpoint's own model section (its head's minimum
     # instance size, chosen on validation) scores it.
     config = config.model_copy(update={"model": model.checkpoint_info.model_config})
-    (row,) = robustness_table(
+    (row,) = robustness_tables(
         model, regions, config, [1.0], baseline=False, options=PredictOptions()
-    )
+    ).pooled
     return {"dice": row["model_dice"], "ap50": row["model_ap50"]}
 
 

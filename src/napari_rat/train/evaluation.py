@@ -244,32 +244,6 @@ def _fit(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return out
 
 
-def robustness_table(
-    model: torch.nn.Module,
-    regions: Sequence,
-    config: ExperimentConfig,
-    factors: Sequence[float],
-    *,
-    baseline: bool = True,
-    options: PredictOptions | None = None,
-    compare: Sequence[tuple[str, torch.nn.Module]] = (),
-    axes: Sequence[int] | None = None,
-) -> list[dict[str, float]]:
-    """One row per spacing factor: the model's metrics (``model_dice``, ...), those of each
-    ``compare`` model under its name (``<name>_dice``, ...) and, with ``baseline``, Otsu's.
-    The pooled part of :func:`robustness_tables` (same arguments)."""
-    return robustness_tables(
-        model,
-        regions,
-        config,
-        factors,
-        baseline=baseline,
-        options=options,
-        compare=compare,
-        axes=axes,
-    ).pooled
-
-
 @dataclass
 class RobustnessTables:
     """:func:`robustness_tables`' rows: ``pooled`` over the regions, and ``by_region``, one
@@ -290,8 +264,9 @@ def robustness_tables(
     compare: Sequence[tuple[str, torch.nn.Module]] = (),
     axes: Sequence[int] | None = None,
 ) -> RobustnessTables:
-    """The rows of :func:`robustness_table`, pooled and region by region, each model and
-    factor predicted once.
+    """One row per spacing factor: the model's metrics (``model_dice``, ...), those of each
+    ``compare`` model under its name (``<name>_dice``, ...) and, with ``baseline``, Otsu's;
+    pooled over the regions, and region by region (each model and factor predicted once).
 
     ``axes``: the spatial axes the factor coarsens (e.g. ``[0]``: z alone, the anisotropy of
     a volume); default every axis.
