@@ -68,9 +68,9 @@ def boundary_from_instances(
     spacing
         Physical pixel size. A face step along an axis costs its spacing over the finest one,
         so on an anisotropic volume the band (and the depth that caps it) is measured in
-        physical units: a 2-pixel band stays one plane thick in z when z planes lie 4 pixels
-        apart, instead of eating half a nucleus 4 planes deep. ``None`` or equal spacings:
-        plain face steps.
+        physical units: a 2-pixel band stays one plane thick in z when z planes lie 2.5
+        pixels apart, instead of taking two planes of every nucleus. ``None`` or equal
+        spacings: plain face steps.
 
     Returns
     -------
