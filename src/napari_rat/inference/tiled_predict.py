@@ -503,10 +503,9 @@ def _min_pixels(model, plan: _Plan, options: PredictOptions) -> float:
     """The instance size limit in pixels: the option in the image's unit, else the
     checkpoint's setting in the model's."""
     dims = len(plan.shape)
-    info = getattr(model, "checkpoint_info", None)
-    if options.min_instance_size is None and info is not None:
-        size = info.model_config.head.min_instance_size or 0.0
-        return min_instance_pixels(size, plan.model_spacing, dims)
+    head = checkpoint_head(model)
+    if options.min_instance_size is None and head is not None:
+        return min_instance_pixels(head.min_instance_size or 0.0, plan.model_spacing, dims)
     return min_instance_pixels(options.min_instance_size or 0.0, plan.spacing, dims)
 
 
