@@ -174,7 +174,7 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     regions, which = (data.holdout, "hold-out") if data.holdout else (data.val, "validation")
     if not regions:
         raise CommandError("the config leaves no hold-out or validation region to evaluate on")
-    resample = bool(getattr(args, "resample", False))
+    resample = args.resample
     if args.write_card and resample:
         raise CommandError(
             "--write-card records the model's own scores, told the true spacing; leave out "
