@@ -183,3 +183,38 @@ def test_ome_zarr_source(tmp_path, tiny):
     assert data.spacing == (0.5, 0.5)
     assert data.train.images[0].levels  # the stored coarser level is available
     assert data.train[0]["images"][0].shape == (1, 16, 16)
+
+
+def test_decoy_images_look_like_nuclei_at_another_spacing_and_stay_unlabelled(tiny):
+    """``synthetic_decoy_radius``: every second generated image holds smaller objects drawn
+    like the nuclei, with no labels; a decoy image is the nucleus image of the same seed with
+    everything scaled by the radii's ratio (only the spacing tells them apart)."""
+    from napari_rat.synthetic import synthetic_nuclei
+    from napari_rat.train.data_sources import synthetic_images
+    from napari_rat.train.normalization import Normalization
+    from napari_rat.train.training_card import data_description
+
+    config = tiny(
+        data={
+            "synthetic_images": 4,
+            "synthetic_shape": [48, 64],
+            "synthetic_radius": 5.0,
+            "synthetic_decoy_radius": 2.0,
+            "val_fraction": 0.25,
+            "holdout_fraction": 0.25,
+        }
+    )
+    images = synthetic_images(config.data, 2, Normalization())
+    assert [bool(np.asarray(im.labels).any()) for im in images] == [True, False, True, False]
+    # The decoy image is what the generator draws at the decoy radius: objects, just unlabelled.
+    _, decoy_labels = synthetic_nuclei((48, 64), radius=2.0, seed=1)
+    _, nucleus_labels = synthetic_nuclei((48, 64), radius=5.0, seed=1)
+    sizes = [np.bincount(lab.ravel())[1:].mean() for lab in (decoy_labels, nucleus_labels)]
+    assert sizes[0] < 0.3 * sizes[1]  # (2/5)^2 = 0.16 of a nucleus's area
+    decoy_image = np.asarray(images[1].image)[0]
+    assert decoy_image[decoy_labels > 0].mean() > 2 * decoy_image[decoy_labels == 0].mean()
+    data = build_data(config)
+    assert [bool(r.labels.any()) for r in data.holdout] == [True, False, True, False]
+    assert "unlabelled decoys of radius 2" in data_description(config, data)
+    with pytest.raises(ValueError, match="synthetic_decoy_radius"):
+        tiny(data={"synthetic_decoy_radius": 0.0})

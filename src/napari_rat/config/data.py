@@ -88,6 +88,15 @@ class DataConfig(StrictModel):
         description="Share of the generated nuclei pressed against another (touching, with a "
         "faint seam) instead of apart.",
     )
+    synthetic_decoy_radius: float | None = Field(
+        None,
+        gt=0,
+        description="Resolution probe: every second generated image holds objects of this "
+        "physical radius instead of nuclei, drawn exactly alike but left unlabelled "
+        "(background). Under spacing augmentation a decoy at a fine spacing looks like a "
+        "nucleus at a coarse one, so only the told spacing tells them apart "
+        "(docs/starter_model.md, 'A task that needs the spacing').",
+    )
     synthetic_z_anisotropy: tuple[float, float] | None = Field(
         None,
         description="3D only: generated volumes get z spacing from low to high times the "

@@ -250,7 +250,9 @@ def synthetic_images(
     config: DataConfig, spatial_dims: int, norm: Normalization, seed_offset: int = 0
 ) -> list[LabeledImage]:
     """Generated nuclei (``napari_rat.synthetic.synthetic_nuclei``) at the config's spacing
-    (see :func:`synthetic_spacings`); a coarser z keeps the volume's physical depth."""
+    (see :func:`synthetic_spacings`); a coarser z keeps the volume's physical depth. With
+    ``synthetic_decoy_radius`` every second image (odd index) holds decoys of that radius,
+    unlabelled."""
     from napari_rat.synthetic import synthetic_nuclei
 
     if config.synthetic_shape is not None:
@@ -263,13 +265,16 @@ def synthetic_images(
     for i, spacing in enumerate(synthetic_spacings(config, spatial_dims)):
         seed = config.seed * 1000 + seed_offset + i
         pixels = [max(1, round(n * b / s)) for n, b, s in zip(shape, base, spacing, strict=True)]
+        decoys = config.synthetic_decoy_radius is not None and i % 2 == 1
         image, labels = synthetic_nuclei(
             pixels,
             spacing,
-            radius=config.synthetic_radius,
+            radius=config.synthetic_decoy_radius if decoys else config.synthetic_radius,
             seed=seed,
             touching=config.synthetic_touching,
         )
+        if decoys:
+            labels = np.zeros_like(labels)
         out.append(
             _finish(f"synthetic-{seed}", image, labels, spacing, norm, spatial_dims, synthetic=True)
         )

@@ -22,6 +22,11 @@ def data_description(config: ExperimentConfig, data: DataBundle) -> str:
             + (f", {d.synthetic_touching:.0%} touching another" if d.synthetic_touching else "")
             + ")"
         )
+    if d.synthetic_decoy_radius is not None:
+        parts.append(
+            f"every second generated image holds unlabelled decoys of radius "
+            f"{d.synthetic_decoy_radius:g} instead of nuclei of radius {d.synthetic_radius:g}"
+        )
     if d.synthetic_z_anisotropy is not None:
         lo, hi = d.synthetic_z_anisotropy
         parts.append(f"generated volumes' z spacing {lo:g}x-{hi:g}x the config's")
