@@ -202,3 +202,53 @@ def test_the_default_model_of_a_volume_is_the_3d_starter(tmp_path, capsys):
     assert "starter-2d is a 2D model but the image has 3 spatial axes (zyx)" in err
     assert "--checkpoint starter-3d" in err
     assert not out.exists()
+
+
+def test_a_volume_plane_by_plane_with_the_2d_starter(tmp_path, capsys):
+    """`predict VOLUME --planes`: the 2D starter on each z plane, stacked and placed like the
+    volume, each plane what predicting that plane alone gives; the instance labels go into
+    the volume too."""
+    vol, truth = synthetic_nuclei((3, 48, 40), (2.0, 1.0, 1.0), radius=6.0, seed=4)
+    place = {"scale": (2.0, 1.0, 1.0), "translation": (5.0, -3.0, 7.0)}
+    src = write_image(tmp_path / "vol.zarr", vol, axes="zyx", levels=1, **place)
+    out = tmp_path / "planes.zarr"
+    args = ["predict", str(src), "--tile", "32", "--planes"]
+    assert main([*args, "--output", str(out), "--into-labels", "rat"]) == 0
+    assert "instances)" in capsys.readouterr().out
+    pred = open_pyramid(out)
+    assert pred.levels[0].shape == (3, 3, 48, 40)
+    assert pred.levels[0].scale[1:] == (2.0, 1.0, 1.0)
+    assert pred.levels[0].translation[1:] == (5.0, -3.0, 7.0)
+    probs = np.asarray(pred.levels[0].data)
+    labels = np.asarray(pred.labels["instances"].levels[0].data)
+    plane = write_image(
+        tmp_path / "plane1.zarr", vol[1], axes="yx", scale=(1.0, 1.0), translation=(-3.0, 7.0)
+    )
+    alone = tmp_path / "plane1-out.zarr"
+    assert main(["predict", str(plane), "--tile", "32", "--output", str(alone)]) == 0
+    np.testing.assert_allclose(probs[:, 1], np.asarray(open_pyramid(alone).levels[0].data))
+    found, nuclei = probs[1] > 0.5, truth > 0  # the 2D starter finds the nuclei of each plane
+    assert 2 * (found & nuclei).sum() / (found.sum() + nuclei.sum()) > 0.85
+    ids = [set(np.unique(labels[z])) - {0} for z in range(3)]
+    assert all(ids) and not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+    np.testing.assert_array_equal(
+        np.asarray(open_pyramid(src).labels["rat"].levels[0].data), labels
+    )
+    # Refused, with the way out: a 2D model on a volume without --planes, --planes on a
+    # plane, --planes on a cluster; nothing is written.
+    capsys.readouterr()
+    refused = tmp_path / "refused.zarr"
+    cases = [
+        (
+            [str(src), "--checkpoint", "starter-2d"],
+            "starter-2d is a 2D model but the image has 3 spatial axes (zyx); give a 3D "
+            "checkpoint (the bundled one: --checkpoint starter-3d), or add --planes",
+        ),
+        ([str(plane), "--planes"], "leave out --planes"),
+        ([str(src), "--planes", "--cluster", "local"], "leave out --cluster"),
+    ]
+    for extra, message in cases:
+        assert main(["predict", *extra, "--output", str(refused)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not refused.exists()

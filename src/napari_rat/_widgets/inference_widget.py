@@ -7,7 +7,6 @@ The widget only gathers choices; the work is :func:`napari_rat.inference.predict
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from magicgui.widgets import CheckBox, ComboBox, Label, ProgressBar, PushButton,
 from napari_rat._widgets.dock_base import ModelDock, wrap_status_label
 from napari_rat._widgets.layer_input import (
     LayerInput,
+    LayerSnapshot,
     axis_name,
     channel_axis,
     check_not_rgb,
@@ -46,82 +46,86 @@ class RunResult:
     """What a dock run hands the GUI thread: the result layers' data and what to say."""
 
     arrays: dict[str, np.ndarray]
-    source: LayerInput  # where the results go (the first plane's, for a stack)
+    source: LayerInput  # where the results go
     num_instances: int
     nan_pixels: int
     plan: str
 
 
-def run_plan(layer, model_dims: int, region: str, step, level: int, note: str = "") -> str:
+def run_plan(layer, model_dims: int, region: str, step, level: int) -> str:
     """What a run will segment, said before it runs ("" when it is plainly the whole image).
 
     A 2D model on a stack segments one plane unless ``region`` is ``"planes"``.
     """
     axes = stack_axes(layer, model_dims)
     if not axes:
-        return note
+        return ""
     model = f"{model_dims}D model"
     if region == "planes":
         data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
         count = math.prod(data.shape[a] for a in axes)
         kind = "planes" if model_dims == 2 else "volumes"
-        plan = f"{model}: every one of the {count} {kind}, one after the other"
-    else:
-        whole = "the stack" if model_dims == 2 else "every volume"
-        where = describe_plane(layer, model_dims, step, level)
-        plan = f"{model}: {where}; choose 'every plane' to segment {whole}"
-    return f"{plan} ({note})" if note else plan
+        return f"{model}: every one of the {count} {kind}, one after the other"
+    whole = "the stack" if model_dims == 2 else "every volume"
+    where = describe_plane(layer, model_dims, step, level)
+    return f"{model}: {where}; choose 'every plane' to segment {whole}"
 
 
-def _prediction_job(
-    checkpoint,
-    device,
-    layer,
-    region,
-    step,
-    level,
-    view_box,
-    tile,
-    levels,
-    channel,
-    note="",
-    cluster=None,
-    workers=2,
-    resample=False,
-):
-    """Generator run in the worker: load the model, say the plan, cut the input, predict.
+@dataclass(frozen=True)
+class RunRequest:
+    """A dock run's choices, gathered on the GUI thread; the worker reads only these.
 
-    ``layer``: a :class:`~napari_rat._widgets.layer_input.LayerSnapshot` taken on the GUI
-    thread. ``cluster``: ``None`` (here) or a cluster for
+    ``layer``: a :class:`~napari_rat._widgets.layer_input.LayerSnapshot` (the worker never
+    touches the live layer). ``step``: the viewer's position in the layer's data indices.
+    ``cluster``: ``None`` (here) or a cluster for
     :func:`napari_rat.cluster.predict.predict_on_cluster` with ``workers`` (every plane of a
     stack still runs here, one plane after the other). ``resample``: each tile resampled to
     the model's training spacing and back (``napari-rat predict --resample``).
     """
+
+    checkpoint: str
+    device: str
+    layer: LayerSnapshot
+    region: str
+    step: Sequence[int]
+    level: int
+    tile: int
+    levels: int
+    channel: int | None = None
+    view_box: np.ndarray | None = None
+    cluster: str | None = None
+    workers: int = 2
+    resample: bool = False
+
+
+def _prediction_job(request: RunRequest):
+    """Generator run in the worker: load the model, say the plan, cut the input, predict."""
     keep_triton_out()
     from napari_rat.inference import PredictOptions, resolve_device
     from napari_rat.inference.model_loading import load_model_for_inference
     from napari_rat.inference.sources import predict_input
 
-    model = load_model_for_inference(checkpoint, device=resolve_device(device))
+    r = request
+    layer, region, level = r.layer, r.region, r.level
+    model = load_model_for_inference(r.checkpoint, device=resolve_device(r.device))
     dims = model.spatial_dims
-    plan = run_plan(layer, dims, region, step, level, note)
+    plan = run_plan(layer, dims, region, r.step, level)
     if plan:
         yield plan
-    check_channels(layer, channel, model.backbone.input_features)
+    check_channels(layer, r.channel, model.backbone.input_features)
     options = PredictOptions(
-        tile=(tile,) * dims,
-        levels=levels,
-        device=device,
-        resample_to_training_spacing=resample,
+        tile=(r.tile,) * dims,
+        levels=r.levels,
+        device=r.device,
+        resample_to_training_spacing=r.resample,
     )
     if region == "planes" and stack_axes(layer, dims):
-        return (yield from _predict_planes(model, layer, level, channel, options, plan))
-    source = layer_input(
-        layer, dims, "whole" if region == "planes" else region, step, level, view_box, channel
-    )
+        return (yield from _predict_planes(model, layer, level, r.channel, options, plan))
+    whole = "whole" if region == "planes" else region
+    source = layer_input(layer, dims, whole, r.step, level, r.view_box, r.channel)
     check_result_memory(source.image.shape[1:], _ways_out(layer, region, level))
-    if cluster is not None:
-        result, arrays = yield from _on_cluster(model, source, options, cluster, workers)
+    if r.cluster is not None:
+        result, arrays = yield from _on_cluster(model, source, options, r.cluster, r.workers)
     else:
         result = yield from predict_input(model, source, options=options)
         arrays = result_arrays(result, source)
@@ -179,60 +183,24 @@ def check_channels(layer, channel: int | None, model_channels: int) -> None:
 
 
 def _predict_planes(model, layer, level, channel, options, plan):
-    """Every plane (or volume) of a stack through the one engine, stacked like the layer.
+    """Every plane (or volume) of a stack through
+    :func:`~napari_rat.inference.planes.predict_planes`, shaped like the layer."""
+    from napari_rat.inference.planes import predict_planes
 
-    Instance labels are numbered on across planes, so each stays one instance.
-    """
-    from napari_rat.inference import Progress
-    from napari_rat.inference.sources import predict_input
-
-    dims = model.spatial_dims
-    axes = stack_axes(layer, dims)
-    data = layer.data[level] if getattr(layer, "multiscale", False) else layer.data
-    factors = [
-        max(1, round(layer.level_shapes[0][a] / data.shape[a])) if layer.multiscale else 1
-        for a in range(layer.ndim)
-    ]
-    planes = list(itertools.product(*(range(data.shape[a]) for a in axes)))
     c_axis = channel_axis(layer)
-    shape = [1 if a == c_axis else data.shape[a] for a in range(layer.ndim)]
-    check_result_memory([n for a, n in enumerate(shape) if a != c_axis], ["choose one plane"])
-    foreground = np.zeros(shape, np.float32)
-    labels = None
-    top = instances = nan_pixels = 0
-    first = None
-    for k, plane in enumerate(planes):
-        step = [0] * layer.ndim
-        for axis, i in zip(axes, plane, strict=True):
-            step[axis] = i * factors[axis]
-        source = layer_input(layer, dims, "slice", step, level, channel=channel)
-        first = first or source
-        run = predict_input(model, source, options=options)
-        while True:
-            try:
-                p = next(run)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            yield Progress(f"plane {k + 1}/{len(planes)}, {p.stage}", p.done, p.total)
-        arrays = result_arrays(result, source)
-        where = tuple(
-            slice(plane[axes.index(a)], plane[axes.index(a)] + 1) if a in axes else slice(None)
-            for a in range(layer.ndim)
-        )
-        foreground[where] = arrays["foreground"]
-        if "instances" in arrays:
-            if labels is None:
-                labels = np.zeros(shape, np.int32)
-            lab = np.asarray(arrays["instances"], np.int32)
-            labels[where] = np.where(lab > 0, lab + top, 0)
-            top = max(top, int(labels[where].max()))
-        instances += result.num_instances
-        nan_pixels += result.nan_pixels
-    arrays = {"foreground": foreground}
-    if labels is not None:
-        arrays["instances"] = _narrow_labels(labels)
-    return RunResult(arrays, first, instances, nan_pixels, plan)
+    axes = layer.ndim - (c_axis is not None)
+    source = layer_input(layer, axes, "whole", None, level, channel=channel)
+    check_result_memory(source.image.shape[1:], ["choose one plane"])
+    result = yield from predict_planes(
+        model,
+        source.image,
+        source.spacing,
+        source.translation,
+        options=options,
+        units=source.units,
+    )
+    arrays = result_arrays(result, source)
+    return RunResult(arrays, source, result.num_instances, result.nan_pixels, plan)
 
 
 #: Memory a dock run holds per input pixel (or voxel) at its end: the engine's in-memory
@@ -421,22 +389,24 @@ class InferenceWidget(ModelDock):
         self._show_plan("")
         self._set_status(f"running on {layer.name}…")
         self._start_progress()
+        request = RunRequest(
+            checkpoint=checkpoint,
+            device=self.device.value,
+            layer=snapshot_layer(layer),  # the worker never touches the live layer
+            region=region,
+            step=layer_step,
+            level=self.level.value,
+            tile=self.tile.value,
+            levels=self.levels.value,
+            channel=channel,
+            view_box=view_box,
+            cluster=RUN_ON[self.run_on.value],
+            workers=self.workers.value,
+            resample=self.resample.value,
+        )
         self._start(
             _prediction_job,
-            checkpoint,
-            self.device.value,
-            snapshot_layer(layer),  # the worker never touches the live layer
-            region,
-            layer_step,
-            self.level.value,
-            view_box,
-            self.tile.value,
-            self.levels.value,
-            channel,
-            "",  # no note: the bundled choice has a model of every dimension
-            RUN_ON[self.run_on.value],
-            self.workers.value,
-            self.resample.value,
+            request,
             yielded=self._on_progress,
             returned=partial(self._on_result, source_name=layer.name),
         )

@@ -94,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     from napari_rat.errors import CommandError
     from napari_rat.inference import PredictOptions, resolve_device, run_prediction
     from napari_rat.inference.model_loading import STARTER, starter_for
+    from napari_rat.inference.planes import predict_planes
     from napari_rat.inference.sources import (
         input_from_pyramid,
         predict_input,
@@ -122,18 +123,13 @@ def _run(args: argparse.Namespace) -> int:
     except (OmeZarrError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     _check_targets(args, pyramid)
+    ndim = len(source.spacing)
     checkpoint = args.checkpoint
-    if checkpoint == STARTER:  # the bundled model of the image's dimensions
-        checkpoint = starter_for(len(source.spacing))
+    if checkpoint == STARTER:  # the bundled model of the image's (or its planes') dimensions
+        checkpoint = starter_for(ndim - 1 if args.planes else ndim)
     model = load_model(checkpoint, str(device), args.attention)
     dims = model.spatial_dims
-    if dims != len(source.spacing):
-        raise CommandError(
-            f"{checkpoint} is a {dims}D model but the image has {len(source.spacing)} spatial "
-            f"axes ({''.join(source.axis_names)}); give a {len(source.spacing)}D checkpoint "
-            f"(the bundled one: --checkpoint {starter_for(len(source.spacing))}), or segment "
-            "a volume plane by plane with a 2D model in the RAT inference dock"
-        )
+    _check_model_dims(args, checkpoint, dims, source)
     tile = tuple(args.tile) * (dims if len(args.tile) == 1 else 1) if args.tile else None
     halo = tuple(args.halo) * (dims if len(args.halo) == 1 else 1) if args.halo else None
     options = PredictOptions(
@@ -154,6 +150,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.cluster:
         scratch = _cluster_scratch_folder(args)
         steps = _cluster_steps(args, model, source, options, scratch / "prediction.zarr")
+    elif args.planes:
+        scratch = _scratch_folder(args)
+        steps = predict_planes(
+            model,
+            source.image,
+            source.spacing,
+            source.translation,
+            units=source.units,
+            options=options,
+            store=scratch / "prediction.zarr",
+        )
     else:
         scratch = _scratch_folder(args)
         steps = predict_input(model, source, options=options, store=scratch / "prediction.zarr")
@@ -199,6 +206,33 @@ def _run(args: argparse.Namespace) -> int:
         elif not any(scratch.iterdir()):  # stopped before any block: nothing to resume
             scratch.rmdir()
     return 0
+
+
+def _check_model_dims(args, checkpoint: str, dims: int, source) -> None:
+    """Refuse a model that does not fit the image's axes (or, with ``--planes``, its
+    planes'), saying which checkpoint or option would."""
+    from napari_rat.errors import CommandError
+    from napari_rat.inference.model_loading import starter_for
+
+    ndim, axes = len(source.spacing), "".join(source.axis_names)
+    if args.planes:
+        if dims >= ndim:
+            raise CommandError(
+                f"--planes runs a model of fewer dimensions on each plane, but {checkpoint} is "
+                f"a {dims}D model and the image has {ndim} spatial axes ({axes}); leave out "
+                "--planes to predict it whole"
+            )
+        if args.cluster:
+            raise CommandError("--planes runs on this machine; leave out --cluster")
+        return
+    if dims == ndim:
+        return
+    hint = f"give a {ndim}D checkpoint (the bundled one: --checkpoint {starter_for(ndim)})"
+    if dims < ndim:
+        hint += ", or add --planes to segment it plane by plane"
+    raise CommandError(
+        f"{checkpoint} is a {dims}D model but the image has {ndim} spatial axes ({axes}); {hint}"
+    )
 
 
 def _check_job_version() -> None:
@@ -262,6 +296,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace an existing label image (--into-labels)"
     )
     add_prediction_arguments(p)
+    p.add_argument(
+        "--planes",
+        action="store_true",
+        help="segment a volume plane by plane with a 2D model (each z plane on its own, stacked "
+        "back; 'starter' is then the 2D starter); not with --cluster",
+    )
     add_cluster_run_arguments(p)
     p.set_defaults(func=_run)
 
