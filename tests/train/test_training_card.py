@@ -108,3 +108,26 @@ def test_evaluate_refuses_conflicting_or_impossible_options(trained, tiny, tmp_p
     assert main(args) == 2
     assert "holds nothing out" in capsys.readouterr().err
     assert best.read_bytes() == before
+
+
+def test_compared_runs_best_checkpoints_are_named_by_their_run():
+    """Two runs' ``best.safetensors`` were both called ``best`` (then ``best_2``) in the
+    tables, which said nothing of which run was which."""
+    from napari_rat.commands.evaluate import _compare_names
+
+    paths = [
+        "runs/probe/best.safetensors",
+        "runs/probe_blind/best.safetensors",
+        "other/last.safetensors",
+        "x/model.safetensors",
+        "blind twin.safetensors",
+        "y/blind twin.safetensors",
+    ]
+    assert _compare_names(paths) == [
+        "probe_best",
+        "probe_blind_best",
+        "other_last",
+        "model_checkpoint",
+        "blind_twin",
+        "blind_twin_2",
+    ]

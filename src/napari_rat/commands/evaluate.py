@@ -72,13 +72,19 @@ DEFAULT_RESOLUTIONS = [128, 256, 512, 1024]
 
 
 def _compare_names(paths: list[str]) -> list[str]:
-    """Table names of compared checkpoints: their file names, made unique."""
+    """Table names of compared checkpoints: their file names, made unique; a training run's
+    ``best`` or ``last`` checkpoint is named with its run folder (``run_best``)."""
     import re
     from pathlib import Path
 
+    from napari_rat.train.loop import BEST_NAME, LAST_NAME
+
     names: list[str] = []
     for path in paths:
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem) or "checkpoint"
+        stem = Path(path).stem
+        if Path(path).name in (BEST_NAME, LAST_NAME) and Path(path).parent.name:
+            stem = f"{Path(path).parent.name}_{stem}"
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "checkpoint"
         if base in ("model", "otsu", "factor"):
             base = f"{base}_checkpoint"
         name, n = base, 2
