@@ -61,6 +61,12 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, *, checkpoint_requ
         help="skip the Gaussian + Otsu + connected components floor",
     )
     parser.add_argument(
+        "--as-trained",
+        action="store_true",
+        help="predict as `napari-rat predict --as-trained` does: a dense-attention model with "
+        "the dense maths in tiles of its training crop (default: as predict runs it)",
+    )
+    parser.add_argument(
         "--resample",
         action="store_true",
         help="predict as `napari-rat predict --resample` does: each tile resampled to the "
@@ -92,6 +98,22 @@ def _compare_names(paths: list[str]) -> list[str]:
             name, n = f"{base}_{n}", n + 1
         names.append(name)
     return names
+
+
+def _as_trained(checkpoint: str, compare_paths: list[str]):
+    """The attention and tiles of ``--as-trained``, one setting for every compared model:
+    refused (``CheckpointError``) when their training attention or crops differ."""
+    from napari_rat.inference.model_loading import as_trained
+    from napari_rat.model import CheckpointError
+
+    attention, tile, halo = as_trained(checkpoint)
+    for path in compare_paths:
+        if as_trained(path) != (attention, tile, halo):
+            raise CheckpointError(
+                f"--as-trained runs every model as the first was trained ({attention} attention, "
+                f"tiles {tile}); {path} was trained otherwise: evaluate it on its own"
+            )
+    return attention, None if tile is None else (tile, halo)
 
 
 def _factor_axes(text: str | None, spatial_dims: int) -> list[int] | None:
@@ -160,11 +182,20 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
     if args.factors is not None and any(f <= 0 for f in args.factors):
         raise CommandError(f"--factors must be positive, got {args.factors}")
     compare_paths = list(args.compare or [])
+    if args.write_card and args.as_trained:
+        raise CommandError(
+            "--write-card records the scores of what predict runs by default; leave out "
+            "--as-trained (or --write-card)"
+        )
     try:
         # As `napari-rat predict` loads it (dense attention runs as local), and predicted below
-        # with predict's default options: evaluate scores what predict gives.
-        model = load_model_for_inference(checkpoint)
-        others = [load_model_for_inference(p) for p in compare_paths]
+        # with predict's default options: evaluate scores what predict gives (with
+        # --as-trained, what `predict --as-trained` gives).
+        attention, tiles = (
+            _as_trained(checkpoint, compare_paths) if args.as_trained else (None, None)
+        )
+        model = load_model_for_inference(checkpoint, attention=attention)
+        others = [load_model_for_inference(p, attention=attention) for p in compare_paths]
     except CheckpointError as exc:
         raise CommandError(str(exc)) from None
     names = _compare_names(compare_paths)
@@ -208,7 +239,11 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         config,
         factors,
         baseline=not args.no_baseline,
-        options=PredictOptions(resample_to_training_spacing=resample),
+        options=PredictOptions(
+            resample_to_training_spacing=resample,
+            tile=None if tiles is None else tiles[0],
+            halo=None if tiles is None else tiles[1],
+        ),
         compare=list(zip(names, others, strict=True)),
         axes=axes,
     )
@@ -220,7 +255,8 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
             rows,
             out,
             title=f"{config.name}: {which} region, {checkpoint}{compared}"
-            + (", tiles resampled to the training spacing" if resample else ""),
+            + (", tiles resampled to the training spacing" if resample else "")
+            + (", run as trained" if args.as_trained else ""),
             resolutions=resolutions,
             factor_label=label,
         )

@@ -127,11 +127,14 @@ def _run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint
     if checkpoint == STARTER:  # the bundled model of the image's (or its planes') dimensions
         checkpoint = starter_for(ndim - 1 if args.planes else ndim)
-    model = load_model(checkpoint, str(device), args.attention)
+    attention, trained_tiles = _attention_and_tiles(args, checkpoint)
+    model = load_model(checkpoint, str(device), attention)
     dims = model.spatial_dims
     _check_model_dims(args, checkpoint, dims, source)
     tile = tuple(args.tile) * (dims if len(args.tile) == 1 else 1) if args.tile else None
     halo = tuple(args.halo) * (dims if len(args.halo) == 1 else 1) if args.halo else None
+    if trained_tiles is not None:
+        tile, halo = trained_tiles
     options = PredictOptions(
         tile=tile,
         halo=halo,
@@ -206,6 +209,27 @@ def _run(args: argparse.Namespace) -> int:
         elif not any(scratch.iterdir()):  # stopped before any block: nothing to resume
             scratch.rmdir()
     return 0
+
+
+def _attention_and_tiles(args, checkpoint: str):
+    """``--attention`` and no tiles, or with ``--as-trained`` the checkpoint's own
+    (:func:`~napari_rat.inference.model_loading.as_trained`; ``None`` tiles: the defaults)."""
+    from napari_rat.errors import CommandError
+    from napari_rat.inference.model_loading import as_trained
+    from napari_rat.model import CheckpointError
+
+    if not args.as_trained:
+        return args.attention, None
+    given = [f"--{n}" for n in ("attention", "tile", "halo") if getattr(args, n) is not None]
+    if given:
+        raise CommandError(
+            f"--as-trained sets the attention and the tiles; leave out {', '.join(given)}"
+        )
+    try:
+        attention, tile, halo = as_trained(checkpoint)
+    except CheckpointError as exc:
+        raise CommandError(str(exc)) from None
+    return attention, None if tile is None else (tile, halo)
 
 
 def _check_model_dims(args, checkpoint: str, dims: int, source) -> None:
@@ -343,6 +367,13 @@ def add_prediction_arguments(p: argparse.ArgumentParser) -> None:
         "--resample",
         action="store_true",
         help="resample tiles to the model's training spacing (default: give RAT the true spacing)",
+    )
+    p.add_argument(
+        "--as-trained",
+        action="store_true",
+        help="run the model as its training validated it: a dense-attention model with the "
+        "dense maths in tiles of its training crop (slower; default: windowed attention in "
+        "large tiles)",
     )
     p.add_argument(
         "--min-size",

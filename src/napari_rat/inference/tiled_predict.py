@@ -302,6 +302,15 @@ def tile_and_halo(options: PredictOptions, dims: int) -> tuple[tuple[int, ...], 
     return tuple(int(t) for t in tile), tuple(int(h) for h in halo)
 
 
+def training_tiles(crop_size: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Tiles read at a training crop's size: a core of 3/4 of it and a halo of 1/8 on each
+    side. A dense-attention model's output depends on the tile (every token attends to the
+    whole of it): these run it as its training validated it."""
+    halo = tuple(max(int(c) // 8, 0) for c in crop_size)
+    tile = tuple(max(int(c) - 2 * h, 1) for c, h in zip(crop_size, halo, strict=True))
+    return tile, halo
+
+
 def _staged(store: str | Path | None):
     """Where the results are built: ``None`` (kept in memory) or a path beside ``store`` that
     :func:`~napari_rat.atomic_files.atomic_path` moves into place when the block ends normally

@@ -33,6 +33,7 @@ from napari_rat.inference.tiled_predict import (
     grow_radius_for,
     predict,
     run_prediction,
+    training_tiles,
 )
 from napari_rat.train.metrics import ap_from_counts, instance_counts
 
@@ -83,14 +84,12 @@ def validation_options(
 
     The engine's default tiles and halos (those of ``napari-rat predict``), except for the
     package's ``dense`` attention, whose cost is quadratic in the tile: its tiles are read at
-    the training crop size (a core of 3/4 of it and a halo of 1/8 on each side).
+    the training crop size (:func:`~napari_rat.inference.tiled_predict.training_tiles`; what
+    ``--as-trained`` runs at inference).
     """
     options = PredictOptions(device=str(device), precision=precision)
     if config.model.sga_attention_type == "dense":
-        crop = config.data.crop_size
-        halo = tuple(max(c // 8, 0) for c in crop)
-        options.tile = tuple(max(c - 2 * h, 1) for c, h in zip(crop, halo, strict=True))
-        options.halo = halo
+        options.tile, options.halo = training_tiles(config.data.crop_size)
     return options
 
 
