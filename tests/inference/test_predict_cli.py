@@ -252,3 +252,49 @@ def test_a_volume_plane_by_plane_with_the_2d_starter(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
     assert not refused.exists()
+
+
+def test_as_trained_runs_a_dense_model_in_tiles_of_its_training_crop(files, tmp_path, capsys):
+    """`--as-trained`: a dense-attention checkpoint runs with the dense maths in tiles of the
+    crop it was trained on (what its training validated), exactly as the options spelled out
+    would run it; refused where it cannot say what that is, or beside options it sets."""
+    from napari_rat.inference.model_loading import as_trained
+    from napari_rat.model import CheckpointError, load_checkpoint, read_checkpoint_info
+
+    tmp, ckpt, img = files
+    model = load_checkpoint(ckpt)
+    assert read_checkpoint_info(ckpt).model_config.sga_attention_type == "dense"
+    trained = save_checkpoint(
+        model,
+        tmp_path / "trained.safetensors",
+        model.checkpoint_info.model_config,
+        extra={"crop_size": [32, 32]},
+    )
+    assert as_trained(trained) == ("exact", (24, 24), (4, 4))
+    assert as_trained("starter-3d") == ("local", None, None)  # windowed models run as stored
+    with pytest.raises(CheckpointError, match="does not record the crop size"):
+        as_trained(ckpt)
+    src = write_image(tmp_path / "i.zarr", img, axes="yx", scale=(0.5, 0.5))
+    outputs = {}
+    for name, extra in (
+        ("as-trained", ["--as-trained"]),
+        ("spelled", ["--attention", "exact", "--tile", "24", "--halo", "4"]),
+        ("default", []),
+    ):
+        out = tmp_path / f"{name}.zarr"
+        args = ["predict", str(src), "--checkpoint", str(trained), "--output", str(out), *extra]
+        assert main(args) == 0
+        outputs[name] = np.asarray(open_pyramid(out).levels[0].data)
+    np.testing.assert_array_equal(outputs["as-trained"], outputs["spelled"])
+    assert np.abs(outputs["as-trained"] - outputs["default"]).max() > 1e-3  # another run
+    capsys.readouterr()
+    refused = tmp_path / "refused.zarr"
+    for extra, message in (
+        (["--checkpoint", str(trained), "--tile", "64"], "leave out --tile"),
+        (["--checkpoint", str(ckpt)], "does not record the crop size"),
+    ):
+        args = ["predict", str(src), "--as-trained", *extra, "--output", str(refused)]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not refused.exists()

@@ -110,6 +110,37 @@ def test_evaluate_refuses_conflicting_or_impossible_options(trained, tiny, tmp_p
     assert best.read_bytes() == before
 
 
+def test_evaluate_as_trained_scores_what_training_validation_computes(trained, tmp_path, capsys):
+    """`evaluate --as-trained` predicts as the training loop validates (the dense model in
+    tiles of its crop), so its scores are the validation engine's on the held-out region;
+    refused beside --write-card (the card keeps predict's default scores)."""
+    from napari_rat.model import load_checkpoint
+    from napari_rat.train.datasets import build_data
+    from napari_rat.train.evaluation import evaluate_regions
+
+    config, path, best = trained
+    out = tmp_path / "as-trained"
+    base = ["evaluate", "--config", str(path), "--checkpoint", str(best), "--no-baseline"]
+    assert main([*base, "--as-trained", "--output", str(out)]) == 0
+    assert "run as trained" in (out / "robustness.md").read_text()
+    with open(out / "robustness.csv") as fh:
+        row = next(csv.DictReader(fh))
+    model = load_checkpoint(best)  # dense, as trained
+    cfg = config.model_copy(update={"model": model.checkpoint_info.model_config})
+    expected = evaluate_regions(model, build_data(cfg).holdout, cfg)  # validation's options
+    assert float(row["model_dice"]) == pytest.approx(expected["dice"], abs=1e-6)
+    assert float(row["model_ap50"]) == pytest.approx(expected["ap50"], abs=1e-6)
+    # By default it scores what predict runs (windowed attention, large tiles): another run.
+    assert main([*base, "--output", str(tmp_path / "default")]) == 0
+    with open(tmp_path / "default" / "robustness.csv") as fh:
+        default = next(csv.DictReader(fh))
+    assert abs(float(default["model_dice"]) - expected["dice"]) > 0.01
+    before = best.read_bytes()
+    assert main([*base, "--as-trained", "--write-card"]) == 2
+    assert "leave out --as-trained" in capsys.readouterr().err
+    assert best.read_bytes() == before
+
+
 def test_compared_runs_best_checkpoints_are_named_by_their_run():
     """Two runs' ``best.safetensors`` were both called ``best`` (then ``best_2``) in the
     tables, which said nothing of which run was which."""
