@@ -427,6 +427,55 @@ def test_resample_runs_the_starter_at_its_training_spacing(make_napari_viewer, q
     assert np.abs(np.asarray(fg.data) - told).max() > 0.05  # not the told-spacing run
 
 
+def test_run_as_trained_uses_the_model_s_attention_and_tiles(
+    make_napari_viewer, qtbot, checkpoints, tmp_path
+):
+    """ "run as trained": the dense model with the dense maths in tiles of its training crop
+    (the tile box off meanwhile), what `predict --as-trained` runs; a checkpoint that does not
+    record its crop is refused in the status line, the layers left as they were."""
+    from napari_rat._widgets.inference_widget import result_arrays
+    from napari_rat._widgets.layer_input import layer_input, snapshot_layer
+    from napari_rat.inference import PredictOptions, run_prediction
+    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.inference.sources import predict_input
+    from napari_rat.model import load_checkpoint
+
+    model = load_checkpoint(checkpoints[0])
+    trained = save_checkpoint(
+        model,
+        tmp_path / "trained.safetensors",
+        model.checkpoint_info.model_config,
+        extra={"crop_size": [32, 32]},
+    )
+    viewer = make_napari_viewer()
+    img, _ = synthetic_nuclei((56, 48), (0.5, 0.5), seed=12)
+    layer = viewer.add_image(img, name="img", scale=(0.5, 0.5))
+    widget = _widget(viewer, trained, "img")
+    _run(widget, qtbot)
+    default = np.asarray(viewer.layers["img foreground (RAT)"].data).copy()
+    for name in ("img foreground (RAT)", "img instances (RAT)"):
+        viewer.layers.remove(name)
+    widget.as_trained.value = True
+    assert not widget.tile.enabled
+    _run(widget, qtbot)
+    assert widget.status.value.startswith("done"), widget.status.value
+    fg = viewer.layers["img foreground (RAT)"].data
+    exact = load_model_for_inference(trained, attention="exact")
+    source = layer_input(snapshot_layer(layer), 2, "whole", [0, 0], 0)
+    options = PredictOptions(tile=(24, 24), halo=(4, 4))
+    expected = result_arrays(run_prediction(predict_input(exact, source, options=options)), source)
+    np.testing.assert_allclose(fg, expected["foreground"], atol=1e-5)
+    assert np.abs(np.asarray(fg) - default).max() > 1e-3  # not the default run
+    names = [lay.name for lay in viewer.layers]
+    widget.model.use_checkpoint(checkpoints[0])  # no crop size recorded
+    _run(widget, qtbot)
+    status = widget.status.value
+    assert status.startswith("error:") and "does not record the crop size" in status, status
+    assert [lay.name for lay in viewer.layers] == names
+    widget.as_trained.value = False
+    assert widget.tile.enabled
+
+
 @pytest.mark.slow
 def test_run_on_the_local_cluster_gives_the_layers_of_a_run_here(
     make_napari_viewer, qtbot, checkpoints, tmp_path, monkeypatch

@@ -81,6 +81,8 @@ class RunRequest:
     :func:`napari_rat.cluster.predict.predict_on_cluster` with ``workers`` (every plane of a
     stack still runs here, one plane after the other). ``resample``: each tile resampled to
     the model's training spacing and back (``napari-rat predict --resample``).
+    ``as_trained``: the model's own attention and tiles instead of ``tile``
+    (``napari-rat predict --as-trained``).
     """
 
     checkpoint: str
@@ -96,25 +98,28 @@ class RunRequest:
     cluster: str | None = None
     workers: int = 2
     resample: bool = False
+    as_trained: bool = False
 
 
 def _prediction_job(request: RunRequest):
     """Generator run in the worker: load the model, say the plan, cut the input, predict."""
     keep_triton_out()
     from napari_rat.inference import PredictOptions, resolve_device
-    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.inference.model_loading import as_trained, load_model_for_inference
     from napari_rat.inference.sources import predict_input
 
     r = request
     layer, region, level = r.layer, r.region, r.level
-    model = load_model_for_inference(r.checkpoint, device=resolve_device(r.device))
+    attention, tile, halo = as_trained(r.checkpoint) if r.as_trained else (None, None, None)
+    model = load_model_for_inference(r.checkpoint, resolve_device(r.device), attention)
     dims = model.spatial_dims
     plan = run_plan(layer, dims, region, r.step, level)
     if plan:
         yield plan
     check_channels(layer, r.channel, model.backbone.input_features)
     options = PredictOptions(
-        tile=(r.tile,) * dims,
+        tile=tile if r.as_trained else (r.tile,) * dims,
+        halo=halo,
         levels=r.levels,
         device=r.device,
         resample_to_training_spacing=r.resample,
@@ -306,7 +311,14 @@ class InferenceWidget(ModelDock):
     dock's handlers (a second bar per nesting, layers changed mid-draw: napari crashed).
     """
 
-    CALLBACKS = (*ModelDock.CALLBACKS, "run", "cancel", "_on_progress", "_sync_progress")
+    CALLBACKS = (
+        *ModelDock.CALLBACKS,
+        "run",
+        "cancel",
+        "_on_progress",
+        "_sync_progress",
+        "_tile_choice",
+    )
 
     #: How often (ms) napari's activity bar catches up with the run's progress.
     PROGRESS_SYNC_MS = 100
@@ -331,6 +343,13 @@ class InferenceWidget(ModelDock):
             "--resample`); for images much coarser than the training data this scored "
             "better with the bundled starters (README, 'Starter model')"
         )
+        self.as_trained = CheckBox(text="run as trained", value=False)
+        self.as_trained.tooltip = (
+            "off: windowed attention in tiles of the size above (fast, linear in pixels). On: "
+            "the model's training attention in tiles of its training crop, as its training "
+            "scored it (`napari-rat predict --as-trained`; slower): for a model whose answer "
+            "rests on the told spacing (docs/starter_model.md)"
+        )
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
@@ -345,6 +364,7 @@ class InferenceWidget(ModelDock):
                 self.tile,
                 self.levels,
                 self.resample,
+                self.as_trained,
                 self.run_on,
                 self.workers,
             ],
@@ -352,6 +372,7 @@ class InferenceWidget(ModelDock):
         )
         wrap_status_label(self.plan.native)
         self.image_layer.changed.connect(self.channel.reset_choices)
+        self.as_trained.changed.connect(self._tile_choice)
         self._napari_progress = None
         self._latest = None  # the run's last Progress, for the activity bar
         self._syncing = False
@@ -403,6 +424,7 @@ class InferenceWidget(ModelDock):
             cluster=RUN_ON[self.run_on.value],
             workers=self.workers.value,
             resample=self.resample.value,
+            as_trained=self.as_trained.value,
         )
         self._start(
             _prediction_job,
@@ -410,6 +432,10 @@ class InferenceWidget(ModelDock):
             yielded=self._on_progress,
             returned=partial(self._on_result, source_name=layer.name),
         )
+
+    def _tile_choice(self, *_) -> None:
+        """ "run as trained" chooses the tiles: the tile box is off while it is on."""
+        self.tile.enabled = not self.as_trained.value
 
     def _view_box(self, layer) -> np.ndarray:
         """What the canvas shows of ``layer`` (see :func:`view_box`)."""
