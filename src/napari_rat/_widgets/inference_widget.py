@@ -347,8 +347,9 @@ class InferenceWidget(ModelDock):
         self.as_trained.tooltip = (
             "off: windowed attention in tiles of the size above (fast, linear in pixels). On: "
             "the model's training attention in tiles of its training crop, as its training "
-            "scored it (`napari-rat predict --as-trained`; slower): for a model whose answer "
-            "rests on the told spacing (docs/starter_model.md)"
+            "scored it (`napari-rat predict --as-trained`; about 9x slower with the 2D "
+            "starter): for a model whose answer rests on the told spacing "
+            "(docs/starter_model.md)"
         )
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
