@@ -101,19 +101,20 @@ def _compare_names(paths: list[str]) -> list[str]:
 
 
 def _as_trained(checkpoint: str, compare_paths: list[str]):
-    """The attention and tiles of ``--as-trained``, one setting for every compared model:
+    """``(attention, tile, halo)`` of ``--as-trained``, one setting for every compared model:
     refused (``CheckpointError``) when their training attention or crops differ."""
     from napari_rat.inference.model_loading import as_trained
     from napari_rat.model import CheckpointError
 
-    attention, tile, halo = as_trained(checkpoint)
+    setting = as_trained(checkpoint)
     for path in compare_paths:
-        if as_trained(path) != (attention, tile, halo):
+        if as_trained(path) != setting:
             raise CheckpointError(
-                f"--as-trained runs every model as the first was trained ({attention} attention, "
-                f"tiles {tile}); {path} was trained otherwise: evaluate it on its own"
+                f"--as-trained runs every model as the first was trained ({setting[0]} "
+                f"attention, tiles {setting[1]}); {path} was trained otherwise: evaluate it on "
+                "its own"
             )
-    return attention, None if tile is None else (tile, halo)
+    return setting
 
 
 def _factor_axes(text: str | None, spatial_dims: int) -> list[int] | None:
@@ -191,8 +192,8 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         # As `napari-rat predict` loads it (dense attention runs as local), and predicted below
         # with predict's default options: evaluate scores what predict gives (with
         # --as-trained, what `predict --as-trained` gives).
-        attention, tiles = (
-            _as_trained(checkpoint, compare_paths) if args.as_trained else (None, None)
+        attention, tile, halo = (
+            _as_trained(checkpoint, compare_paths) if args.as_trained else (None, None, None)
         )
         model = load_model_for_inference(checkpoint, attention=attention)
         others = [load_model_for_inference(p, attention=attention) for p in compare_paths]
@@ -241,8 +242,8 @@ def evaluate_checkpoint(config, checkpoint: str, args: argparse.Namespace) -> in
         baseline=not args.no_baseline,
         options=PredictOptions(
             resample_to_training_spacing=resample,
-            tile=None if tiles is None else tiles[0],
-            halo=None if tiles is None else tiles[1],
+            tile=tile,
+            halo=halo,
         ),
         compare=list(zip(names, others, strict=True)),
         axes=axes,

@@ -127,14 +127,14 @@ def _run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint
     if checkpoint == STARTER:  # the bundled model of the image's (or its planes') dimensions
         checkpoint = starter_for(ndim - 1 if args.planes else ndim)
-    attention, trained_tiles = _attention_and_tiles(args, checkpoint)
+    attention, tile, halo = _attention_and_tiles(args, checkpoint)
     model = load_model(checkpoint, str(device), attention)
     dims = model.spatial_dims
     _check_model_dims(args, checkpoint, dims, source)
-    tile = tuple(args.tile) * (dims if len(args.tile) == 1 else 1) if args.tile else None
-    halo = tuple(args.halo) * (dims if len(args.halo) == 1 else 1) if args.halo else None
-    if trained_tiles is not None:
-        tile, halo = trained_tiles
+    if args.tile:
+        tile = tuple(args.tile) * (dims if len(args.tile) == 1 else 1)
+    if args.halo:
+        halo = tuple(args.halo) * (dims if len(args.halo) == 1 else 1)
     options = PredictOptions(
         tile=tile,
         halo=halo,
@@ -153,20 +153,21 @@ def _run(args: argparse.Namespace) -> int:
     if args.cluster:
         scratch = _cluster_scratch_folder(args)
         steps = _cluster_steps(args, model, source, options, scratch / "prediction.zarr")
-    elif args.planes:
-        scratch = _scratch_folder(args)
-        steps = predict_planes(
-            model,
-            source.image,
-            source.spacing,
-            source.translation,
-            units=source.units,
-            options=options,
-            store=scratch / "prediction.zarr",
-        )
     else:
         scratch = _scratch_folder(args)
-        steps = predict_input(model, source, options=options, store=scratch / "prediction.zarr")
+        store = scratch / "prediction.zarr"
+        if args.planes:
+            steps = predict_planes(
+                model,
+                source.image,
+                source.spacing,
+                source.translation,
+                units=source.units,
+                options=options,
+                store=store,
+            )
+        else:
+            steps = predict_input(model, source, options=options, store=store)
     bar = ProgressBar()
     written = False
     try:
@@ -212,24 +213,24 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _attention_and_tiles(args, checkpoint: str):
-    """``--attention`` and no tiles, or with ``--as-trained`` the checkpoint's own
-    (:func:`~napari_rat.inference.model_loading.as_trained`; ``None`` tiles: the defaults)."""
+    """``(attention, tile, halo)``: ``--attention`` and no tiles, or with ``--as-trained`` the
+    checkpoint's own (:func:`~napari_rat.inference.model_loading.as_trained`); ``None``: the
+    defaults."""
     from napari_rat.errors import CommandError
     from napari_rat.inference.model_loading import as_trained
     from napari_rat.model import CheckpointError
 
     if not args.as_trained:
-        return args.attention, None
+        return args.attention, None, None
     given = [f"--{n}" for n in ("attention", "tile", "halo") if getattr(args, n) is not None]
     if given:
         raise CommandError(
             f"--as-trained sets the attention and the tiles; leave out {', '.join(given)}"
         )
     try:
-        attention, tile, halo = as_trained(checkpoint)
+        return as_trained(checkpoint)
     except CheckpointError as exc:
         raise CommandError(str(exc)) from None
-    return attention, None if tile is None else (tile, halo)
 
 
 def _check_model_dims(args, checkpoint: str, dims: int, source) -> None:
