@@ -32,12 +32,6 @@ TILES = PredictOptions(tile=(32, 32), halo=(8, 8))
 
 
 @pytest.fixture(scope="module")
-def model2d():
-    torch.manual_seed(0)
-    return build_model(ModelConfig(**SMALL)).eval()
-
-
-@pytest.fixture(scope="module")
 def model3d():
     torch.manual_seed(1)
     cfg = {**SMALL, "sga_kernel_size": [1, 3, 3], "stride": [1, 2, 2], "spatial_dims": 3}

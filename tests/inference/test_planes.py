@@ -4,9 +4,7 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
-from napari_rat.config import ModelConfig
 from napari_rat.inference.planes import predict_planes
 from napari_rat.inference.tiled_predict import (
     PredictionCancelled,
@@ -14,25 +12,9 @@ from napari_rat.inference.tiled_predict import (
     predict,
     run_prediction,
 )
-from napari_rat.model import build_model
 from napari_rat.synthetic import synthetic_nuclei
 
 OPTIONS = PredictOptions(tile=(32, 32), halo=(4, 4), threshold=0.4)
-
-
-@pytest.fixture(scope="module")
-def model2d():
-    torch.manual_seed(0)
-    config = ModelConfig(
-        feature_dims=16,
-        num_heads=2,
-        num_blocks=1,
-        sga_kernel_size=3,
-        stride=2,
-        iters=1,
-        head={"decoder_dims": 8},
-    )
-    return build_model(config).eval()
 
 
 @pytest.fixture(scope="module")

@@ -2,29 +2,19 @@
 
 import numpy as np
 import pytest
-import torch
 
 from napari_rat.cli import main
 from napari_rat.config import ModelConfig
 from napari_rat.io import open_pyramid, write_image
-from napari_rat.model import build_model, save_checkpoint
+from napari_rat.model import save_checkpoint
 from napari_rat.synthetic import synthetic_nuclei
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, model2d, small_model_config):
     tmp = tmp_path_factory.mktemp("predict")
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        feature_dims=16,
-        num_heads=2,
-        num_blocks=2,
-        sga_kernel_size=3,
-        stride=2,
-        iters=1,
-        head={"decoder_dims": 8},
-    )
-    ckpt = save_checkpoint(build_model(cfg), tmp / "m.safetensors", cfg)
+    cfg = ModelConfig(**small_model_config)
+    ckpt = save_checkpoint(model2d, tmp / "m.safetensors", cfg)
     img, _ = synthetic_nuclei((64, 56), (0.5, 0.5))
     return tmp, ckpt, img
 

@@ -28,12 +28,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module")
-def model2d():
-    torch.manual_seed(0)
-    return build_model(ModelConfig(**SMALL)).eval()
-
-
 @pytest.mark.parametrize("uniform", [False, True])
 @pytest.mark.parametrize(
     ("shape", "tile", "halo"),
