@@ -19,22 +19,18 @@ from napari_rat.inference.tiled_predict import PredictOptions, predict, run_pred
 from napari_rat.model import build_model
 from napari_rat.synthetic import synthetic_nuclei
 
-SMALL = {
-    "feature_dims": 16,
-    "num_heads": 2,
-    "num_blocks": 2,
-    "sga_kernel_size": 3,
-    "stride": 2,
-    "iters": 1,
-    "head": {"decoder_dims": 8},
-}
 TILES = PredictOptions(tile=(32, 32), halo=(8, 8))
 
 
 @pytest.fixture(scope="module")
-def model3d():
+def model3d(small_model_config):
     torch.manual_seed(1)
-    cfg = {**SMALL, "sga_kernel_size": [1, 3, 3], "stride": [1, 2, 2], "spatial_dims": 3}
+    cfg = {
+        **small_model_config,
+        "sga_kernel_size": [1, 3, 3],
+        "stride": [1, 2, 2],
+        "spatial_dims": 3,
+    }
     return build_model(ModelConfig(**cfg)).eval()
 
 
@@ -122,7 +118,7 @@ def test_in_memory_arrays_are_keyed_by_content(model2d, tmp_path):
 @pytest.mark.parametrize(
     "change", ["spacing", "checkpoint", "region", "tile", "halo", "attention", "rewritten"]
 )
-def test_any_changed_key_part_misses(model2d, tmp_path, change):
+def test_any_changed_key_part_misses(model2d, tmp_path, change, small_model_config):
     from napari_rat.io import write_image
 
     img, _ = synthetic_nuclei((48, 48), (0.5, 0.5), seed=5)
@@ -147,7 +143,7 @@ def test_any_changed_key_part_misses(model2d, tmp_path, change):
             uri=src.uri,
         )
     elif change == "checkpoint":
-        model = build_model(ModelConfig(**SMALL)).eval()
+        model = build_model(ModelConfig(**small_model_config)).eval()
         model.load_state_dict(model2d.state_dict())
         with torch.no_grad():
             model.out.bias += 0.1
@@ -158,7 +154,9 @@ def test_any_changed_key_part_misses(model2d, tmp_path, change):
     elif change == "halo":
         options = PredictOptions(tile=(32, 32), halo=(4, 4))
     elif change == "attention":
-        model = build_model(ModelConfig(**{**SMALL, "sga_attention_type": "exact"})).eval()
+        model = build_model(
+            ModelConfig(**{**small_model_config, "sga_attention_type": "exact"})
+        ).eval()
         model.load_state_dict(model2d.state_dict())
     elif change == "rewritten":  # another image written at the same path
         other, _ = synthetic_nuclei((48, 48), (0.5, 0.5), seed=6)

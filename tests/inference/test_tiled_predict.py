@@ -17,16 +17,6 @@ from napari_rat.inference.tiling import tile_grid
 from napari_rat.model import build_model
 from napari_rat.synthetic import synthetic_nuclei
 
-SMALL = {
-    "feature_dims": 16,
-    "num_heads": 2,
-    "num_blocks": 2,
-    "sga_kernel_size": 3,
-    "stride": 2,
-    "iters": 1,
-    "head": {"decoder_dims": 8},
-}
-
 
 @pytest.mark.parametrize("uniform", [False, True])
 @pytest.mark.parametrize(
@@ -99,11 +89,16 @@ def test_progress_counts_tiles_and_levels_feed_the_model(model2d):
     assert result.labels.shape == (70, 50)
 
 
-def test_levels_default_to_those_the_checkpoint_was_trained_with(model2d, tmp_path):
+def test_levels_default_to_those_the_checkpoint_was_trained_with(
+    model2d, tmp_path, small_model_config
+):
     from napari_rat.model import load_checkpoint, save_checkpoint
 
     path = save_checkpoint(
-        model2d, tmp_path / "m.safetensors", ModelConfig(**SMALL), extra={"scales": [1, 2]}
+        model2d,
+        tmp_path / "m.safetensors",
+        ModelConfig(**small_model_config),
+        extra={"scales": [1, 2]},
     )
     model = load_checkpoint(path)
     img, _ = synthetic_nuclei((40, 40), (1.0, 1.0), seed=5)
@@ -119,7 +114,7 @@ def test_levels_default_to_those_the_checkpoint_was_trained_with(model2d, tmp_pa
         save_checkpoint(
             model2d,
             tmp_path / "l.safetensors",
-            ModelConfig(**SMALL),
+            ModelConfig(**small_model_config),
             level_factors=[[1, 1], [4, 4]],
         )
     )
@@ -131,13 +126,17 @@ def test_levels_default_to_those_the_checkpoint_was_trained_with(model2d, tmp_pa
     assert planned.extra["levels"] == [(1, 1), (2, 2)]
 
 
-def test_instances_grow_back_over_the_checkpoint_s_boundary_band(model2d, tmp_path):
+def test_instances_grow_back_over_the_checkpoint_s_boundary_band(
+    model2d, tmp_path, small_model_config
+):
     from napari_rat.inference.feature_cache import FeatureCache
     from napari_rat.inference.features import features_for
     from napari_rat.inference.sources import PyramidInput
     from napari_rat.model import load_checkpoint, save_checkpoint
 
-    wide = ModelConfig(**{**SMALL, "head": {**SMALL["head"], "boundary_width": 3}})
+    wide = ModelConfig(
+        **{**small_model_config, "head": {**small_model_config["head"], "boundary_width": 3}}
+    )
     model = load_checkpoint(save_checkpoint(model2d, tmp_path / "w.safetensors", wide))
     img, _ = synthetic_nuclei((40, 40), (1.0, 1.0), seed=5)
     options = PredictOptions(tile=(32, 32))
@@ -182,10 +181,13 @@ def test_predict_gives_the_model_back_in_its_mode(model2d):
         model2d.eval()
 
 
-def test_3d_anisotropic_levels_do_not_halve_coarse_z():
+def test_3d_anisotropic_levels_do_not_halve_coarse_z(small_model_config):
     torch.manual_seed(0)
     model = build_model(
-        ModelConfig(spatial_dims=3, **{**SMALL, "sga_kernel_size": [1, 3, 3], "stride": [1, 2, 2]})
+        ModelConfig(
+            spatial_dims=3,
+            **{**small_model_config, "sga_kernel_size": [1, 3, 3], "stride": [1, 2, 2]},
+        )
     ).eval()
     img, _ = synthetic_nuclei((6, 30, 28), (2.0, 0.5, 0.5), seed=4)
     result = run_prediction(
@@ -268,19 +270,19 @@ def test_bad_input_is_named(model2d, image, spacing, message):
         next(predict(model2d, image, spacing))
 
 
-def test_backbone_without_head_is_refused():
+def test_backbone_without_head_is_refused(small_model_config):
     model = build_model(
-        ModelConfig(variant="rat", **{k: v for k, v in SMALL.items() if k != "head"})
+        ModelConfig(variant="rat", **{k: v for k, v in small_model_config.items() if k != "head"})
     )
     with pytest.raises(TypeError, match="segmentation head"):
         next(predict(model, np.zeros((1, 8, 8), np.float32), (1.0, 1.0)))
 
 
-def test_training_still_works_after_prediction_in_the_same_process(model2d):
+def test_training_still_works_after_prediction_in_the_same_process(model2d, small_model_config):
     """RoSE caches position tensors; prediction must not leave inference tensors there."""
     img, _ = synthetic_nuclei((24, 24), seed=7)
     run_prediction(predict(model2d, img[None], (1.0, 1.0), options=PredictOptions(instances=False)))
-    model = build_model(ModelConfig(**SMALL)).train()
+    model = build_model(ModelConfig(**small_model_config)).train()
     x = torch.from_numpy(img[None, None])
     loss = model([x], input_spacing=[(1.0, 1.0)])[0].mean()
     loss.backward()
@@ -357,7 +359,7 @@ def test_engine_instances_are_those_training_scores(spacing):
     assert len(pairs) == result.num_instances
 
 
-def test_tiled_agrees_with_untiled_in_3d_anisotropic(tmp_path):
+def test_tiled_agrees_with_untiled_in_3d_anisotropic(tmp_path, small_model_config):
     """A small 3D model, trained here for a minute on generated anisotropic nuclei, gives the
     same foreground tiled (with halos, one or two levels) as in one whole-volume forward."""
     from napari_rat.config import ExperimentConfig
@@ -369,7 +371,7 @@ def test_tiled_agrees_with_untiled_in_3d_anisotropic(tmp_path):
         {
             "name": "tiny3d",
             "model": {
-                **SMALL,
+                **small_model_config,
                 "spatial_dims": 3,
                 "feature_dims": 8,
                 "num_blocks": 1,
