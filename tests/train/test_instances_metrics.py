@@ -74,3 +74,47 @@ def test_min_instance_size_is_physical_and_drops_only_small_objects():
     assert instances_from_probabilities(fg, None).max() == 2  # default keeps everything
     with pytest.raises(ValueError, match="axes"):
         drop_small_instances(labels, 10.0, spacing=[1.0, 1.0, 1.0])
+
+
+def _ball(shape, spacing, centre, radius):
+    grid = np.indices(shape).astype(float)
+    dist2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing, strict=True))
+    return dist2 <= radius**2
+
+
+def test_seeds_reach_the_next_plane_however_far_apart_the_planes_lie():
+    # Two nuclei of radius 7 on planes 4 units apart (4 planes each, 3.5 times the lateral
+    # pixel): their contours cover the top and bottom planes whole, so the cores are the middle
+    # planes, and the seeds must cross one plane to take the caps back.
+    shape, spacing = (8, 24, 40), (4.0, 1.0, 1.0)
+    labels = np.zeros(shape, np.int32)
+    labels[_ball(shape, spacing, (3.5, 12, 10), 7.5)] = 1
+    labels[_ball(shape, spacing, (3.5, 12, 28), 7.5)] = 2
+    boundary = boundary_from_instances(labels)
+    planes = np.flatnonzero((labels > 0).any(axis=(1, 2)))
+    assert len(planes) == 4
+    for z in (planes[0], planes[-1]):
+        assert boundary[z][labels[z] > 0].all()
+    inst = instances_from_probabilities(labels > 0, boundary, spacing=spacing, radius=3)
+    assert inst.max() == 2
+    assert segmentation_metrics(inst, labels)["tp"] == 2
+    # each instance is a whole nucleus: no cap left over as an instance of its own
+    assert len(set(zip(inst[labels > 0].tolist(), labels[labels > 0].tolist()))) == 2
+
+
+def test_specks_of_the_boundary_map_seed_no_instance():
+    # A nucleus with a 3-pixel band, and four one-pixel holes in the band (a boundary map's
+    # specks): with a minimum instance size they seed nothing and the nucleus comes back
+    # whole; without one (every core seeds) they cut fragments off it.
+    labels = _ball((40, 40), (1.0, 1.0), (20, 20), 12).astype(np.int32)
+    boundary = boundary_from_instances(labels, width=3)
+    for y, x in ((9, 20), (31, 20), (20, 9), (20, 31)):
+        assert boundary[y, x] and labels[y, x]
+        boundary[y, x] = False
+    whole = instances_from_probabilities(labels > 0, boundary, radius=5, min_instance_size=20)
+    assert whole.max() == 1 and np.array_equal(whole > 0, labels > 0)
+    fragments = instances_from_probabilities(labels > 0, boundary, radius=5)
+    assert fragments.max() == 5
+    # and the same minimum size drops the fragments after growing: the nucleus loses pixels
+    cut = drop_small_instances(fragments, 20)
+    assert (cut > 0).sum() < (labels > 0).sum() or cut.max() > 1

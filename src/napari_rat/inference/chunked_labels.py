@@ -7,7 +7,7 @@ training's validation and evaluation, runs it over a NumPy array as a single chu
 - :func:`label_chunked`: connected components chunk by chunk, merged where they touch across
   chunk faces (a union-find over the labels), renumbered consecutively;
 - :func:`grow_labels_chunked`: seed labels grown into a foreground mask (each foreground pixel
-  takes the nearest seed within ``radius``), each chunk read with a halo of ``radius``;
+  takes the nearest seed within ``radius``), each chunk read with a halo of that reach;
 - :func:`drop_small_chunked`: labels smaller than a pixel count removed, the rest renumbered.
 
 Memory is bounded by the chunk size (plus one label-sized lookup table), never by the image;
@@ -16,6 +16,7 @@ the result does not depend on the chunk size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
@@ -114,6 +115,37 @@ def label_chunked(
     return int(lut.max(initial=0))
 
 
+def grow_steps(
+    radius: float, spacing: Sequence[float] | None, ndim: int
+) -> tuple[list[float], float]:
+    """``(steps, reach)``: the length of a step along each axis and how far seeds grow, for
+    seeds that grow ``radius`` pixels of the finest axis (physical distances).
+
+    A step along an axis whose pixels are longer than the whole reach counts as the reach, so
+    seeds always cross one plane of an anisotropic volume: the boundary band covers the first
+    plane of every object (its contour), and with planes 4 pixels apart and ``radius`` 3 the
+    seeds would otherwise never reach it, leaving the top and bottom planes of every nucleus
+    as instances of their own. Isotropic data, and axes finer than the reach, keep their
+    physical distances.
+    """
+    spacing = [1.0] * ndim if spacing is None else [float(s) for s in spacing]
+    if len(spacing) != ndim:
+        raise ValueError(f"spacing {spacing} has {len(spacing)} axes; the image has {ndim}")
+    reach = float(radius) * min(spacing)
+    return [min(s, reach) if reach > 0 else s for s in spacing], reach
+
+
+def label_sizes_chunked(labels, shape: Sequence[int], chunk: Sequence[int]) -> np.ndarray:
+    """The pixel count of every label (index = label), one chunk at a time."""
+    sizes = np.zeros(1, dtype=np.int64)
+    for tile in tile_grid(shape, chunk, [0] * len(shape)):
+        counts = np.bincount(np.asarray(labels[tile.core]).ravel().astype(np.int64, copy=False))
+        if len(counts) > len(sizes):
+            sizes = np.pad(sizes, (0, len(counts) - len(sizes)))
+        sizes[: len(counts)] += counts
+    return sizes
+
+
 def grow_labels_chunked(
     seeds,
     read_foreground: ReadMask,
@@ -123,7 +155,9 @@ def grow_labels_chunked(
     radius: int = 4,
     spacing: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Give each foreground pixel the label of the nearest seed within ``radius`` pixels.
+    """Give each foreground pixel the label of the nearest seed within ``radius`` pixels
+    (of the finest axis; a step along a coarser axis counts at most that much:
+    :func:`grow_steps`).
 
     ``seeds`` is a readable labelled array; ``out`` (may be ``seeds`` itself only if it is not
     read again, so pass a different array) receives the grown labels. Foreground pixels with no
@@ -134,15 +168,15 @@ def grow_labels_chunked(
     written, for :func:`drop_small_chunked`.
     """
     sizes = np.zeros(1, dtype=np.int64)
-    halo = [int(radius)] * len(shape)
+    steps, reach = grow_steps(radius, spacing, len(shape))
+    halo = [math.ceil(reach / step - 1e-9) for step in steps]
     for tile in tile_grid(shape, chunk, halo):
         seed = np.asarray(seeds[tile.read])
         fg = np.asarray(read_foreground(tile.core))
         if seed.any():
-            dist, idx = ndi.distance_transform_edt(seed == 0, sampling=spacing, return_indices=True)
+            dist, idx = ndi.distance_transform_edt(seed == 0, sampling=steps, return_indices=True)
             nearest = seed[tuple(idx)]
-            unit = 1.0 if spacing is None else float(min(spacing))
-            grown = np.where(dist <= radius * unit, nearest, 0)[tile.crop]
+            grown = np.where(dist <= reach, nearest, 0)[tile.crop]
         else:
             grown = np.zeros(fg.shape, dtype=seed.dtype)
         block = np.where(fg, grown, 0)
@@ -193,9 +227,13 @@ def instances_chunked(
     The cores must lie inside the foreground (every seed then keeps at least itself, and the
     labels stay consecutive).
 
-    1. the cores' connected components (face connectivity) are the seeds;
+    1. the cores' connected components (face connectivity) are the seeds, except those smaller
+       than ``min_pixels``: a core smaller than the smallest instance kept is a speck of the
+       boundary map, not an object, and would split its object into fragments that step 4
+       then drops;
     2. the seeds grow into the foreground: each foreground pixel takes the nearest seed within
-       ``radius`` pixels (of the finest axis, measured in physical units with ``spacing``);
+       ``radius`` pixels (of the finest axis, measured in physical units with ``spacing``, and
+       always one plane across however far apart the planes lie: :func:`grow_steps`);
     3. foreground no seed reached (e.g. an object predicted all boundary) becomes instances of
        its own, one per connected piece: no foreground pixel is lost;
     4. instances smaller than ``min_pixels`` pixels become background; the rest are ``1..n``.
@@ -206,6 +244,9 @@ def instances_chunked(
     """
     passes = 4
     seeds = label_chunked(read_cores, scratch, shape, chunk)
+    if min_pixels > 0 and seeds:
+        seed_sizes = label_sizes_chunked(scratch, shape, chunk)
+        seeds = drop_small_chunked(scratch, seed_sizes, shape, chunk, min_pixels)
     yield 1, passes
     foreground_pixels = [0]
 

@@ -8,10 +8,14 @@ the validation scores measure what the plugin delivers
 
 1. *cores* = foreground minus boundary, where foreground is ``P(class != background) > 0.5``
    and boundary is ``sigmoid(boundary logit) > 0.5``; their connected components (face
-   connectivity, so a one-pixel boundary line separates) are the seeds;
+   connectivity, so a one-pixel boundary line separates) are the seeds, except those smaller
+   than ``min_instance_size`` (below): specks of the boundary map, which would otherwise cut
+   their object into fragments that step 4 drops;
 2. the seeds grow back into the foreground: each foreground pixel takes the nearest seed within
    :func:`grow_radius` pixels (nearest in physical units): 2 more than the boundary band the
    head learned (``model.head.boundary_width``), :data:`BOUNDARY_RADIUS` for the 1-pixel band;
+   a step across the planes of a volume counts at most that much, so seeds always reach the
+   next plane (:func:`~napari_rat.inference.chunked_labels.grow_steps`);
 3. foreground that no seed reached (an object predicted all boundary, say) becomes instances
    of its own: no foreground pixel is lost;
 4. instances smaller than ``min_instance_size`` (physical area in 2D, volume in 3D) are dropped

@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from napari_rat.inference.chunked_labels import grow_steps
 from napari_rat.inference.commit import Region, region_box
 from napari_rat.inference.features import FeatureMaps
 from napari_rat.inference.instances import instances_from_probabilities
@@ -345,8 +346,8 @@ class InteractiveSegmenter:
             # Back over the model's boundary band, as its instances grow back over it.
             band = self._probabilities[(self._boundary_channel, *box)] > 0.5
             band &= allowed & (foreground >= 0.5)
-            unit = np.asarray(self.spacing) / min(self.spacing)
-            near = ndimage.distance_transform_edt(~region, sampling=unit) <= self._grow_radius
+            steps, reach = grow_steps(self._grow_radius, self.spacing, region.ndim)
+            near = ndimage.distance_transform_edt(~region, sampling=steps) <= reach
             region |= band & near
         mask = np.zeros(self.shape, dtype=bool)
         mask[box] = region

@@ -22,11 +22,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from napari_rat.config import ExperimentConfig
-from napari_rat.inference.instances import (
-    drop_small_instances,
-    instances_from_probabilities,
-    relabel_sequential,
-)
+from napari_rat.inference.instances import instances_from_probabilities
 from napari_rat.inference.normalization import IntensityStats
 from napari_rat.inference.tiled_predict import (
     PredictOptions,
@@ -120,8 +116,10 @@ def predict_region_probabilities(
     return _resize(np.asarray(result.probabilities), image.shape[1:])
 
 
-def _instances(probs: np.ndarray, spacing, head, options: PredictOptions) -> np.ndarray:
-    """The engine's instances of its probabilities, before any minimum-size filter."""
+def _instances(
+    probs: np.ndarray, spacing, head, options: PredictOptions, size: float
+) -> np.ndarray:
+    """The engine's instances of its probabilities, with minimum instance size ``size``."""
     return instances_from_probabilities(
         1.0 - probs[0],
         probs[-1] if head.boundary else None,
@@ -129,6 +127,7 @@ def _instances(probs: np.ndarray, spacing, head, options: PredictOptions) -> np.
         boundary_threshold=options.threshold,
         spacing=list(spacing),
         radius=grow_radius_for(head, options),
+        min_instance_size=size,
     )
 
 
@@ -166,18 +165,13 @@ def evaluate_regions(
     else:
         pixel = float(np.prod(regions[0].spacing))
         candidates = [n * pixel for n in MIN_INSTANCE_PIXELS]
-    # The instances once per region; each candidate size only filters them (as the engine
-    # does last).
-    unfiltered = [
-        _instances(p, r.spacing, config.model.head, options)
-        for r, p in zip(regions, probabilities, strict=True)
-    ]
+    # The instances of each candidate size from the same probabilities (the size also decides
+    # which cores seed an instance, so each is the engine's own result at that size).
     scored = []
     for size in candidates:
         score, alone = RegionScore(), []
-        for region, labels in zip(regions, unfiltered, strict=True):
-            if size > 0:
-                labels = relabel_sequential(drop_small_instances(labels, size, region.spacing))
+        for region, probs in zip(regions, probabilities, strict=True):
+            labels = _instances(probs, region.spacing, config.model.head, options, size)
             alone.append(RegionScore())
             alone[-1].add(labels, region.labels)
             score.merge(alone[-1])
