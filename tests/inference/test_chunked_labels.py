@@ -9,6 +9,7 @@ from napari_rat.inference.chunked_labels import (
     grow_labels_chunked,
     instances_chunked,
     label_chunked,
+    merge_small_chunked,
 )
 from napari_rat.inference.instances import drop_small_instances
 
@@ -60,6 +61,48 @@ def test_dropping_small_labels_chunked_equals_whole_image(shape):
     assert set(np.unique(out)) == set(range(kept + 1))
     pairs = set(zip(out[out > 0].tolist(), expected[out > 0].tolist(), strict=True))
     assert len(pairs) == kept
+
+
+def test_small_labels_join_the_kept_label_they_touch_most():
+    labels = np.zeros((12, 20), np.int64)
+    labels[1:11, 1:11] = 1  # kept: 100 pixels
+    labels[1:11, 11:14] = 2  # kept: 30 pixels
+    labels[4:6, 14] = 3  # 2 pixels touching label 2 only
+    labels[0, 1:4] = 4  # 3 pixels along label 1's top (3 faces)
+    labels[10:12, 0] = 5  # 2 pixels: 1 face with label 1
+    labels[11, 11] = 6  # 1 pixel: 1 face with label 2
+    labels[6, 17:19] = 7  # alone
+    sizes = np.bincount(labels.ravel())
+    out = labels.copy()
+    assert merge_small_chunked(out, sizes, labels.shape, (5, 5), 10) == 2
+    expected = np.where(np.isin(labels, [1, 4, 5]), 1, np.where(np.isin(labels, [2, 3, 6]), 2, 0))
+    assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("shape", [(130, 97), (20, 33, 41)])
+def test_merging_small_labels_does_not_depend_on_the_chunks(shape):
+    rng = np.random.default_rng(9)
+    seeds, _ = ndi.label(ndi.gaussian_filter(rng.random(shape), 1.5) > 0.55)
+    fg = ndi.gaussian_filter(rng.random(shape), 3) > 0.5
+    labels = np.zeros(shape, np.int64)
+    sizes = grow_labels_chunked(seeds, lambda s: fg[s], labels, shape, shape, radius=3)
+    limit = float(np.percentile(sizes[1:][sizes[1:] > 0], 40))
+    results = []
+    for chunk in ([16] * len(shape), list(shape)):
+        out = labels.copy()
+        kept = merge_small_chunked(out, sizes, shape, chunk, limit)
+        assert set(np.unique(out)) == set(range(kept + 1))
+        results.append(out)
+    assert np.array_equal(*results)
+    out = results[0]
+    big = (sizes >= limit) & (np.arange(len(sizes)) > 0)
+    assert kept == int(big.sum())
+    # every kept label is still there whole; small ones became background or joined one
+    assert all(len(np.unique(out[labels == k])) == 1 for k in np.flatnonzero(big))
+    assert ((out > 0) <= (labels > 0)).all()
+    joined = (out > 0) & ~np.isin(labels, np.flatnonzero(big))
+    dropped = (labels > 0) & (out == 0)
+    assert joined.any() and dropped.any()
 
 
 def _same_partition(a, b):

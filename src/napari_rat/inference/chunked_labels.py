@@ -8,7 +8,8 @@ training's validation and evaluation, runs it over a NumPy array as a single chu
   chunk faces (a union-find over the labels), renumbered consecutively;
 - :func:`grow_labels_chunked`: seed labels grown into a foreground mask (each foreground pixel
   takes the nearest seed within ``radius``), each chunk read with a halo of that reach;
-- :func:`drop_small_chunked`: labels smaller than a pixel count removed, the rest renumbered.
+- :func:`drop_small_chunked`: labels smaller than a pixel count removed, the rest renumbered;
+  :func:`merge_small_chunked`: the same, but a small label beside a kept one joins it.
 
 Memory is bounded by the chunk size (plus one label-sized lookup table), never by the image;
 the result does not depend on the chunk size.
@@ -210,6 +211,65 @@ def drop_small_chunked(
     return int(keep.sum())
 
 
+def merge_small_chunked(
+    labels,
+    sizes: np.ndarray,
+    shape: Sequence[int],
+    chunk: Sequence[int],
+    min_pixels: float,
+) -> int:
+    """Join each label with fewer than ``min_pixels`` pixels to the kept label (one with at
+    least ``min_pixels``) it shares the most faces with; drop those that touch none; renumber
+    the kept labels ``1..n``.
+
+    A small label beside a kept one is a piece of that object the boundary map cut off (its
+    rim, a cap of a nucleus); one alone is a speck or a sliver at the image's edge. ``sizes``
+    and ``labels`` are as for :func:`drop_small_chunked`; each chunk is read with a one-pixel
+    halo, so the result does not depend on the chunks. Returns the new count.
+    """
+    sizes = np.asarray(sizes)
+    small = sizes < min_pixels
+    small[0] = False
+    keep = ~small
+    keep[0] = False
+    lut = np.zeros(len(keep), dtype=np.int64)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1)
+    if small.any():
+        target = _largest_contact(labels, small, keep, shape, chunk)
+        lut[small] = lut[target[small]]
+    for tile in tile_grid(shape, chunk, [0] * len(shape)):
+        labels[tile.core] = lut[np.asarray(labels[tile.core])]
+    return int(keep.sum())
+
+
+def _largest_contact(labels, small, keep, shape, chunk) -> np.ndarray:
+    """For every small label, the kept label it shares the most faces with (0: none).
+
+    Each face is counted once: by the chunk whose core holds its pixel of lower index."""
+    pairs: dict[tuple[int, int], int] = {}
+    for tile in tile_grid(shape, chunk, [1] * len(shape)):
+        block = np.asarray(labels[tile.read]).astype(np.int64, copy=False)
+        in_core = np.zeros(block.shape, dtype=bool)
+        in_core[tile.crop] = True
+        for axis in range(block.ndim):
+            lo = tuple(slice(None, -1) if a == axis else slice(None) for a in range(block.ndim))
+            hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(block.ndim))
+            a, b, counted = block[lo], block[hi], in_core[lo]
+            for x, y in ((a, b), (b, a)):
+                face = counted & small[x] & keep[y]
+                if not face.any():
+                    continue
+                found, counts = np.unique(np.stack([x[face], y[face]]), axis=1, return_counts=True)
+                for (p, q), n in zip(found.T.tolist(), counts.tolist(), strict=True):
+                    pairs[(p, q)] = pairs.get((p, q), 0) + n
+    target = np.zeros(len(small), dtype=np.int64)
+    best = np.zeros(len(small), dtype=np.int64)
+    for (p, q), n in sorted(pairs.items()):
+        if n > best[p]:
+            best[p], target[p] = n, q
+    return target
+
+
 def instances_chunked(
     read_foreground: ReadMask,
     read_cores: ReadMask,
@@ -229,14 +289,16 @@ def instances_chunked(
 
     1. the cores' connected components (face connectivity) are the seeds, except those smaller
        than ``min_pixels``: a core smaller than the smallest instance kept is a speck of the
-       boundary map, not an object, and would split its object into fragments that step 4
-       then drops;
+       boundary map, not an object, and would split its object into fragments;
     2. the seeds grow into the foreground: each foreground pixel takes the nearest seed within
        ``radius`` pixels (of the finest axis, measured in physical units with ``spacing``, and
        always one plane across however far apart the planes lie: :func:`grow_steps`);
     3. foreground no seed reached (e.g. an object predicted all boundary) becomes instances of
        its own, one per connected piece: no foreground pixel is lost;
-    4. instances smaller than ``min_pixels`` pixels become background; the rest are ``1..n``.
+    4. instances smaller than ``min_pixels`` pixels join the kept instance they share the most
+       faces with (a rim or cap the boundary map cut off an object), or become background
+       where they touch none (specks, slivers at the edge); the rest are ``1..n``
+       (:func:`merge_small_chunked`).
 
     A generator: yields ``(passes done, passes)`` after each pass over the image (a caller can
     stop between them) and returns the instance count. ``scratch`` and ``out`` are writable
@@ -264,7 +326,7 @@ def instances_chunked(
         count, sizes = _add_unreached(read_foreground, scratch, out, shape, chunk, seeds, sizes)
     yield 3, passes
     if min_pixels > 0:
-        count = drop_small_chunked(out, sizes, shape, chunk, min_pixels)
+        count = merge_small_chunked(out, sizes, shape, chunk, min_pixels)
     yield 4, passes
     return count
 

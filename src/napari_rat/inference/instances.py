@@ -10,7 +10,7 @@ the validation scores measure what the plugin delivers
    and boundary is ``sigmoid(boundary logit) > 0.5``; their connected components (face
    connectivity, so a one-pixel boundary line separates) are the seeds, except those smaller
    than ``min_instance_size`` (below): specks of the boundary map, which would otherwise cut
-   their object into fragments that step 4 drops;
+   their object into fragments;
 2. the seeds grow back into the foreground: each foreground pixel takes the nearest seed within
    :func:`grow_radius` pixels (nearest in physical units): 2 more than the boundary band the
    head learned (``model.head.boundary_width``), :data:`BOUNDARY_RADIUS` for the 1-pixel band;
@@ -18,9 +18,11 @@ the validation scores measure what the plugin delivers
    next plane (:func:`~napari_rat.inference.chunked_labels.grow_steps`);
 3. foreground that no seed reached (an object predicted all boundary, say) becomes instances
    of its own: no foreground pixel is lost;
-4. instances smaller than ``min_instance_size`` (physical area in 2D, volume in 3D) are dropped
-   to background. Training picks this size on the validation split (it removes the slivers a
-   region's edge cuts off and specks of noise) and stores it in the checkpoint's head config.
+4. instances smaller than ``min_instance_size`` (physical area in 2D, volume in 3D) join the
+   kept instance they share the most faces with (a rim or cap of a nucleus that the boundary
+   map cut off), and are dropped to background where they touch none. Training picks this
+   size on the validation split (it removes the slivers a region's edge cuts off and specks
+   of noise) and stores it in the checkpoint's head config.
 
 The boundary target (:func:`boundary_from_instances`) is the inner contour of every instance:
 its pixels that touch a pixel of another label (background included), widened to a band of
@@ -189,8 +191,10 @@ def instances_from_probabilities(
     spacing
         Physical pixel size, so that growing back uses physical distances (anisotropic data).
     min_instance_size
-        Final instances smaller than this physical area (2D) or volume (3D), in units of
-        ``spacing`` squared or cubed, become background.
+        The smallest instance kept: a physical area (2D) or volume (3D), in units of
+        ``spacing`` squared or cubed. Cores smaller than this seed nothing, and smaller
+        instances join the kept instance they touch most, or become background (steps 1 and 4
+        of the module docstring). 0 keeps every core and instance.
     radius
         How far seeds grow back, in pixels of the finest axis (:func:`grow_radius` of the
         head's boundary width).
