@@ -30,6 +30,23 @@ def test_chunked_components_partition_like_scipy(shape, seed):
     assert (out[~mask] == 0).all()
 
 
+@pytest.mark.parametrize("shape", [(130, 97), (20, 33, 41)])
+def test_chunked_components_leave_out_the_small_ones(shape):
+    rng = np.random.default_rng(2)
+    mask = ndi.gaussian_filter(rng.random(shape), 1.5) > 0.53
+    ref, n_ref = ndi.label(mask)
+    sizes = np.bincount(ref.ravel())
+    limit = float(np.median(sizes[1:]))
+    big = np.isin(ref, np.flatnonzero(sizes >= limit)) & mask
+    out = np.zeros(shape, np.int64)
+    n = label_chunked(lambda s: mask[s], out, shape, [16] * len(shape), min_size=limit)
+    assert 0 < n < n_ref and n == int((sizes[1:] >= limit).sum())
+    assert set(np.unique(out)) == set(range(n + 1))
+    assert np.array_equal(out > 0, big)  # components spread over chunks are counted whole
+    pairs = set(zip(out[big].tolist(), ref[big].tolist(), strict=True))
+    assert len(pairs) == n
+
+
 def test_growth_is_independent_of_chunking():
     rng = np.random.default_rng(3)
     seeds_mask = ndi.gaussian_filter(rng.random((90, 70)), 3) > 0.55

@@ -52,6 +52,7 @@ def label_chunked(
     shape: Sequence[int],
     chunk: Sequence[int],
     progress: Callable[[int, int], None] | None = None,
+    min_size: float = 0.0,
 ) -> int:
     """Label the connected components (face connectivity) of a mask, chunk by chunk.
 
@@ -63,6 +64,8 @@ def label_chunked(
         A writable array (zarr or NumPy) of ``shape``, integer dtype, receiving the labels.
     shape, chunk
         Image shape and the chunk size processed at once.
+    min_size
+        Components with fewer pixels are left out (0 in ``out``), at no extra pass.
 
     Returns
     -------
@@ -72,9 +75,11 @@ def label_chunked(
     tiles = tile_grid(shape, chunk, [0] * len(shape))
     offset = 0
     steps = 2 * len(tiles)
+    pieces = [np.zeros(1, dtype=np.int64)]  # pixel count of each chunk's component
     for tile in tiles:
         lab, n = ndi.label(read_mask(tile.core))
         lab = lab.astype(np.int64)
+        pieces.append(np.bincount(lab.ravel(), minlength=n + 1)[1:])
         lab[lab > 0] += offset
         out[tile.core] = lab
         offset += n
@@ -109,6 +114,11 @@ def label_chunked(
     roots = np.array([uf.find(i) for i in range(offset + 1)], dtype=np.int64)
     _, lut = np.unique(roots, return_inverse=True)
     lut = lut.astype(np.int64)  # root 0 (background) maps to 0: it is the smallest
+    if min_size > 0:
+        sizes = np.bincount(lut, weights=np.concatenate(pieces))
+        keep = sizes >= min_size
+        keep[0] = False
+        lut = (np.cumsum(keep) * keep)[lut]
     for tile in tiles:
         out[tile.core] = lut[np.asarray(out[tile.core])]
         if progress:
@@ -134,17 +144,6 @@ def grow_steps(
         raise ValueError(f"spacing {spacing} has {len(spacing)} axes; the image has {ndim}")
     reach = float(radius) * min(spacing)
     return [min(s, reach) if reach > 0 else s for s in spacing], reach
-
-
-def label_sizes_chunked(labels, shape: Sequence[int], chunk: Sequence[int]) -> np.ndarray:
-    """The pixel count of every label (index = label), one chunk at a time."""
-    sizes = np.zeros(1, dtype=np.int64)
-    for tile in tile_grid(shape, chunk, [0] * len(shape)):
-        counts = np.bincount(np.asarray(labels[tile.core]).ravel().astype(np.int64, copy=False))
-        if len(counts) > len(sizes):
-            sizes = np.pad(sizes, (0, len(counts) - len(sizes)))
-        sizes[: len(counts)] += counts
-    return sizes
 
 
 def grow_labels_chunked(
@@ -305,10 +304,7 @@ def instances_chunked(
     integer arrays of ``shape`` (zarr or NumPy); ``out`` receives the labels.
     """
     passes = 4
-    seeds = label_chunked(read_cores, scratch, shape, chunk)
-    if min_pixels > 0 and seeds:
-        seed_sizes = label_sizes_chunked(scratch, shape, chunk)
-        seeds = drop_small_chunked(scratch, seed_sizes, shape, chunk, min_pixels)
+    seeds = label_chunked(read_cores, scratch, shape, chunk, min_size=min_pixels)
     yield 1, passes
     foreground_pixels = [0]
 
