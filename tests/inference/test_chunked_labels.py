@@ -5,7 +5,6 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_rat.inference.chunked_labels import (
-    drop_small_chunked,
     grow_labels_chunked,
     instances_chunked,
     label_chunked,
@@ -63,7 +62,7 @@ def test_growth_is_independent_of_chunking():
 
 
 @pytest.mark.parametrize("shape", [(130, 97), (20, 33, 41)])
-def test_dropping_small_labels_chunked_equals_whole_image(shape):
+def test_small_labels_touching_none_are_dropped_chunked_as_whole_image(shape):
     rng = np.random.default_rng(5)
     mask = ndi.gaussian_filter(rng.random(shape), 1.5) > 0.53
     labels, n = ndi.label(mask)
@@ -71,7 +70,7 @@ def test_dropping_small_labels_chunked_equals_whole_image(shape):
     limit = float(np.median(sizes[1:]))
     expected = drop_small_instances(labels, limit)
     out = labels.astype(np.int64)
-    kept = drop_small_chunked(out, sizes, shape, [16] * len(shape), limit)
+    kept = merge_small_chunked(out, sizes, shape, [16] * len(shape), limit)
     assert 0 < kept < n  # objects spanning chunks are counted whole: some kept, some dropped
     assert kept == int((sizes[1:] >= limit).sum())
     assert ((out > 0) == (expected > 0)).all()

@@ -8,8 +8,8 @@ training's validation and evaluation, runs it over a NumPy array as a single chu
   chunk faces (a union-find over the labels), renumbered consecutively;
 - :func:`grow_labels_chunked`: seed labels grown into a foreground mask (each foreground pixel
   takes the nearest seed within ``radius``), each chunk read with a halo of that reach;
-- :func:`drop_small_chunked`: labels smaller than a pixel count removed, the rest renumbered;
-  :func:`merge_small_chunked`: the same, but a small label beside a kept one joins it.
+- :func:`merge_small_chunked`: labels smaller than a pixel count joined to the kept label they
+  touch most, or removed where they touch none; the rest renumbered.
 
 Memory is bounded by the chunk size (plus one label-sized lookup table), never by the image;
 the result does not depend on the chunk size.
@@ -165,7 +165,7 @@ def grow_labels_chunked(
     equals growing the whole image at once.
 
     Returns the pixel count of every grown label (index = label), counted as the chunks are
-    written, for :func:`drop_small_chunked`.
+    written, for :func:`merge_small_chunked`.
     """
     sizes = np.zeros(1, dtype=np.int64)
     steps, reach = grow_steps(radius, spacing, len(shape))
@@ -188,28 +188,6 @@ def grow_labels_chunked(
     return sizes
 
 
-def drop_small_chunked(
-    labels,
-    sizes: np.ndarray,
-    shape: Sequence[int],
-    chunk: Sequence[int],
-    min_pixels: float,
-) -> int:
-    """Set the labels with fewer than ``min_pixels`` pixels to 0 and renumber the rest ``1..n``.
-
-    ``sizes[label]`` is each label's pixel count over the whole image (an object spread over
-    several chunks counts as a whole), as :func:`grow_labels_chunked` returns it. ``labels``
-    (zarr or NumPy) is rewritten in place, chunk by chunk. Returns the new count.
-    """
-    keep = np.asarray(sizes) >= min_pixels
-    keep[0] = False
-    lut = np.zeros(len(keep), dtype=np.int64)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1)
-    for tile in tile_grid(shape, chunk, [0] * len(shape)):
-        labels[tile.core] = lut[np.asarray(labels[tile.core])]
-    return int(keep.sum())
-
-
 def merge_small_chunked(
     labels,
     sizes: np.ndarray,
@@ -222,9 +200,11 @@ def merge_small_chunked(
     the kept labels ``1..n``.
 
     A small label beside a kept one is a piece of that object the boundary map cut off (its
-    rim, a cap of a nucleus); one alone is a speck or a sliver at the image's edge. ``sizes``
-    and ``labels`` are as for :func:`drop_small_chunked`; each chunk is read with a one-pixel
-    halo, so the result does not depend on the chunks. Returns the new count.
+    rim, a cap of a nucleus); one alone is a speck or a sliver at the image's edge.
+    ``sizes[label]`` is each label's pixel count over the whole image (an object spread over
+    several chunks counts as a whole), as :func:`grow_labels_chunked` returns it. ``labels``
+    (zarr or NumPy) is rewritten in place, chunk by chunk; each chunk is read with a one-pixel
+    halo for the contacts, so the result does not depend on the chunks. Returns the new count.
     """
     sizes = np.asarray(sizes)
     small = sizes < min_pixels
