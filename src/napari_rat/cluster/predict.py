@@ -345,15 +345,15 @@ def _open_work(work: Path, plan, fingerprint: dict):
     made fresh."""
     import zarr
 
-    from napari_rat.inference.tiled_predict import _new_array
+    from napari_rat.inference.result_store import new_array
 
     if work.exists():
         return zarr.open_group(work, mode="r+")
     work.parent.mkdir(parents=True, exist_ok=True)
     root = zarr.open_group(work, mode="w")
     n = len(plan.channel_names)
-    _new_array(root, "probabilities", (n, *plan.shape), (1, *plan.chunks), np.float32)
-    _new_array(root, "semantic", plan.shape, plan.chunks, np.uint8)
+    new_array(root, "probabilities", (n, *plan.shape), (1, *plan.chunks), np.float32)
+    new_array(root, "semantic", plan.shape, plan.chunks, np.uint8)
     (work / DONE).mkdir()
     (work / RUN_FILE).write_text(json.dumps(fingerprint))  # last: a run is resumable from now
     return root
@@ -414,6 +414,7 @@ def predict_on_cluster(
     """
     import ray
 
+    from napari_rat.inference.result_store import publish_work
     from napari_rat.inference.tiled_predict import (
         Prediction,
         PredictionCancelled,
@@ -423,7 +424,6 @@ def predict_on_cluster(
         grow_radius_for,
         instances_into,
         plan_prediction,
-        publish_work,
     )
 
     options = options or PredictOptions()

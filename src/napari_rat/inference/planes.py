@@ -17,17 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_rat.inference.tiled_predict import (
-    Prediction,
-    PredictOptions,
-    Progress,
-    _new_array,
-    _open_group,
-    _placement_attrs,
-    _published,
-    _staged,
-    predict,
+from napari_rat.inference.result_store import (
+    new_array,
+    open_new_group,
+    placement_attrs,
+    published,
+    staged_store,
 )
+from napari_rat.inference.tiled_predict import Prediction, PredictOptions, Progress, predict
 
 
 def predict_planes(
@@ -92,8 +89,8 @@ def predict_planes(
     plane_units = units if units is None or isinstance(units, str) else tuple(units)[lead:]
     stack = tuple(int(n) for n in image.shape[1 : 1 + lead])
     planes = list(itertools.product(*(range(n) for n in stack)))
-    with _staged(store) as built:
-        root = None if built is None else _open_group(built)
+    with staged_store(store) as built:
+        root = None if built is None else open_new_group(built)
         probs = semantic = labels = None
         top = nan_pixels = 0
         result = None
@@ -113,12 +110,12 @@ def predict_planes(
                 plane = tuple(result.semantic.shape)
                 chunks = (1,) * lead + tuple(min(256, n) for n in plane)
                 outputs = result.probabilities.shape[0]
-                probs = _new_array(
+                probs = new_array(
                     root, "probabilities", (outputs, *stack, *plane), (1, *chunks), np.float32
                 )
-                semantic = _new_array(root, "semantic", (*stack, *plane), chunks, np.uint8)
+                semantic = new_array(root, "semantic", (*stack, *plane), chunks, np.uint8)
                 if result.labels is not None:
-                    labels = _new_array(root, "labels", (*stack, *plane), chunks, np.int32)
+                    labels = new_array(root, "labels", (*stack, *plane), chunks, np.int32)
             probs[where] = np.asarray(result.probabilities)
             semantic[index] = np.asarray(result.semantic)
             if labels is not None:
@@ -140,10 +137,10 @@ def predict_planes(
             boundary_radius=result.boundary_radius,
         )
         if root is not None:
-            root.attrs.update({"napari_rat": _placement_attrs(stacked)})
+            root.attrs.update({"napari_rat": placement_attrs(stacked)})
     if store is None:
         return stacked
-    return _published(stacked, Path(store), with_labels=labels is not None)
+    return published(stacked, Path(store), with_labels=labels is not None)
 
 
 def _planewise(run, name: str):

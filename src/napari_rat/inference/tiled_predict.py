@@ -18,10 +18,8 @@ and the prediction resampled back.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Callable, Generator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +28,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_rat.atomic_files import atomic_path
 from napari_rat.inference.chunked_labels import instances_chunked
 from napari_rat.inference.devices import Precision, autocast_for, resolve_device
 from napari_rat.inference.heap import release_freed_memory
 from napari_rat.inference.instances import BOUNDARY_RADIUS, grow_radius, min_instance_pixels
 from napari_rat.inference.normalization import IntensityStats, image_statistics
+from napari_rat.inference.result_store import (
+    new_array,
+    open_new_group,
+    placement_attrs,
+    published,
+    staged_store,
+)
 from napari_rat.inference.tiling import tile_grid
 from napari_rat.io.units import to_model_units
 
@@ -184,12 +188,6 @@ def _tile_outputs(model, tile, plan: _Plan, options: PredictOptions, features: b
     return probs[0], None if feats is None else feats[0]
 
 
-def _new_array(root, name, shape, chunks, dtype):
-    if root is None:
-        return np.zeros(shape, dtype=dtype)
-    return root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-
-
 @dataclass(frozen=True)
 class _Plan:
     """What a prediction computes before its first tile: checked inputs and settings."""
@@ -309,66 +307,6 @@ def training_tiles(crop_size: Sequence[int]) -> tuple[tuple[int, ...], tuple[int
     halo = tuple(max(int(c) // 8, 0) for c in crop_size)
     tile = tuple(max(int(c) - 2 * h, 1) for c, h in zip(crop_size, halo, strict=True))
     return tile, halo
-
-
-def _staged(store: str | Path | None):
-    """Where the results are built: ``None`` (kept in memory) or a path beside ``store`` that
-    :func:`~napari_rat.atomic_files.atomic_path` moves into place when the block ends normally
-    (and deletes otherwise: a cancel, an error, the generator closed)."""
-    if store is None:
-        return nullcontext(None)
-    if Path(store).exists():  # said before any work, in predict's words
-        raise FileExistsError(f"{store} already exists; choose another output or remove it")
-    return atomic_path(Path(store), overwrite=False)
-
-
-def _open_group(path: Path):
-    import zarr
-
-    return zarr.open_group(path, mode="w")
-
-
-def _placement_attrs(result: Prediction) -> dict:
-    """What a reader of the store needs to place and name the results."""
-    return {
-        "spacing": list(result.spacing),
-        "translation": list(result.translation),
-        "class_names": result.class_names,
-        "channel_names": result.channel_names,
-        "num_instances": result.num_instances,
-        "boundary_radius": result.boundary_radius,
-    }
-
-
-def _published(result: Prediction, store: Path, with_labels: bool) -> Prediction:
-    """``result`` pointed at the store moved into place."""
-    import zarr
-
-    final = zarr.open_group(store, mode="r")
-    result.probabilities = final["probabilities"]
-    result.semantic = final["semantic"]
-    result.labels = final["labels"] if with_labels else None
-    if result.features is not None:
-        result.features = final["features"]
-    result.store = Path(store)
-    return result
-
-
-def publish_work(
-    result: Prediction, work: Path, store: str | Path, with_labels: bool
-) -> Prediction:
-    """A resumable run's complete work folder (a zarr group beside ``store``, kept between runs
-    so that a stopped run can finish) moved into place as ``store``, and ``result`` pointed at
-    it. Like :func:`~napari_rat.atomic_files.atomic_path`, the move is one rename on the same
-    file system: readers see nothing, then the whole store."""
-    import zarr
-
-    store = Path(store)
-    zarr.open_group(work, mode="a").attrs.update({"napari_rat": _placement_attrs(result)})
-    if store.exists():
-        raise FileExistsError(f"{store} already exists; choose another output or remove it")
-    os.rename(work, store)
-    return _published(result, store, with_labels)
 
 
 def _predict_tiles(
@@ -569,16 +507,16 @@ def predict(
     plan = _plan(model, image, spacing, translation, options, stats, units)
     was_training = model.training
     try:
-        with _staged(store) as built:
-            root = None if built is None else _open_group(built)
+        with staged_store(store) as built:
+            root = None if built is None else open_new_group(built)
             shape, chunks = plan.shape, plan.chunks
-            probs = _new_array(
+            probs = new_array(
                 root, "probabilities", (len(plan.channel_names), *shape), (1, *chunks), np.float32
             )
-            semantic = _new_array(root, "semantic", shape, chunks, np.uint8)
+            semantic = new_array(root, "semantic", shape, chunks, np.uint8)
             features = None
             if plan.num_features:
-                features = _new_array(
+                features = new_array(
                     root,
                     "features",
                     (plan.num_features, *shape),
@@ -619,10 +557,10 @@ def predict(
                 boundary_radius=radius,
             )
             if root is not None:
-                root.attrs.update({"napari_rat": _placement_attrs(result)})
+                root.attrs.update({"napari_rat": placement_attrs(result)})
         if store is None:
             return result
-        return _published(result, Path(store), with_labels=options.instances)
+        return published(result, Path(store), with_labels=options.instances)
     finally:
         model.train(was_training)
 
@@ -654,8 +592,8 @@ def _instances(probs, root, shape, chunks, boundary, options, cancel, spacing, m
             fg &= np.asarray(probs[(slice(-1, None), *sl)])[0] <= thr
         return fg
 
-    scratch = _new_array(root, "seeds", shape, chunks, np.int32)
-    labels = _new_array(root, "labels", shape, chunks, np.int32)
+    scratch = new_array(root, "seeds", shape, chunks, np.int32)
+    labels = new_array(root, "labels", shape, chunks, np.int32)
     steps = instances_chunked(
         foreground,
         cores,
