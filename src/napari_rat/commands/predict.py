@@ -380,8 +380,9 @@ def add_prediction_arguments(p: argparse.ArgumentParser) -> None:
         "--min-size",
         type=float,
         metavar="AREA",
-        help="drop instances smaller than this physical area (2D) or volume (3D), in the image's "
-        "units (default: the size the checkpoint chose on its validation split)",
+        help="the smallest instance kept, a physical area (2D) or volume (3D) in the image's "
+        "units: smaller pieces join the instance they touch most or are dropped (default: the "
+        "size the checkpoint chose on its validation split)",
     )
 
 

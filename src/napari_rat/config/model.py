@@ -40,9 +40,11 @@ class HeadConfig(StrictModel):
         None,
         ge=0,
         description=(
-            "Instances smaller than this physical area (2D) or volume (3D), in the spacing's "
-            "units squared or cubed, are dropped. None: training picks it on the validation "
-            "split (napari_rat.train.evaluation) and stores it in the checkpoint; 0 at inference."
+            "The smallest instance kept, a physical area (2D) or volume (3D) in the spacing's "
+            "units squared or cubed: smaller cores seed no instance, and smaller instances join "
+            "the instance they touch most or are dropped. None: training picks it on the "
+            "validation split (napari_rat.train.evaluation) and stores it in the checkpoint; 0 "
+            "at inference."
         ),
     )
 

@@ -70,16 +70,27 @@ def label_chunked(
     Returns
     -------
     int
-        The number of components; labels are ``1..n``.
+        The number of components (kept); labels are ``1..n``, numbered in the order of their
+        first pixel in C order, as :func:`scipy.ndimage.label` numbers them, whatever the
+        chunks: the numbers, not only the partition, do not depend on the chunk size.
     """
     tiles = tile_grid(shape, chunk, [0] * len(shape))
     offset = 0
     steps = 2 * len(tiles)
-    pieces = [np.zeros(1, dtype=np.int64)]  # pixel count of each chunk's component
+    # Per provisional label (index; 0 = background): its pixel count and its first pixel's
+    # flat index in the whole image (C order inside a box is C order of the image).
+    pieces = [np.zeros(1, dtype=np.int64)]
+    firsts = [np.zeros(1, dtype=np.int64)]
     for tile in tiles:
         lab, n = ndi.label(read_mask(tile.core))
         lab = lab.astype(np.int64)
         pieces.append(np.bincount(lab.ravel(), minlength=n + 1)[1:])
+        values, first = np.unique(lab.ravel(), return_index=True)
+        local = np.unravel_index(first[values > 0], lab.shape)
+        start = [sl.start for sl in tile.core]
+        firsts.append(
+            np.ravel_multi_index(tuple(c + o for c, o in zip(local, start, strict=True)), shape)
+        )
         lab[lab > 0] += offset
         out[tile.core] = lab
         offset += n
@@ -112,13 +123,18 @@ def label_chunked(
                 for x, y in set(zip(la[both].tolist(), lb[both].tolist(), strict=True)):
                     uf.union(x, y)
     roots = np.array([uf.find(i) for i in range(offset + 1)], dtype=np.int64)
-    _, lut = np.unique(roots, return_inverse=True)
-    lut = lut.astype(np.int64)  # root 0 (background) maps to 0: it is the smallest
+    _, group = np.unique(roots, return_inverse=True)  # group 0: background (root 0 is smallest)
+    n_groups = int(group.max(initial=0)) + 1
+    first = np.full(n_groups, np.iinfo(np.int64).max)
+    np.minimum.at(first, group, np.concatenate(firsts))
+    keep = np.ones(n_groups, dtype=bool)
+    keep[0] = False
     if min_size > 0:
-        sizes = np.bincount(lut, weights=np.concatenate(pieces))
-        keep = sizes >= min_size
-        keep[0] = False
-        lut = (np.cumsum(keep) * keep)[lut]
+        keep &= np.bincount(group, weights=np.concatenate(pieces), minlength=n_groups) >= min_size
+    kept = np.flatnonzero(keep)
+    number = np.zeros(n_groups, dtype=np.int64)
+    number[kept[np.argsort(first[kept], kind="stable")]] = np.arange(1, len(kept) + 1)
+    lut = number[group]
     for tile in tiles:
         out[tile.core] = lut[np.asarray(out[tile.core])]
         if progress:
@@ -161,7 +177,8 @@ def grow_labels_chunked(
 
     ``seeds`` is a readable labelled array; ``out`` (may be ``seeds`` itself only if it is not
     read again, so pass a different array) receives the grown labels. Foreground pixels with no
-    seed within ``radius`` stay 0. Each chunk is read with a halo of ``radius``, so the result
+    seed within reach stay 0. Each chunk is read with a halo of that reach (in pixels of each
+    axis), so the result
     equals growing the whole image at once.
 
     Returns the pixel count of every grown label (index = label), counted as the chunks are
@@ -209,6 +226,8 @@ def merge_small_chunked(
     sizes = np.asarray(sizes)
     small = sizes < min_pixels
     small[0] = False
+    if not small.any():
+        return len(sizes) - 1  # every label is kept as it is: no pass over the labels
     keep = ~small
     keep[0] = False
     lut = np.zeros(len(keep), dtype=np.int64)
@@ -222,7 +241,8 @@ def merge_small_chunked(
 
 
 def _largest_contact(labels, small, keep, shape, chunk) -> np.ndarray:
-    """For every small label, the kept label it shares the most faces with (0: none).
+    """For every small label, the kept label it shares the most faces with (0: none; of equal
+    counts, the lowest label, which :func:`label_chunked` numbers the same whatever the chunks).
 
     Each face is counted once: by the chunk whose core holds its pixel of lower index."""
     pairs: dict[tuple[int, int], int] = {}

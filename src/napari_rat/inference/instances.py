@@ -231,27 +231,14 @@ def instances_from_probabilities(
 def min_instance_pixels(
     min_instance_size: float, spacing: Sequence[float] | None, ndim: int
 ) -> float:
-    """The pixel count below which an instance is dropped: the physical size over a pixel's."""
+    """The pixel count of ``min_instance_size`` (physical) at ``spacing``: smaller cores seed no
+    instance, smaller instances join a neighbour or are dropped."""
     if min_instance_size <= 0:
         return 0.0
     pixel = float(np.prod(spacing)) if spacing is not None else 1.0
     if spacing is not None and len(spacing) != ndim:
         raise ValueError(f"spacing {list(spacing)} has {len(spacing)} axes; the labels have {ndim}")
     return float(min_instance_size) / pixel
-
-
-def drop_small_instances(
-    labels: np.ndarray, min_instance_size: float, spacing: Sequence[float] | None = None
-) -> np.ndarray:
-    """``labels`` with the instances smaller than ``min_instance_size`` (physical) set to 0."""
-    labels = np.asarray(labels)
-    limit = min_instance_pixels(min_instance_size, spacing, labels.ndim)
-    if limit <= 0 or not labels.any():
-        return labels
-    sizes = np.bincount(labels.ravel().astype(np.int64, copy=False))
-    small = sizes < limit
-    small[0] = False
-    return np.where(small[labels], 0, labels).astype(labels.dtype, copy=False)
 
 
 def instances_from_logits(
@@ -284,16 +271,3 @@ def instances_from_logits(
         spacing=spacing,
         min_instance_size=min_instance_size,
     )
-
-
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Renumber the labels 1..n in order of first appearance value, keeping 0 as background."""
-    labels = np.asarray(labels)
-    values = np.unique(labels)
-    values = values[values > 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
-    lut[values] = np.arange(1, len(values) + 1, dtype=np.int32)
-    out = np.zeros(labels.shape, dtype=np.int32)
-    positive = labels > 0
-    out[positive] = lut[labels[positive]]
-    return out

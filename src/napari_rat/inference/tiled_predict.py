@@ -73,9 +73,11 @@ class PredictOptions:
     :func:`~napari_rat.inference.instances.grow_radius` of the checkpoint's boundary band,
     3 pixels for a model without a checkpoint); instances
     smaller than ``min_instance_size`` (physical area or volume; ``None``: the checkpoint's head
-    setting, chosen on validation during training, else 0) are dropped. ``features`` adds the
-    per-pixel features (``RATSegmentation.forward_features``: the decoder's last features and
-    the blocks' tokens at pixel resolution) to the results, from the same forward.
+    setting, chosen on validation during training, else 0) join the instance they touch most or
+    are dropped, and smaller cores seed none (:mod:`napari_rat.inference.instances`).
+    ``features`` adds the per-pixel features (``RATSegmentation.forward_features``: the
+    decoder's last features and the blocks' tokens at pixel resolution) to the results, from
+    the same forward.
     """
 
     tile: tuple[int, ...] | None = None
