@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from napari_rat.config import ModelConfig
-from napari_rat.inference.instances import instances_from_probabilities
 from napari_rat.inference.tiled_predict import (
     PredictionCancelled,
     PredictOptions,
@@ -355,9 +354,8 @@ def test_engine_instances_are_those_training_scores(spacing):
     )
     labels = np.asarray(result.labels)
     assert result.num_instances == expected.max() > 5
-    assert ((labels > 0) == (expected > 0)).all()
-    pairs = set(zip(labels[labels > 0].tolist(), expected[labels > 0].tolist(), strict=True))
-    assert len(pairs) == result.num_instances
+    # the same instances, numbered alike (in C order of their first pixel, whatever the chunks)
+    assert np.array_equal(labels, expected)
 
 
 def test_tiled_agrees_with_untiled_in_3d_anisotropic(tmp_path, small_model_config):
@@ -437,9 +435,8 @@ def test_training_normalization_settings_are_honoured():
 
 
 def test_small_instances_are_dropped_across_chunks_in_physical_units(tmp_path):
-    """The engine's size filter counts objects across chunk faces, in physical area (its
-    48-pixel chunks give what the whole-image algorithm gives on the same probabilities), and
-    by default uses the size stored in the checkpoint's head (chosen on validation)."""
+    """The engine's size filter counts objects across chunk faces, in physical area, and by
+    default uses the size stored in the checkpoint's head (chosen on validation)."""
     from napari_rat.inference.model_loading import load_model_for_inference
     from napari_rat.sample_data import nuclei_2d
 
@@ -466,17 +463,6 @@ def test_small_instances_are_dropped_across_chunks_in_physical_units(tmp_path):
     assert 0 < kept.num_instances < len(sizes)
     assert (kept_sizes * 0.25 >= limit).all()
     assert ((labels > 0) <= (everything > 0)).all()
-    probs = np.asarray(kept.probabilities)
-    whole = instances_from_probabilities(
-        1.0 - probs[0],
-        probs[-1],
-        spacing=spacing,
-        min_instance_size=limit,
-        radius=kept.boundary_radius,
-    )
-    assert np.array_equal(whole > 0, labels > 0)
-    pairs = set(zip(whole[whole > 0].tolist(), labels[labels > 0].tolist(), strict=True))
-    assert len(pairs) == kept.num_instances == int(whole.max())
     stored = model.checkpoint_info.model_config.head.min_instance_size or 0.0
     default = np.asarray(run(None, "default.zarr").labels)
     assert np.array_equal(default, np.asarray(run(stored, "stored.zarr").labels))
