@@ -56,7 +56,9 @@ def _dock(viewer, qtbot, image_name="nuclei 2D", *, from_menu=False):
 
 
 def _idle(qtbot, widget, timeout=120_000):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+    """No worker runs and no scribble update waits for its debounce (a pending update would
+    start a worker after this returned)."""
+    qtbot.waitUntil(lambda: not widget.busy and not widget.update_pending, timeout=timeout)
 
 
 def _features(qtbot, widget):
