@@ -7,7 +7,10 @@ from :class:`~napari_rat.inference.interactive.InteractiveSegmenter`, commits fr
 :func:`~napari_rat.train.quick_tune.quick_tune_events` and
 :func:`~napari_rat.train.quick_tune.save_tuned`. All model, classifier and tuning work runs in
 thread workers (:mod:`napari_rat._widgets.interactive_session`); the GUI thread swaps layers'
-data.
+data. The object actions (clicks, commit, accept, clear) are in
+:mod:`napari_rat._widgets.interactive_objects`, Improve and Save model in
+:mod:`napari_rat._widgets.interactive_tuning`, the layers' helpers in
+:mod:`napari_rat._widgets.interactive_layers`.
 
 The dock's layers are placed like the image (its ``scale``, ``translate``, ``units`` and
 ``axis_labels``): ``RAT scribbles`` (or a Labels layer of the image's shape the user picks;
@@ -26,7 +29,6 @@ takes the current plane: its features, scribbles and clicks are that plane's. A 
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -35,7 +37,6 @@ from magicgui.widgets import CheckBox, ComboBox, Label, ProgressBar, PushButton,
 from napari_rat._widgets.dock_base import (
     ModelDock,
     dock_callback,
-    offer_checkpoint,
     start_worker,
     wrap_status_label,
 )
@@ -50,16 +51,14 @@ from napari_rat._widgets.interactive_layers import (
     check_layers,
     dock_layer,
     put_labels,
-    snap_to_brightest,
     view_region,
 )
+from napari_rat._widgets.interactive_objects import ObjectActions
 from napari_rat._widgets.interactive_session import (
-    click_update,
     features_job,
-    improve_job,
-    model_labels_job,
     scribble_update,
 )
+from napari_rat._widgets.interactive_tuning import TuneActions
 from napari_rat._widgets.layer_input import snapshot_layer, view_box
 
 NEW_SCRIBBLES = f"new: {SCRIBBLES}"
@@ -76,7 +75,7 @@ SHORTCUTS = {
 }
 
 
-class InteractiveWidget(ModelDock):
+class InteractiveWidget(ObjectActions, TuneActions, ModelDock):
     """Segment interactively: paint scribbles, click objects, commit, improve the model."""
 
     CALLBACKS = (
@@ -414,189 +413,6 @@ class InteractiveWidget(ModelDock):
         self._set_status(f"scribble prediction updated ({self.output.value})")
 
     # ----------------------------------------------------------------- clicks
-    def _on_clicks_changed(self, event) -> None:
-        action = str(getattr(event, "action", "changed"))
-        if self.session is None or not action.endswith(("added", "removed", "changed")):
-            return
-        if action.endswith("added") and self.viewer.dims.ndisplay == 3:
-            indices = getattr(event, "data_indices", ())
-            if snap_to_brightest(self.viewer, self.session, event.source, indices):
-                return  # moving the points is a change of its own: it segments
-        self.segment_clicks()
-
-    def segment_clicks(self, *_) -> None:
-        """The object of the positive and negative clicks, in a worker."""
-        session = self._need_session()
-        if session is None:
-            return
-        layer = self._layer(CLICKS, "points", create=False)
-        positive, negative, elsewhere = ([], [], 0)
-        if layer is not None and len(layer.data):
-            signs = list(layer.features["sign"])
-            positive, negative, elsewhere = session.clicks(np.asarray(layer.data), signs)
-        token = self._click_token = object()
-        if not positive:
-            self._current = None
-            if self._layer(CURRENT, "labels", create=False) is not None:
-                self._put(CURRENT, np.zeros(session.layer_shape, np.uint8))
-            return
-        self._short(
-            click_update,
-            session,
-            positive,
-            negative,
-            returned=partial(self._on_click_done, token, session, elsewhere),
-        )
-
-    def _on_click_done(self, token, session, elsewhere, value) -> None:
-        if token is not self._click_token or session is not self.session:
-            return
-        mask, data, source = value
-        self._current = (session, mask)
-        self._put(CURRENT, data)
-        note = f"; {elsewhere} click(s) on other planes ignored" if elsewhere else ""
-        origin = "the model's instance" if source == "model" else "grown from the click"
-        self._set_status(f"current object: {origin} ({int(mask.sum())} px); C commits{note}")
-
-    def toggle_sign(self, *_) -> None:
-        """``T``: switch between positive and negative clicks."""
-        self.positive.value = not self.positive.value
-
-    def _on_sign_changed(self, value) -> None:
-        sign = "positive" if value else "negative"
-        if CLICKS in self.viewer.layers:
-            self.viewer.layers[CLICKS].feature_defaults = {"sign": sign}
-        self._set_status(f"new clicks are {sign}")
-
-    # ------------------------------------------------------ commit and accept
-    def commit(self, *_) -> None:
-        """``C``: write the current object into 'RAT committed' under a new id."""
-        from napari_rat.inference.commit import commit_object
-
-        session = self._need_session()
-        if session is None:
-            return
-        if self._current is None or self._current[0] is not session:
-            self._set_status("nothing to commit: click an object first", error=True)
-            return
-        layer = self._layer(COMMITTED, "labels")
-        data = np.array(layer.data, copy=True)  # napari's own edits of it are kept
-        mask = self._current[1].reshape(data[session.where].shape)
-        new = commit_object(data, mask, region=session.where)
-        layer.data = data
-        self._clear_clicks()
-        self._set_status(f"committed object {new} into '{COMMITTED}'")
-
-    def accept_automatic(self, *_) -> None:
-        """Copy the model's instances into 'RAT committed' around the committed objects."""
-        session = self._need_session()
-        if session is None:
-            return
-        self._short(model_labels_job, session, returned=partial(self._on_model_labels, session))
-
-    def _on_model_labels(self, session, labels) -> None:
-        from napari_rat.inference.commit import add_instances
-
-        if session is not self.session:
-            return
-        layer = self._layer(COMMITTED, "labels")
-        data = np.array(layer.data, copy=True)
-        added = add_instances(data, labels.reshape(data[session.where].shape), region=session.where)
-        layer.data = data
-        self._set_status(
-            f"accepted {added} objects of the automatic segmentation into '{COMMITTED}': "
-            "correct them with napari's label tools"
-        )
-
-    def clear(self, *_) -> None:
-        """``Shift+C``: remove the clicks and the current object (committed objects stay)."""
-        self._click_token = None
-        self._clear_clicks()
-        self._set_status("cleared the clicks and the current object")
-
-    def _clear_clicks(self) -> None:
-        self._current = None
-        if CLICKS in self.viewer.layers:
-            clicks = self.viewer.layers[CLICKS]
-            clicks.data = np.empty((0, clicks.ndim))
-        if self.session is not None and self._layer(CURRENT, "labels", create=False):
-            self._put(CURRENT, np.zeros(self.session.layer_shape, np.uint8))
-
-    # ------------------------------------------------------- improve and save
-    def improve_model(self, *_) -> None:
-        """Quick-tune the decoder and head on 'RAT committed' and the scribbles, then compute
-        the features again (in a worker, with progress and Cancel).
-
-        'RAT committed' is taken as the truth of the whole image or plane, as
-        :func:`~napari_rat.train.quick_tune.quick_tune` takes labels (a pixel of no object is
-        background): accept the automatic segmentation and correct it first. Painted scribbles
-        win over it.
-        """
-        session = self._need_session()
-        if session is None or self.worker is not None:
-            return
-        labels = scribbles = None
-        committed = self._layer(COMMITTED, "labels", create=False)
-        if committed is not None and np.any(committed.data):
-            labels = session.cut(committed.data).astype(np.int32)
-        painted = self._layer(self._scribbles_name(), "labels", create=False)
-        if painted is not None and np.any(painted.data):
-            scribbles = session.cut(painted.data).astype(np.int32)
-        if labels is None and scribbles is None:
-            self._set_status(
-                "nothing to learn from: commit objects (or accept the automatic "
-                "segmentation) or paint scribbles first",
-                error=True,
-            )
-            return
-        self._cancel_event = threading.Event()
-        self._begin_run("improving the model…")
-        self._start(
-            improve_job,
-            session,
-            labels,
-            scribbles,
-            self.steps.value,
-            self._cancel_event,
-            yielded=self._on_progress,
-            returned=partial(self._on_session, improved=True),
-        )
-
-    def save_model(self, path=None) -> None:
-        """Write the improved model (``save_tuned``, atomic) and choose it in the RAT
-        inference dock; without ``path``, ask for one."""
-        from napari_rat.train.quick_tune import save_tuned
-
-        if self._need_session() is None:
-            return
-        if not self.tuned:
-            self._set_status("nothing to save: improve the model first", error=True)
-            return
-        if path is None:
-            from qtpy.QtWidgets import QFileDialog
-
-            path, _ = QFileDialog.getSaveFileName(
-                self.native, "Save the improved model", "", "Checkpoints (*.safetensors)"
-            )
-            if not path:
-                return
-        if not str(path).endswith(".safetensors"):
-            path = f"{path}.safetensors"
-        self._short(save_tuned, self.session.model, path, returned=self._on_saved)
-
-    def _on_saved(self, path) -> None:
-        loaded = self._loaded
-        self.model.use_checkpoint(path)  # this dock's choice names the model it holds
-        if loaded is not None:
-            self._loaded = (self.model.selection(), *loaded[1:])
-            self.session = replace(self.session, checkpoint=self._loaded[0])
-        where = offer_checkpoint(self.viewer, path)
-        self._set_status(f"saved {path}{where}")
-
-    def _forget_model(self, *_) -> None:
-        """The model choice changed: the next Compute features loads the chosen model."""
-        self._loaded = None
-
     # ---------------------------------------------------------------- workers
     def _short(self, function, *args, returned, cancelled_ok: bool = False) -> None:
         """Run a short job (scribbles, clicks, reads, saves) beside the dock's long run."""
