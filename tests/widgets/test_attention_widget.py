@@ -81,6 +81,66 @@ def test_click_shows_attention_and_grouping_aligned(make_napari_viewer, qtbot, c
     assert len(viewer.layers) == n_layers
 
 
+def test_as_trained_shows_the_dense_attention_over_the_training_crop(
+    make_napari_viewer, qtbot, checkpoints, tmp_path
+):
+    """ "as trained": a dense-attention model with the dense maths over a window of its
+    training crop (the window box off meanwhile), the maps the core computes on that crop; a
+    dense checkpoint that does not record its crop is refused, the layers left as they were."""
+    import torch
+
+    from napari_rat._widgets.layer_input import layer_input, snapshot_layer
+    from napari_rat.inference.attention_at_point import attention_at_point
+    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.model import read_checkpoint_info
+
+    config = read_checkpoint_info(checkpoints[0]).model_config
+    config = config.model_copy(update={"sga_attention_type": "dense"})
+    torch.manual_seed(1)
+    model = build_model(config)
+    trained = save_checkpoint(
+        model, tmp_path / "dense.safetensors", config, extra={"crop_size": [48, 48]}
+    )
+    viewer = make_napari_viewer()
+    layer, widget = _dock_on_nuclei(viewer, trained)  # window 32
+    widget.point.value = ", ".join(map(str, layer.data_to_world((40, 30))))
+    widget.show_point()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    windowed = np.asarray(viewer.layers["attention block 1"].data).copy()
+    assert windowed.shape == (32, 32)
+
+    widget.as_trained.value = True
+    assert not widget.window.enabled
+    widget.show_point()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert "over 2 blocks" in widget.status.value, widget.status.value
+    box = np.array([[40 - 24, 30 - 24], [40 + 23, 30 + 23]], float)  # the 48-pixel crop
+    source = layer_input(snapshot_layer(layer), 2, "view", [40, 30], 0, box)
+    exact = load_model_for_inference(trained, attention="exact")
+    expected = attention_at_point(exact, source, layer.data_to_world((40, 30)))
+    for block in (0, 1):
+        shown = viewer.layers[f"attention block {block}"]
+        assert shown.data.shape == (48, 48)
+        want = expected.attention[block]
+        np.testing.assert_allclose(shown.data, want / want.max(), atol=1e-5)
+        np.testing.assert_allclose(shown.data_to_world((0, 0)), layer.data_to_world((16, 6)))
+    # dense over the crop: the deepest block's point sees far beyond the windowed one
+    assert (np.asarray(viewer.layers["attention block 1"].data) > 1e-3).sum() > (
+        windowed > 1e-3
+    ).sum()
+
+    bare = save_checkpoint(model, tmp_path / "bare.safetensors", config)  # no crop recorded
+    names = [lay.name for lay in viewer.layers]
+    widget.model.use_checkpoint(bare)
+    widget.show_point()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    status = widget.status.value
+    assert status.startswith("error:") and "does not record the crop size" in status, status
+    assert [lay.name for lay in viewer.layers] == names
+    widget.as_trained.value = False
+    assert widget.window.enabled
+
+
 def _mouse(viewer, press, release=None, button=1):
     """Press ``button`` (1: left) at canvas pixel ``press`` (x, y) and release it at
     ``release``, moving there first: real vispy events through napari's mouse handling."""

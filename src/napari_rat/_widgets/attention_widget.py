@@ -7,6 +7,11 @@ grouping of each block (:func:`~napari_rat.model.attention_maps.native_grouping`
 layers, all aligned with the source layer in world coordinates. The maps are computed on demand
 in a worker thread (:func:`napari_rat.inference.attention_at_point.attention_at_point`, on a
 snapshot of the layer taken when asked), never materialised as full ``N x N`` matrices.
+
+"as trained" shows the attention the model learned: a dense-attention model is run with the
+dense maths (``exact``) over a window of its training crop, as its training validated it
+(:func:`~napari_rat.inference.model_loading.as_trained`); by default it runs windowed
+(``local``) over the window chosen, as ``napari-rat predict`` runs it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-from magicgui.widgets import ComboBox, LineEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, LineEdit, PushButton, SpinBox
 
 from napari_rat._widgets.dock_base import ModelDock
 from napari_rat._widgets.layer_input import (
@@ -61,26 +66,31 @@ def _example(ndim: int) -> str:
     return "'" + ", ".join((["12.5", "30", "4", "8"] + ["0"] * ndim)[:ndim]) + "'"
 
 
-def attention_job(checkpoint, device, layer, data_point, window, ray=None):
+def attention_job(checkpoint, device, layer, data_point, window, ray=None, trained=False):
     """Worker: the maps for ``data_point`` (level-0 data pixels of ``layer``, a
     :class:`~napari_rat._widgets.layer_input.LayerSnapshot` taken on the GUI thread).
 
     Cuts a ``window``-pixel box around the point and hands it to the core
     (:func:`napari_rat.inference.attention_at_point.attention_at_point`). With ``ray`` (a 3D
     click: where the view ray enters and leaves the layer), the point is the brightest voxel on
-    it instead (:func:`brightest_on_ray`).
+    it instead (:func:`brightest_on_ray`). With ``trained``, the model runs as trained
+    (:func:`~napari_rat.inference.model_loading.as_trained`): a dense-attention model with the
+    dense maths over a box of its training crop instead of ``window``.
     """
     keep_triton_out()
     from napari_rat.inference import resolve_device
     from napari_rat.inference.attention_at_point import attention_at_point
-    from napari_rat.inference.model_loading import load_model_for_inference
+    from napari_rat.inference.model_loading import as_trained, load_model_for_inference
 
+    attention, tile, halo = as_trained(checkpoint) if trained else (None, None, None)
     if ray is not None:
         data_point = brightest_on_ray(layer, *ray)
     step = [int(round(v)) for v in data_point]
-    model = load_model_for_inference(checkpoint, device=resolve_device(device))
+    model = load_model_for_inference(checkpoint, device=resolve_device(device), attention=attention)
     dims = model.spatial_dims
-    half = np.asarray([window / 2] * dims)
+    # the training crop is the tile and its halo on both sides (training_tiles)
+    size = [window] * dims if tile is None else [t + 2 * h for t, h in zip(tile, halo, strict=True)]
+    half = np.asarray(size, float) / 2
     centre = np.asarray(data_point[-dims:], float)
     box = np.zeros((2, layer.ndim))
     box[0, -dims:] = centre - half
@@ -128,10 +138,16 @@ class AttentionWidget(ModelDock):
     updates them in place, and those of blocks the current model does not have are removed.
     """
 
-    CALLBACKS = (*ModelDock.CALLBACKS, "show_point", "_on_click")
+    CALLBACKS = (*ModelDock.CALLBACKS, "show_point", "_on_click", "_window_choice")
 
     def __init__(self, napari_viewer):
         self.window = SpinBox(label="window (px)", min=16, max=1024, step=16, value=128)
+        self.as_trained = CheckBox(text="as trained", value=False)
+        self.as_trained.tooltip = (
+            "the attention the model learned: a dense-attention model with the dense maths over "
+            "a window of its training crop (the window box is off meanwhile); other models as "
+            "they are stored"
+        )
         self.pick = ComboBox(
             label="on click", choices=["show attention", "off"], value="show attention"
         )
@@ -139,12 +155,17 @@ class AttentionWidget(ModelDock):
         self.show_button = PushButton(text="Show")
         super().__init__(
             napari_viewer,
-            options=[self.window],
+            options=[self.window, self.as_trained],
             actions=[self.pick, self.point, self.show_button],
             status="click a point in the viewer",
         )
         self.show_button.clicked.connect(lambda: self.show_point())
+        self.as_trained.changed.connect(self._window_choice)
         self.viewer.mouse_drag_callbacks.append(self._on_click)
+
+    def _window_choice(self, *_) -> None:
+        """The window box is the user's unless the model runs as trained (its crop then)."""
+        self.window.enabled = not self.as_trained.value
 
     def _on_click(self, viewer, event):
         """A click (press and release without dragging) on the canvas shows its attention.
@@ -215,6 +236,7 @@ class AttentionWidget(ModelDock):
             data_point,
             self.window.value,
             ray,
+            self.as_trained.value,
             returned=self._on_result,
         )
 
