@@ -29,16 +29,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
-SMALL = {
-    "feature_dims": 16,
-    "num_heads": 2,
-    "num_blocks": 2,
-    "sga_kernel_size": 3,
-    "stride": 2,
-    "iters": 1,
-    "head": {"decoder_dims": 8},
-}
-
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
@@ -56,13 +46,15 @@ def head(tmp_path_factory):
     assert not head.alive()
 
 
-def _case(dims):
+def _case(dims, small):
+    """``(model, image, spacing, tile, halo)``: the small model (``small_model_config``) and a
+    generated image, 2D or an anisotropic 3D volume."""
     torch.manual_seed(0)
     if dims == 2:
-        model = build_model(ModelConfig(**SMALL)).eval()
+        model = build_model(ModelConfig(**small)).eval()
         img, _ = synthetic_nuclei((72, 60), (0.5, 0.5), seed=3)
         return model, img[None], (0.5, 0.5), (24, 24), (8, 8)
-    cfg = {**SMALL, "sga_kernel_size": [1, 3, 3], "stride": [1, 2, 2]}
+    cfg = {**small, "sga_kernel_size": [1, 3, 3], "stride": [1, 2, 2]}
     model = build_model(ModelConfig(spatial_dims=3, **cfg)).eval()
     img, _ = synthetic_nuclei((10, 36, 30), (2.0, 0.5, 0.5), seed=4)
     return model, img[None], (2.0, 0.5, 0.5), (4, 12, 12), (2, 4, 4)
@@ -92,11 +84,11 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_cluster_run_equals_the_single_process_run(head, tmp_path, dims):
+def test_cluster_run_equals_the_single_process_run(head, tmp_path, dims, small_model_config):
     from napari_rat.cluster.predict import _check_address, predict_on_cluster, work_folder
 
     _check_address(head.address, timeout=5)  # a real head's GCS passes the address check
-    model, img, spacing, tile, halo = _case(dims)
+    model, img, spacing, tile, halo = _case(dims, small_model_config)
     options = _options(model, img, spacing, tile, halo)
     single = _single(model, img, spacing, options, tmp_path / "single.zarr")
     assert single.num_instances > 5
@@ -131,10 +123,10 @@ def _worker_pids(head) -> set[int]:
     return pids
 
 
-def test_a_killed_worker_is_retried_and_the_result_is_the_same(head, tmp_path):
+def test_a_killed_worker_is_retried_and_the_result_is_the_same(head, tmp_path, small_model_config):
     from napari_rat.cluster.predict import predict_on_cluster
 
-    model, img, spacing, tile, halo = _case(2)
+    model, img, spacing, tile, halo = _case(2, small_model_config)
     options = _options(model, img, spacing, tile, halo)
     single = _single(model, img, spacing, options, tmp_path / "single.zarr")
     gen = predict_on_cluster(
@@ -157,11 +149,11 @@ def test_a_killed_worker_is_retried_and_the_result_is_the_same(head, tmp_path):
     assert killed[0] not in {r.pid for r in result["r"].extra["reports"]}
 
 
-def test_stop_then_resume_computes_only_the_missing_blocks(head, tmp_path):
+def test_stop_then_resume_computes_only_the_missing_blocks(head, tmp_path, small_model_config):
     from napari_rat.cluster.predict import done_blocks, predict_on_cluster, work_folder
     from napari_rat.inference import PredictionCancelled
 
-    model, img, spacing, tile, halo = _case(2)
+    model, img, spacing, tile, halo = _case(2, small_model_config)
     options = _options(model, img, spacing, tile, halo)
     single = _single(model, img, spacing, options, tmp_path / "single.zarr")
     out = tmp_path / "c.zarr"
@@ -208,12 +200,12 @@ def test_stop_then_resume_computes_only_the_missing_blocks(head, tmp_path):
         )
 
 
-def test_a_missing_cluster_is_a_clear_error_within_10_s(tmp_path, capsys):
+def test_a_missing_cluster_is_a_clear_error_within_10_s(tmp_path, capsys, small_model_config):
     pytest.importorskip("ray")
     from napari_rat.cluster import ClusterError
     from napari_rat.cluster.predict import predict_on_cluster
 
-    model, img, spacing, tile, halo = _case(2)
+    model, img, spacing, tile, halo = _case(2, small_model_config)
     options = PredictOptions(tile=tile, halo=halo)
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
@@ -245,7 +237,7 @@ def test_a_missing_cluster_is_a_clear_error_within_10_s(tmp_path, capsys):
     from napari_rat.io import write_image
     from napari_rat.model import save_checkpoint
 
-    ckpt = save_checkpoint(model, tmp_path / "m.safetensors", ModelConfig(**SMALL))
+    ckpt = save_checkpoint(model, tmp_path / "m.safetensors", ModelConfig(**small_model_config))
     src = write_image(tmp_path / "img.zarr", img[0], axes="yx", scale=spacing)
     before = sorted(tmp_path.iterdir())
     argv = ["predict", str(src), "--checkpoint", str(ckpt), "--output", str(tmp_path / "o.zarr")]
@@ -259,7 +251,9 @@ def test_a_missing_cluster_is_a_clear_error_within_10_s(tmp_path, capsys):
     assert not (tmp_path / "o.zarr").exists()
 
 
-def test_predict_command_on_the_local_head_writes_what_predict_writes(head, tmp_path, capsys):
+def test_predict_command_on_the_local_head_writes_what_predict_writes(
+    head, tmp_path, capsys, small_model_config
+):
     """``napari-rat predict --cluster local``: the same OME-Zarr (probabilities, instance labels)
     as the single-process command; no scratch left; cluster options need --cluster."""
     import zarr
@@ -268,8 +262,8 @@ def test_predict_command_on_the_local_head_writes_what_predict_writes(head, tmp_
     from napari_rat.io import write_image
     from napari_rat.model import save_checkpoint
 
-    model, img, spacing, tile, halo = _case(2)
-    ckpt = save_checkpoint(model, tmp_path / "m.safetensors", ModelConfig(**SMALL))
+    model, img, spacing, tile, halo = _case(2, small_model_config)
+    ckpt = save_checkpoint(model, tmp_path / "m.safetensors", ModelConfig(**small_model_config))
     src = write_image(tmp_path / "img.zarr", img[0], axes="yx", scale=spacing)
     common = ["predict", str(src), "--checkpoint", str(ckpt), "--tile", "24", "--halo", "8"]
     assert main([*common, "--output", str(tmp_path / "one.zarr")]) == 0

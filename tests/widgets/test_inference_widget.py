@@ -12,23 +12,16 @@ from napari_rat.synthetic import synthetic_nuclei  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
-SMALL = {
-    "feature_dims": 16,
-    "num_heads": 2,
-    "num_blocks": 2,
-    "iters": 1,
-    "head": {"decoder_dims": 8},
-}
-
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, small_model_config):
     import torch
 
     tmp = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
-    c2 = ModelConfig(sga_kernel_size=3, stride=2, **SMALL)
-    c3 = ModelConfig(spatial_dims=3, sga_kernel_size=[1, 3, 3], stride=[1, 2, 2], **SMALL)
+    c2 = ModelConfig(**small_model_config)
+    volume = {"spatial_dims": 3, "sga_kernel_size": [1, 3, 3], "stride": [1, 2, 2]}
+    c3 = ModelConfig(**{**small_model_config, **volume})
     return (
         save_checkpoint(build_model(c2), tmp / "m2.safetensors", c2),
         save_checkpoint(build_model(c3), tmp / "m3.safetensors", c3),
